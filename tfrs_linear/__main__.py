@@ -1,0 +1,5 @@
+import sys
+
+from tfrs_linear.cli import main
+
+sys.exit(main())

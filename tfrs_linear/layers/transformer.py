@@ -1,0 +1,188 @@
+"""`TransformerBlock`: one encoder block whose attention is chosen by name."""
+
+import tensorflow as tf
+
+from tfrs_linear.layers.linrec import LinRecAttention
+
+ATTENTIONS = ("softmax", "linrec", "elastic")
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrs_linear")
+class TransformerBlock(tf.keras.layers.Layer):
+    """Attention -> dropout -> residual -> LayerNorm -> FFN -> dropout -> residual -> LayerNorm.
+
+    The post-LN block of SASRec/RecBole, so that the three attentions are compared on the
+    same architecture. ``attention`` picks the mechanism:
+
+    * ``"softmax"``: plain ``tf.keras.layers.MultiHeadAttention`` (O(N²)), the baseline;
+    * ``"linrec"``: :class:`~tfrs_linear.layers.LinRecAttention`;
+    * ``"elastic"``: :class:`~tfrs_linear.layers.LinearDispatcherAttention`; the block
+      then also takes and can return the interest tokens handed from block to block.
+
+    Args:
+      num_heads: attention heads.
+      key_dim: width per head (default ``d_model // num_heads``).
+      ffn_dim: hidden width of the feed-forward network (default ``4 * d_model``).
+      attention: ``"softmax" | "linrec" | "elastic"``.
+      causal: causal (unidirectional) attention.
+      dropout: dropout of the attention and FFN outputs (hidden dropout).
+      attention_dropout: dropout inside the attention (default ``dropout``).
+      activation: FFN activation (default ``"gelu"``, as SASRec in RecBole).
+      layer_norm_epsilon: LayerNorm epsilon.
+      normalization, chunk_size, epsilon: LinRec's options.
+      num_interests: ELASTIC's ``k``.
+
+    Call: ``block(inputs, mask=None, training=None, interests=None,
+    return_interests=False)``; inputs ``[batch, length, d_model]``, ``mask`` a
+    ``[batch, length]`` padding mask (or the Keras mask). Padded positions output 0.
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim=None,
+        ffn_dim=None,
+        attention="softmax",
+        causal=False,
+        dropout=0.0,
+        attention_dropout=None,
+        activation="gelu",
+        layer_norm_epsilon=1e-12,
+        normalization="paper",
+        chunk_size=64,
+        epsilon=1e-6,
+        num_interests=16,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if attention not in ATTENTIONS:
+            raise ValueError(
+                f"attention must be one of {ATTENTIONS}, got {attention!r}."
+            )
+        self.num_heads = int(num_heads)
+        self.key_dim = None if key_dim is None else int(key_dim)
+        self.ffn_dim = None if ffn_dim is None else int(ffn_dim)
+        self.attention = attention
+        self.causal = bool(causal)
+        self.dropout = float(dropout)
+        self.attention_dropout = (
+            self.dropout if attention_dropout is None else float(attention_dropout)
+        )
+        self.activation = activation
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.normalization = normalization
+        self.chunk_size = int(chunk_size)
+        self.epsilon = float(epsilon)
+        self.num_interests = int(num_interests)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        d_model = int(input_shape[-1])
+        if self.key_dim is None and d_model % self.num_heads:
+            raise ValueError(
+                f"d_model={d_model} is not divisible by num_heads={self.num_heads}; "
+                "pass key_dim explicitly."
+            )
+        key_dim = self.key_dim or d_model // self.num_heads
+        ffn_dim = self.ffn_dim or 4 * d_model
+        common = dict(
+            num_heads=self.num_heads,
+            key_dim=key_dim,
+            dropout=self.attention_dropout,
+            dtype=self.dtype_policy,
+            name="attention",
+        )
+        if self.attention == "softmax":
+            self.attention_layer = tf.keras.layers.MultiHeadAttention(**common)
+        elif self.attention == "linrec":
+            self.attention_layer = LinRecAttention(
+                normalization=self.normalization,
+                causal=self.causal,
+                chunk_size=self.chunk_size,
+                epsilon=self.epsilon,
+                **common,
+            )
+        else:
+            from tfrs_linear.layers.elastic import LinearDispatcherAttention
+
+            self.attention_layer = LinearDispatcherAttention(
+                num_interests=self.num_interests,
+                causal=self.causal,
+                **common,
+            )
+        self.attention_dropout_layer = tf.keras.layers.Dropout(self.dropout)
+        self.attention_norm = tf.keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, name="attention_norm"
+        )
+        self.ffn_inner = tf.keras.layers.Dense(
+            ffn_dim, activation=self.activation, name="ffn_inner"
+        )
+        self.ffn_outer = tf.keras.layers.Dense(d_model, name="ffn_outer")
+        self.ffn_dropout = tf.keras.layers.Dropout(self.dropout)
+        self.ffn_norm = tf.keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, name="ffn_norm"
+        )
+        super().build(input_shape)
+
+    def _attend(self, x, mask, training, interests):
+        if self.attention == "elastic":
+            return self.attention_layer(
+                x, mask=mask, interests=interests, training=training
+            )
+        if self.attention == "softmax":
+            attention_mask = None
+            if mask is not None:
+                m = tf.cast(mask, tf.bool)
+                attention_mask = m[:, tf.newaxis, :] & m[:, :, tf.newaxis]
+            y = self.attention_layer(
+                x,
+                x,
+                attention_mask=attention_mask,
+                training=training,
+                use_causal_mask=self.causal,
+            )
+        else:
+            y = self.attention_layer(
+                x, x, attention_mask=mask, training=training, use_causal_mask=self.causal
+            )
+        return y, None
+
+    def call(
+        self, inputs, mask=None, training=None, interests=None, return_interests=False
+    ):
+        if interests is not None and self.attention != "elastic":
+            raise ValueError(
+                f"`interests` are only used by attention='elastic', not {self.attention!r}."
+            )
+        x = inputs
+        y, interests = self._attend(x, mask, training, interests)
+        x = self.attention_norm(x + self.attention_dropout_layer(y, training=training))
+        y = self.ffn_outer(self.ffn_inner(x))
+        x = self.ffn_norm(x + self.ffn_dropout(y, training=training))
+        if mask is not None:
+            x = x * tf.cast(mask, x.dtype)[:, :, tf.newaxis]
+        if return_interests:
+            return x, interests
+        return x
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            ffn_dim=self.ffn_dim,
+            attention=self.attention,
+            causal=self.causal,
+            dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            activation=self.activation,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            normalization=self.normalization,
+            chunk_size=self.chunk_size,
+            epsilon=self.epsilon,
+            num_interests=self.num_interests,
+        )
+        return config
