@@ -110,6 +110,13 @@ class TransformerBlock(tf.keras.layers.Layer):
                 causal=self.causal,
                 **common,
             )
+        # Create the attention's variables now (MultiHeadAttention would otherwise make
+        # them lazily at its first call, after a SavedModel restore has run).
+        if self.attention == "elastic":
+            self.attention_layer.build(input_shape)
+        else:
+            shape = tf.TensorShape(input_shape)
+            self.attention_layer._build_from_signature(query=shape, value=shape)
         self.attention_dropout_layer = tf.keras.layers.Dropout(self.dropout)
         self.attention_norm = tf.keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, name="attention_norm"

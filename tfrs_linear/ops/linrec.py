@@ -85,6 +85,9 @@ def linrec_features(
         raise ValueError(
             f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}."
         )
+    query = tf.convert_to_tensor(query)
+    key = tf.convert_to_tensor(key, dtype_hint=query.dtype)
+    value = tf.convert_to_tensor(value, dtype_hint=query.dtype)
     for name, x in (("query", query), ("key", key), ("value", value)):
         _check_rank4(name, x)
     dtype = _compute_dtype(query.dtype)
@@ -202,6 +205,7 @@ def linrec_attention(
     Returns:
       ``[B, H, T, d_v]`` in the dtype of ``query``; padded queries give exactly 0.
     """
+    query = tf.convert_to_tensor(query)
     q, k, v, q_mask = linrec_features(
         query, key, value, mask, causal, normalization, epsilon, query_mask
     )
@@ -229,6 +233,8 @@ def linrec_attention_scores(
     For inspection only: it is O(N²) in time and memory, which the attention itself never
     is. ``linrec_attention(q, k, v, ...) == scores @ v`` (up to rounding).
     """
+    query = tf.convert_to_tensor(query)
+    key = tf.convert_to_tensor(key, dtype_hint=query.dtype)
     value = key[..., :1]
     q, k, _, q_mask = linrec_features(
         query, key, value, mask, causal, normalization, epsilon, query_mask
