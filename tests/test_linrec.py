@@ -354,7 +354,9 @@ def test_config_roundtrip_and_keras_model_save_reload(tmp_path):
 
     ids = tf.keras.Input([6], dtype=tf.int32)
     h = tf.keras.layers.Embedding(20, 8, mask_zero=True)(ids)
-    h = LinRecAttention(num_heads=2, key_dim=4, causal=True)(h, h)
+    # An explicit padding mask: tf.saved_model.save traces the functional model without
+    # the `_keras_mask` attributes (plain MultiHeadAttention loses them the same way).
+    h = LinRecAttention(num_heads=2, key_dim=4, causal=True)(h, h, attention_mask=tf.not_equal(ids, 0))
     h = TransformerBlock(num_heads=2, attention="linrec", causal=True, ffn_dim=16)(h)
     model = tf.keras.Model(ids, tf.keras.layers.Dense(3)(h))
     x = np.array([[0, 0, 1, 2, 3, 4], [5, 6, 7, 8, 9, 10]], np.int32)
