@@ -29,6 +29,7 @@ setup(
         # The pipelines extra (tf.Transform 1.21) pins the serving API to 2.19; the
         # export writes its PredictionLog warmup records, so it is a core dependency.
         "tensorflow-serving-api==2.19.*",
+        "tensorboard==2.21.*",
         "numpy>=1.26",
         # Never scann: its wheels are built for TF 2.20 and break
         # `import tensorflow_recommenders` under TF 2.21. Top-k is exact (brute force).

@@ -177,10 +177,10 @@ def _history_mask(history, num_items):
 
 
 def _scores_fn(item_embeddings):
+    """``users [B, d] -> user @ itemsᵀ [B, V]`` (float32, or float64 for float64 items)."""
     items = tf.convert_to_tensor(item_embeddings)
     items = tf.cast(items, tf.float32) if items.dtype != tf.float64 else items
 
-    @tf.function(reduce_retracing=True)
     def score(users):
         return tf.matmul(tf.cast(users, items.dtype), items, transpose_b=True)
 

@@ -4,10 +4,7 @@ package name ``tfrs_linear``."""
 from tfrs_linear.layers.linrec import LinRecAttention  # noqa: F401
 from tfrs_linear.layers.transformer import ATTENTIONS, TransformerBlock  # noqa: F401
 
-try:  # ELASTIC: linear dispatcher attention and the interest memory.
-    from tfrs_linear.layers.elastic import (  # noqa: F401
-        InterestMemory,
-        LinearDispatcherAttention,
-    )
-except ImportError:  # pragma: no cover - until the module exists
-    pass
+from tfrs_linear.layers.elastic import (  # noqa: F401
+    InterestMemory,
+    LinearDispatcherAttention,
+)

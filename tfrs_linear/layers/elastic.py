@@ -28,6 +28,17 @@ def _keras_mask_or(inputs, mask):
     return tf.cast(mask, tf.bool)
 
 
+def _fresh(initializer):
+    """A new instance of ``initializer`` for each weight.
+
+    tf-keras initializers that are called twice return the same values (and warn), so
+    each weight gets its own copy, as ``MultiHeadAttention`` does for its sublayers.
+    """
+    if initializer is None:
+        return None
+    return initializer.__class__.from_config(initializer.get_config())
+
+
 def _check_inputs(name, inputs):
     if inputs.shape.rank is not None and inputs.shape.rank != 3:
         raise ValueError(
@@ -159,7 +170,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         return self.add_weight(
             name=name,
             shape=shape,
-            initializer=self.kernel_initializer,
+            initializer=_fresh(self.kernel_initializer),
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
             trainable=True,
@@ -171,7 +182,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         return self.add_weight(
             name=name,
             shape=shape,
-            initializer=self.bias_initializer,
+            initializer=_fresh(self.bias_initializer),
             regularizer=self.bias_regularizer,
             constraint=self.bias_constraint,
             trainable=True,
@@ -190,7 +201,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         self.interest_tokens = self.add_weight(
             name="interest_tokens",
             shape=[k, dim],
-            initializer=self.interest_initializer,
+            initializer=_fresh(self.interest_initializer),
             trainable=True,
         )
         # Aggregate (N -> k).
@@ -447,34 +458,36 @@ class InterestMemory(tf.keras.layers.Layer):
             stddev=dim**-0.5
         )
         self.query_kernel = self.add_weight(
-            name="query_kernel", shape=[dim, k * dq], initializer=self.kernel_initializer
+            name="query_kernel",
+            shape=[dim, k * dq],
+            initializer=_fresh(self.kernel_initializer),
         )
         self.query_bias = self.add_weight(
-            name="query_bias", shape=[k * dq], initializer=self.bias_initializer
+            name="query_bias", shape=[k * dq], initializer=_fresh(self.bias_initializer)
         )
         self.sub_keys_1 = self.add_weight(
             name="sub_keys_1",
             shape=[n, half],
-            initializer=key_init,
+            initializer=_fresh(key_init),
             dtype=var_dtype,
             experimental_autocast=False,
         )
         self.sub_keys_2 = self.add_weight(
             name="sub_keys_2",
             shape=[n, half],
-            initializer=key_init,
+            initializer=_fresh(key_init),
             dtype=var_dtype,
             experimental_autocast=False,
         )
         self.memory = self.add_weight(
             name="memory",
             shape=[n * n, dim],
-            initializer=memory_init,
+            initializer=_fresh(memory_init),
             dtype=var_dtype,
             experimental_autocast=False,
         )
         self.base_tokens = self.add_weight(
-            name="base_tokens", shape=[k, dim], initializer=self.base_initializer
+            name="base_tokens", shape=[k, dim], initializer=_fresh(self.base_initializer)
         )
         super().build(input_shape)
 

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tfrs_linear.layers.elastic import LinearDispatcherAttention
 from tfrs_linear.layers.linrec import LinRecAttention
 
 ATTENTIONS = ("softmax", "linrec", "elastic")
@@ -103,8 +104,6 @@ class TransformerBlock(tf.keras.layers.Layer):
                 **common,
             )
         else:
-            from tfrs_linear.layers.elastic import LinearDispatcherAttention
-
             self.attention_layer = LinearDispatcherAttention(
                 num_interests=self.num_interests,
                 causal=self.causal,

@@ -12,7 +12,4 @@ from tfrs_linear.ops.linrec import (  # noqa: F401
     safe_norm,
 )
 
-try:  # ELASTIC's ops (dispatcher attention, product-key lookup).
-    from tfrs_linear.ops.elastic import *  # noqa: F401,F403
-except ImportError:  # pragma: no cover - until the module exists
-    pass
+from tfrs_linear.ops.elastic import *  # noqa: F401,F403,E402

@@ -131,6 +131,7 @@ def dispatcher_aggregate(query, key, value, mask=None):
     Returns:
       ``[B, H, k, d_v]`` in the dtype of ``query``.
     """
+    query, key, value = (tf.convert_to_tensor(x) for x in (query, key, value))
     for name, x in (("query", query), ("key", key), ("value", value)):
         _check_rank(name, x, 4, "[batch, heads, length, dim]")
     _check_match("query", query, -1, "key", key, -1, "query and key widths differ")
@@ -162,6 +163,7 @@ def dispatcher_dispatch(query, key, value, mask=None):
     Returns:
       ``[B, H, N, d_v]`` in the dtype of ``query``.
     """
+    query, key, value = (tf.convert_to_tensor(x) for x in (query, key, value))
     for name, x in (("query", query), ("key", key), ("value", value)):
         _check_rank(name, x, 4, "[batch, heads, length, dim]")
     _check_match("query", query, -1, "key", key, -1, "query and key widths differ")
@@ -277,8 +279,10 @@ def dispatcher_attention(
     across chunks a running (reference, normaliser, numerator) state per interest and
     aggregate head. The reference is the running maximum of the logits over the prefix
     (``max`` over ``s <= t``), so it is causal: no future logit rescales a past output.
-    Memory is ``O(N·H·d + C²·H·k + C·k·H·F)`` with ``F = G (d_k + d_v)``: never N x N and
-    no state per position. Time ``O(N·k·H·F + N·C·H·k)``.
+    Memory is ``O(N·H·F + (N/C)·H·k·F + C²·H·k)`` with ``F = G (d_k + d_v)``: the
+    per-position folded values, one running state per chunk (``tf.scan`` keeps them for
+    the backward pass) and one chunk's ``C x C`` weights; never N x N and no state per
+    position. Time ``O(N·k·H·F + N·C·H·k)``.
 
     Args:
       query: ``[B, G, N, d_k]``, the dispatch queries (``X W_q2``).
@@ -296,6 +300,11 @@ def dispatcher_attention(
     Returns:
       ``[B, G, N, d_v]`` in the dtype of ``query``.
     """
+    query, key, interest_query, interest_key, interest_value, value_key, value_value = (
+        tf.convert_to_tensor(x)
+        for x in (query, key, interest_query, interest_key, interest_value, value_key,
+                  value_value)
+    )
     layouts = (
         ("query", query, 4, "[batch, heads, length, key_dim]"),
         ("key", key, 4, "[batch, heads, length, key_dim]"),
@@ -419,8 +428,7 @@ def product_key_lookup(queries, sub_keys_1, sub_keys_2, top_m):
     sub_keys_2 = tf.convert_to_tensor(sub_keys_2)
     for name, keys in (("sub_keys_1", sub_keys_1), ("sub_keys_2", sub_keys_2)):
         _check_rank(name, keys, 2, "[num_keys, query_dim / 2]")
-    if sub_keys_1.shape != sub_keys_2.shape and sub_keys_1.shape.is_fully_defined() \
-            and sub_keys_2.shape.is_fully_defined():
+    if not sub_keys_1.shape.is_compatible_with(sub_keys_2.shape):
         raise ValueError(
             "`sub_keys_1` and `sub_keys_2` must have the same shape [num_keys, "
             f"query_dim / 2], got {sub_keys_1.shape} and {sub_keys_2.shape}."

@@ -1,0 +1,587 @@
+"""Tests of ELASTIC: LinearDispatcherAttention, InterestMemory and their ops.
+
+The oracles are independent of the implementation: dense float64 NumPy references with
+explicit softmax matrices (the causal one builds every position's prefix weights
+explicitly, O(N²)), brute-force search over all memory slots, and finite differences of
+the NumPy reference for gradients.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+import tfrs_linear  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is used)
+import tensorflow as tf
+
+from tfrs_linear.layers.elastic import InterestMemory, LinearDispatcherAttention
+from tfrs_linear.layers.transformer import TransformerBlock
+from tfrs_linear.ops import elastic as elastic_ops
+
+DIM, HEADS, KEY_DIM, K = 6, 2, 3, 3
+
+
+# --------------------------------------------------------------------------- helpers
+def random_mask(rng, batch, length, min_real=1):
+    """Rows with random left and right padding (at least ``min_real`` real items)."""
+    mask = np.zeros([batch, length], bool)
+    for b in range(batch):
+        n_real = rng.integers(min_real, length + 1)
+        left = rng.integers(0, length - n_real + 1)
+        mask[b, left:left + n_real] = True
+    return mask
+
+
+def make_layer(causal, dtype="float64", seed=0, value_dim=None, chunk_size=4, **kw):
+    tf.keras.utils.set_random_seed(seed)
+    layer = LinearDispatcherAttention(
+        num_heads=HEADS,
+        key_dim=KEY_DIM,
+        num_interests=K,
+        value_dim=value_dim,
+        causal=causal,
+        chunk_size=chunk_size,
+        dtype=dtype,
+        bias_initializer="random_normal",
+        **kw,
+    )
+    layer.build([None, None, DIM])
+    if not causal:  # non-trivial LayerNorm parameters
+        layer.interest_norm.gamma.assign(
+            1.0 + 0.3 * tf.random.normal([DIM], dtype=layer.interest_norm.gamma.dtype)
+        )
+        layer.interest_norm.beta.assign(
+            0.3 * tf.random.normal([DIM], dtype=layer.interest_norm.beta.dtype)
+        )
+    return layer
+
+
+def weights_of(layer):
+    w = {
+        name: np.asarray(getattr(layer, name).numpy(), np.float64)
+        for name in (
+            "interest_tokens",
+            "query_1_kernel", "query_1_bias", "key_1_kernel", "key_1_bias",
+            "value_1_kernel", "value_1_bias", "output_1_kernel",
+            "query_2_kernel", "query_2_bias", "key_2_kernel", "key_2_bias",
+            "value_2_kernel", "value_2_bias", "output_2_kernel", "output_2_bias",
+        )
+    }
+    if layer.interest_norm is not None:
+        w["gamma"] = layer.interest_norm.gamma.numpy().astype(np.float64)
+        w["beta"] = layer.interest_norm.beta.numpy().astype(np.float64)
+        w["eps"] = layer.interest_norm.epsilon
+    return w
+
+
+def _proj(z, kernel, bias):
+    # z [L, d], kernel [d, H, e], bias [H, e] -> [H, L, e]
+    return np.einsum("ld,dhe->hle", z, kernel) + bias[:, None, :]
+
+
+def _softmax_rows(logits, valid):
+    """Explicit softmax over the last axis restricted to ``valid``; no valid entry -> 0."""
+    out = np.zeros_like(logits)
+    it = np.ndindex(*logits.shape[:-1])
+    for idx in it:
+        row, ok = logits[idx], valid[idx]
+        if ok.any():
+            e = np.exp(row[ok] - row[ok].max())
+            out[idx][ok] = e / e.sum()
+    return out
+
+
+def _layer_norm(z, gamma, beta, eps):
+    mean = z.mean(-1, keepdims=True)
+    var = ((z - mean) ** 2).mean(-1, keepdims=True)
+    return (z - mean) / np.sqrt(var + eps) * gamma + beta
+
+
+def reference(w, x, mask, causal, interests=None):
+    """Dense float64 LDA, one batch row at a time. Returns (outputs, interests)."""
+    x = np.asarray(x, np.float64)
+    batch, n, _ = x.shape
+    dk = w["query_1_kernel"].shape[-1]
+    outs, final = [], []
+    for b in range(batch):
+        xb, m = x[b], np.asarray(mask[b], bool)
+        p = w["interest_tokens"] if interests is None else np.asarray(interests[b], np.float64)
+        q1 = _proj(p, w["query_1_kernel"], w["query_1_bias"])  # [H, k, dk]
+        k1 = _proj(xb, w["key_1_kernel"], w["key_1_bias"])  # [H, N, dk]
+        v1 = _proj(xb, w["value_1_kernel"], w["value_1_bias"])  # [H, N, dv]
+        q2 = _proj(xb, w["query_2_kernel"], w["query_2_bias"])  # [H, N, dk]
+        logits = np.einsum("hid,hnd->hin", q1, k1) / np.sqrt(dk)
+        if not causal:
+            valid = np.broadcast_to(m, logits.shape)
+            a = _softmax_rows(logits, valid)  # [H, k, N]
+            p_new = p + np.einsum("hin,hnv,hvd->id", a, v1, w["output_1_kernel"])
+            p_new = _layer_norm(p_new, w["gamma"], w["beta"], w["eps"])
+            k2 = _proj(p_new, w["key_2_kernel"], w["key_2_bias"])
+            v2 = _proj(p_new, w["value_2_kernel"], w["value_2_bias"])
+            s = np.einsum("hnd,hid->hni", q2, k2) / np.sqrt(dk)
+            attn = _softmax_rows(s, np.ones_like(s, bool))
+            y = np.einsum("hni,hiv->hnv", attn, v2)
+            final.append(p_new)
+        else:
+            # Explicit per-position prefix weights: a[h, i, t, s], s <= t and real.
+            valid = np.tril(np.ones([n, n], bool)) & m[None, :]
+            a = _softmax_rows(
+                np.broadcast_to(logits[:, :, None, :], (HEADS, K, n, n)).copy(),
+                np.broadcast_to(valid, (HEADS, K, n, n)),
+            )
+            p_t = p[None] + np.einsum("hits,hsv,hvd->tid", a, v1, w["output_1_kernel"])
+            y = np.zeros([HEADS, n, w["value_2_kernel"].shape[-1]])
+            for t in range(n):
+                k2 = _proj(p_t[t], w["key_2_kernel"], w["key_2_bias"])
+                v2 = _proj(p_t[t], w["value_2_kernel"], w["value_2_bias"])
+                s = np.einsum("hd,hid->hi", q2[:, t], k2) / np.sqrt(dk)
+                e = np.exp(s - s.max(-1, keepdims=True))
+                y[:, t] = np.einsum("hi,hiv->hv", e / e.sum(-1, keepdims=True), v2)
+            final.append(p_t[-1])
+        out = np.einsum("hnv,hvd->nd", y, w["output_2_kernel"]) + w["output_2_bias"]
+        outs.append(out * m[:, None])
+    return np.stack(outs), np.stack(final)
+
+
+def run(layer, x, mask, interests=None, training=False):
+    out, p = layer(
+        tf.constant(x, layer.compute_dtype),
+        mask=None if mask is None else tf.constant(mask),
+        interests=interests,
+        training=training,
+    )
+    return out.numpy(), p.numpy()
+
+
+@pytest.fixture
+def restore_policy():
+    yield
+    tf.keras.mixed_precision.set_global_policy("float32")
+
+
+# --------------------------------------------------------------------------- LDA
+@pytest.mark.parametrize("causal", [False, True])
+def test_lda_matches_dense_reference_float64(causal):
+    rng = np.random.default_rng(1)
+    layer = make_layer(causal, "float64", seed=1, value_dim=4)
+    x = rng.normal(size=[4, 9, DIM])
+    mask = random_mask(rng, 4, 9)
+    mask[0] = False  # all padding
+    mask[1] = True  # no padding
+    out, p = run(layer, x, mask)
+    ref_out, ref_p = reference(weights_of(layer), x, mask, causal)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(p, ref_p, rtol=1e-10, atol=1e-10)
+    assert np.all(out[~mask] == 0.0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_lda_matches_dense_reference_float32(causal):
+    rng = np.random.default_rng(2)
+    layer = make_layer(causal, "float32", seed=2)
+    x = rng.normal(size=[3, 11, DIM]).astype(np.float32)
+    mask = random_mask(rng, 3, 11)
+    out, p = run(layer, x, mask)
+    ref_out, ref_p = reference(weights_of(layer), x, mask, causal)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(p, ref_p, rtol=1e-5, atol=1e-4)
+
+
+def test_lda_given_interests_match_reference():
+    rng = np.random.default_rng(3)
+    layer = make_layer(False, "float64", seed=3)
+    x = rng.normal(size=[2, 7, DIM])
+    interests = rng.normal(size=[2, K, DIM])
+    mask = random_mask(rng, 2, 7)
+    out, p = run(layer, x, mask, interests=tf.constant(interests))
+    ref_out, ref_p = reference(weights_of(layer), x, mask, False, interests)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(p, ref_p, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_padding_invariance(causal):
+    rng = np.random.default_rng(4)
+    layer = make_layer(causal, "float64", seed=4)
+    seq = rng.normal(size=[5, DIM])
+    outs, interests = [], []
+    for left, right in ((0, 0), (3, 0), (0, 4), (2, 5)):
+        n = left + 5 + right
+        x = rng.normal(size=[1, n, DIM]) * 10.0  # garbage in the padding
+        x[0, left:left + 5] = seq
+        mask = np.zeros([1, n], bool)
+        mask[0, left:left + 5] = True
+        out, p = run(layer, x, mask)
+        outs.append(out[0, left:left + 5])
+        interests.append(p[0])
+        assert np.all(out[0, ~mask[0]] == 0.0)
+    for o, p in zip(outs[1:], interests[1:]):
+        np.testing.assert_allclose(o, outs[0], rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(p, interests[0], rtol=1e-10, atol=1e-10)
+
+
+def test_causal_is_leak_free():
+    rng = np.random.default_rng(5)
+    layer = make_layer(True, "float64", seed=5, chunk_size=3)
+    x = rng.normal(size=[2, 10, DIM])
+    mask = random_mask(rng, 2, 10)
+    mask[:, 2:6] = True
+    out, _ = run(layer, x, mask)
+    for t in (2, 4, 5):
+        changed = x.copy()
+        # Large future inputs: the causal running maximum must not let them rescale
+        # (and underflow) the past.
+        changed[:, t + 1:] = rng.normal(size=changed[:, t + 1:].shape) * 1000.0
+        out2, _ = run(layer, changed, mask)
+        np.testing.assert_allclose(out2[:, : t + 1], out[:, : t + 1], rtol=1e-12, atol=1e-12)
+        assert not np.allclose(out2[:, t + 1:][mask[:, t + 1:]], out[:, t + 1:][mask[:, t + 1:]])
+    # Non-causal mode does depend on the future (sanity check of the test itself).
+    nc = make_layer(False, "float64", seed=5)
+    a, _ = run(nc, x, mask)
+    changed = x.copy()
+    changed[:, 6:] += 1.0
+    b, _ = run(nc, changed, mask)
+    assert not np.allclose(a[:, :3][mask[:, :3]], b[:, :3][mask[:, :3]])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_all_padding_is_finite_with_finite_gradients(causal):
+    layer = make_layer(causal, "float32", seed=6)
+    x = tf.random.normal([2, 5, DIM]) * 100.0
+    mask = tf.zeros([2, 5], tf.bool)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out, p = layer(x, mask=mask)
+        loss = tf.reduce_sum(out) + tf.reduce_sum(p * p)
+    grads = tape.gradient(loss, [x] + layer.trainable_variables)
+    assert np.all(out.numpy() == 0.0)
+    assert np.all(np.isfinite(p.numpy()))
+    w = weights_of(layer)
+    expected = w["interest_tokens"]
+    if not causal:  # A = 0, so P' = LayerNorm(P)
+        expected = _layer_norm(expected, w["gamma"], w["beta"], w["eps"])
+    np.testing.assert_allclose(p[0], expected, rtol=1e-5, atol=1e-5)
+    for g in grads:
+        if g is not None:
+            assert np.all(np.isfinite(tf.convert_to_tensor(g).numpy()))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gradients_match_finite_differences_of_reference(causal):
+    rng = np.random.default_rng(7)
+    layer = make_layer(causal, "float64", seed=7, chunk_size=2)
+    x = rng.normal(size=[2, 5, DIM])
+    mask = random_mask(rng, 2, 5)
+    mask[0, -1] = False
+    r_out = rng.normal(size=[2, 5, DIM])
+    r_p = rng.normal(size=[2, K, DIM])
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        out, p = layer(xt, mask=tf.constant(mask))
+        loss = tf.reduce_sum(out * r_out) + tf.reduce_sum(p * r_p)
+    g_x, g_k1, g_v2, g_p = tape.gradient(
+        loss, [xt, layer.key_1_kernel, layer.value_2_kernel, layer.interest_tokens]
+    )
+    w = weights_of(layer)
+
+    def ref_loss(w_, x_):
+        o, p_ = reference(w_, x_, mask, causal)
+        return np.sum(o * r_out) + np.sum(p_ * r_p)
+
+    def numeric(fn, arr):
+        grad = np.zeros_like(arr)
+        h = 1e-6
+        for idx in np.ndindex(*arr.shape):
+            plus, minus = arr.copy(), arr.copy()
+            plus[idx] += h
+            minus[idx] -= h
+            grad[idx] = (fn(plus) - fn(minus)) / (2 * h)
+        return grad
+
+    np.testing.assert_allclose(
+        g_x.numpy(), numeric(lambda a: ref_loss(w, a), x), rtol=1e-6, atol=1e-6
+    )
+    for name, g in (
+        ("key_1_kernel", g_k1), ("value_2_kernel", g_v2), ("interest_tokens", g_p)
+    ):
+        def fn(a, name=name):
+            return ref_loss({**w, name: a}, x)
+
+        np.testing.assert_allclose(g.numpy(), numeric(fn, w[name]), rtol=1e-6, atol=1e-6)
+
+
+def test_causal_chunk_size_and_op_consistency():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=[2, 13, DIM])
+    mask = random_mask(rng, 2, 13)
+    mask[:, -1] = True
+    outs = []
+    for chunk in (1, 4, 64):
+        layer = make_layer(True, "float64", seed=8, chunk_size=chunk)
+        outs.append(run(layer, x, mask)[0])
+    for o in outs[1:]:
+        np.testing.assert_allclose(o, outs[0], rtol=1e-10, atol=1e-10)
+    # The fused op: non-causal means over everything == causal at the last position.
+    b, h, n, dk, dv = 2, 2, 13, 3, 4
+    t = {
+        "query": rng.normal(size=[b, h, n, dk]),
+        "key": rng.normal(size=[b, h, n, dk]),
+        "interest_query": rng.normal(size=[b, h, K, dk]),
+        "interest_key": rng.normal(size=[b, h, K, dk]),
+        "interest_value": rng.normal(size=[b, h, K, dv]),
+        "value_key": rng.normal(size=[b, h, n, h, dk]),
+        "value_value": rng.normal(size=[b, h, n, h, dv]),
+    }
+    causal = elastic_ops.dispatcher_attention(**t, mask=mask, causal=True, chunk_size=5)
+    full = elastic_ops.dispatcher_attention(**t, mask=mask, causal=False)
+    np.testing.assert_allclose(causal[:, :, -1], full[:, :, -1], rtol=1e-10, atol=1e-10)
+    assert not np.allclose(causal[:, :, -3], full[:, :, -3])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_xla_equals_graph_mode(causal):
+    rng = np.random.default_rng(9)
+    layer = make_layer(causal, "float32", seed=9)
+    x = tf.constant(rng.normal(size=[2, 10, DIM]), tf.float32)
+    mask = tf.constant(random_mask(rng, 2, 10))
+
+    def fn(x, mask):
+        return layer(x, mask=mask)
+
+    graph = tf.function(fn)(x, mask)
+    xla = tf.function(fn, jit_compile=True)(x, mask)
+    for g, a in zip(graph, xla):
+        np.testing.assert_allclose(a.numpy(), g.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_only_in_training():
+    layer = make_layer(False, "float32", seed=10, dropout=0.5)
+    x = tf.random.normal([2, 6, DIM])
+    a, _ = layer(x, training=False)
+    b, _ = layer(x, training=False)
+    c, _ = layer(x, training=True)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.allclose(a.numpy(), c.numpy())
+
+
+def test_keras_mask_from_embedding():
+    tf.keras.utils.set_random_seed(11)
+    emb = tf.keras.layers.Embedding(20, DIM, mask_zero=True)
+    layer = LinearDispatcherAttention(num_heads=HEADS, key_dim=KEY_DIM, num_interests=K)
+    ids = tf.constant([[0, 0, 3, 4, 5], [6, 7, 8, 0, 0]])
+    out, _ = layer(emb(ids))
+    explicit, _ = layer(emb(ids), mask=ids > 0)
+    np.testing.assert_array_equal(out.numpy(), explicit.numpy())
+    assert np.all(out.numpy()[ids.numpy() == 0] == 0.0)
+
+
+def test_clear_errors():
+    causal = make_layer(True, "float32")
+    with pytest.raises(ValueError, match="interests"):
+        causal(tf.zeros([1, 4, DIM]), interests=tf.zeros([1, K, DIM]))
+    layer = make_layer(False, "float32")
+    with pytest.raises(ValueError, match=r"\[batch, num_interests, dim\]"):
+        layer(tf.zeros([1, 4, DIM]), interests=tf.zeros([1, K + 1, DIM]))
+    with pytest.raises(ValueError, match="padding mask"):
+        layer(tf.zeros([1, 4, DIM]), mask=tf.ones([1, 4, 4], tf.bool))
+    with pytest.raises(ValueError, match="top_m"):
+        InterestMemory(2, num_keys=4, top_m=5)
+
+
+def test_long_causal_sequence_runs_in_linear_memory():
+    tf.keras.utils.set_random_seed(12)
+    layer = LinearDispatcherAttention(
+        num_heads=2, key_dim=4, num_interests=4, causal=True, chunk_size=64
+    )
+    x = tf.random.normal([1, 8192, 8])
+    out, p = tf.function(lambda x: layer(x))(x)
+    assert out.shape == (1, 8192, 8) and p.shape == (1, 4, 8)
+    assert np.all(np.isfinite(out.numpy()))
+    # Causal: the first 100 outputs equal those of the first 100 inputs alone.
+    prefix, _ = layer(x[:, :100])
+    np.testing.assert_allclose(out[:, :100].numpy(), prefix.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_precision_lda(restore_policy):
+    for policy in ("mixed_float16", "mixed_bfloat16"):
+        tf.keras.mixed_precision.set_global_policy(policy)
+        for causal in (False, True):
+            layer = LinearDispatcherAttention(
+                num_heads=HEADS, key_dim=KEY_DIM, num_interests=K, causal=causal
+            )
+            out, p = layer(tf.random.normal([2, 7, DIM]), mask=random_mask(
+                np.random.default_rng(0), 2, 7))
+            assert out.dtype == layer.compute_dtype and p.dtype == layer.compute_dtype
+            assert np.all(np.isfinite(tf.cast(out, tf.float32).numpy()))
+
+
+# --------------------------------------------------------------------------- memory
+def make_memory(seed=0, **kw):
+    tf.keras.utils.set_random_seed(seed)
+    kw.setdefault("num_keys", 8)
+    kw.setdefault("top_m", 4)
+    kw.setdefault("query_dim", 6)
+    memory = InterestMemory(num_interests=K, **kw)
+    memory.build([None, None, DIM])
+    return memory
+
+
+def test_memory_selects_true_top_m_and_matches_reference():
+    rng = np.random.default_rng(13)
+    memory = make_memory(13)
+    x = rng.normal(size=[3, 7, DIM]).astype(np.float32)
+    mask = random_mask(rng, 3, 7)
+    scores, indices = memory.lookup(tf.constant(x), tf.constant(mask))
+    out = memory(tf.constant(x), mask=tf.constant(mask)).numpy()
+    # Independent brute force over all n² slots.
+    xm = x.astype(np.float64) * mask[..., None]
+    mean = xm.sum(1) / mask.sum(1, keepdims=True)
+    q = mean @ memory.query_kernel.numpy() + memory.query_bias.numpy()
+    q = q.reshape(3, K, 6)
+    k1, k2 = memory.sub_keys_1.numpy(), memory.sub_keys_2.numpy()
+    full = (q[..., :3] @ k1.T)[..., :, None] + (q[..., 3:] @ k2.T)[..., None, :]
+    full = full.reshape(3, K, 64)  # slot index i1 * 8 + i2
+    best = np.argsort(-full, axis=-1)[..., :4]
+    np.testing.assert_array_equal(indices.numpy(), best)
+    np.testing.assert_allclose(
+        scores.numpy(), np.take_along_axis(full, best, -1), rtol=1e-5, atol=1e-5
+    )
+    top = np.take_along_axis(full, best, -1)
+    wts = np.exp(top - top.max(-1, keepdims=True))
+    wts /= wts.sum(-1, keepdims=True)
+    rows = memory.memory.numpy()[best]  # [B, k, m, dim]
+    expected = memory.base_tokens.numpy()[None] + np.einsum("bkm,bkmd->bkd", wts, rows)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_product_key_lookup_brute_force_leading_dims():
+    rng = np.random.default_rng(14)
+    q = rng.normal(size=[2, 3, 4, 8])
+    k1, k2 = rng.normal(size=[5, 4]), rng.normal(size=[5, 4])
+    scores, idx = elastic_ops.product_key_lookup(q, k1, k2, 3)
+    full = (q[..., :4] @ k1.T)[..., :, None] + (q[..., 4:] @ k2.T)[..., None, :]
+    full = full.reshape(2, 3, 4, 25)
+    best = np.argsort(-full, axis=-1)[..., :3]
+    assert idx.dtype == tf.int32 and scores.dtype == tf.float64
+    np.testing.assert_array_equal(idx.numpy(), best)
+    np.testing.assert_allclose(scores.numpy(), np.take_along_axis(full, best, -1), rtol=1e-12)
+    with pytest.raises(ValueError, match="twice the sub-key width"):
+        elastic_ops.product_key_lookup(q[..., :6], k1, k2, 3)
+
+
+def test_memory_gradient_reaches_selected_rows_only():
+    rng = np.random.default_rng(15)
+    memory = make_memory(15)
+    x = tf.constant(rng.normal(size=[2, 5, DIM]), tf.float32)
+    _, indices = memory.lookup(x)
+    with tf.GradientTape() as tape:
+        out = memory(x)
+        loss = tf.reduce_sum(out * tf.constant(rng.normal(size=[2, K, DIM]), tf.float32))
+    grad = tape.gradient(loss, memory.memory)
+    assert isinstance(grad, tf.IndexedSlices)
+    dense = tf.convert_to_tensor(grad).numpy()
+    touched = set(np.nonzero(np.abs(dense).sum(-1))[0].tolist())
+    assert touched == set(indices.numpy().ravel().tolist())
+    assert len(touched) < 64
+
+
+def test_memory_all_padding_is_finite():
+    memory = make_memory(16)
+    x = tf.random.normal([2, 4, DIM])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = memory(x, mask=tf.zeros([2, 4], tf.bool))
+        loss = tf.reduce_sum(out ** 2)
+    grads = tape.gradient(loss, [x] + memory.trainable_variables)
+    assert np.all(np.isfinite(out.numpy()))
+    for g in grads:
+        assert np.all(np.isfinite(tf.convert_to_tensor(g).numpy()))
+
+
+def test_memory_xla_equals_graph_mode():
+    memory = make_memory(17)
+    x = tf.random.normal([2, 6, DIM])
+    mask = tf.constant(random_mask(np.random.default_rng(17), 2, 6))
+    graph = tf.function(lambda x, m: memory(x, mask=m))(x, mask)
+    xla = tf.function(lambda x, m: memory(x, mask=m), jit_compile=True)(x, mask)
+    np.testing.assert_allclose(xla.numpy(), graph.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_memory_mixed_precision(policy, restore_policy):
+    tf.keras.mixed_precision.set_global_policy(policy)
+    memory = InterestMemory(num_interests=K, num_keys=8, top_m=4, query_dim=6)
+    x = tf.random.normal([2, 5, DIM])
+    with tf.GradientTape() as tape:
+        out = memory(x)
+        loss = tf.reduce_sum(tf.cast(out, tf.float32))
+    assert out.shape == (2, K, DIM)
+    assert out.dtype == tf.as_dtype(policy.split("_")[1])
+    assert memory.memory.dtype == tf.float32
+    grad = tape.gradient(loss, memory.memory)
+    assert isinstance(grad, tf.IndexedSlices)
+    assert np.all(np.isfinite(tf.convert_to_tensor(grad).numpy()))
+
+
+# --------------------------------------------------------------------------- serialization
+def test_config_round_trip():
+    layer = LinearDispatcherAttention(
+        num_heads=2, key_dim=3, num_interests=5, value_dim=4, causal=True, dropout=0.1,
+        use_bias=False, chunk_size=7, kernel_regularizer="l2",
+    )
+    clone = LinearDispatcherAttention.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    memory = InterestMemory(num_interests=5, num_keys=6, top_m=2, query_dim=4)
+    clone = InterestMemory.from_config(memory.get_config())
+    assert clone.get_config() == memory.get_config()
+
+
+def _model(causal):
+    tf.keras.utils.set_random_seed(18)
+    ids = tf.keras.Input(shape=(None,), dtype=tf.int32)
+    emb = tf.keras.layers.Embedding(30, DIM, mask_zero=True)(ids)
+    if causal:
+        out, interests = LinearDispatcherAttention(2, 3, K, causal=True, chunk_size=3)(emb)
+    else:
+        p0 = InterestMemory(K, num_keys=4, top_m=2, query_dim=4)(emb)
+        out, interests = LinearDispatcherAttention(2, 3, K)(emb, interests=p0)
+    return tf.keras.Model(ids, [out, interests])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_model_save_and_reload(causal):
+    model = _model(causal)
+    ids = np.array([[0, 0, 3, 4, 5, 9], [6, 7, 8, 0, 0, 0]], np.int32)
+    expected = model(ids)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in (os.path.join(tmp, "saved"), os.path.join(tmp, "model.keras")):
+            model.save(path)
+            loaded = tf.keras.models.load_model(path)
+            for a, b in zip(loaded(ids), expected):
+                np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- block
+@pytest.mark.parametrize("causal", [False, True])
+def test_transformer_block_elastic(causal):
+    tf.keras.utils.set_random_seed(19)
+    x = tf.random.normal([2, 6, 8])
+    mask = tf.constant(random_mask(np.random.default_rng(19), 2, 6))
+    block_1 = TransformerBlock(num_heads=2, attention="elastic", causal=causal, num_interests=4)
+    block_2 = TransformerBlock(num_heads=2, attention="elastic", causal=causal, num_interests=4)
+    y, p = block_1(x, mask=mask, return_interests=True)
+    assert y.shape == (2, 6, 8) and p.shape == (2, 4, 8)
+    assert np.all(y.numpy()[~mask.numpy()] == 0.0)
+    if causal:
+        z = block_2(y, mask=mask)
+        assert z.shape == (2, 6, 8)
+        with pytest.raises(ValueError, match="interests"):
+            block_2(y, mask=mask, interests=p)
+    else:
+        z, p2 = block_2(y, mask=mask, interests=p, return_interests=True)
+        z_default = block_2(y, mask=mask)
+        assert p2.shape == (2, 4, 8)
+        assert not np.allclose(z.numpy(), z_default.numpy())  # the hand-off is used
