@@ -45,7 +45,6 @@ setup(
     },
     entry_points={"console_scripts": ["tfrs-linear=tfrs_linear.cli:main"]},
     classifiers=[
-        "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3.11",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],

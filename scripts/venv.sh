@@ -11,8 +11,13 @@ fi
 stamp=".venv/.tfrs-linear-installed"
 want="$(cat setup.py | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test,bench]"
+  echo "installing tfrs-linear and its dependencies into .venv (log: .venv/install.log)..."
+  if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+         .venv/bin/python -m pip install -q -e ".[test,bench]"; } > .venv/install.log 2>&1; then
+    tail -n 40 .venv/install.log >&2
+    echo "installation failed; full log in .venv/install.log" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 export TF_USE_LEGACY_KERAS=1

@@ -15,8 +15,8 @@ CONFIGS = ["softmax", "linrec-paper", "elastic-k16"]
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    # Softmax's predicted score memory at batch 2, 2 heads, float32, factor 4:
-    # N=32 -> 64 KiB, N=64 -> 256 KiB; a 0.0002 GiB (~210 KiB) limit skips N=64 only.
+    # Softmax's predicted score memory at batch 2, 2 heads, float32, factor 8:
+    # N=32 -> 128 KiB, N=64 -> 512 KiB; a 0.0002 GiB (~210 KiB) limit skips N=64 only.
     argv = [
         "bench",
         "--out", str(out),
@@ -32,6 +32,7 @@ def tiny_run(tmp_path_factory):
         "--heads", "2",
         "--memory-limit-gib", "0.0002",
         "--peak-matmul-size", "64",
+        "--softmax-memory-factor", "8",
         "--device", "cpu",
     ]
     assert main(argv) == 0
@@ -96,7 +97,8 @@ def test_softmax_skipped_by_memory_limit(tiny_run):
     assert soft[64]["status"] == "skipped"
     assert soft[64]["reason"].startswith("skipped: predicted ")
     assert "> available" in soft[64]["reason"]
-    assert soft[64]["predicted_bytes"] == pytest.approx(2 * 2 * 64 * 64 * 4 * 4.0)
+    factor = report["settings"]["softmax_memory_factor"]
+    assert soft[64]["predicted_bytes"] == pytest.approx(2 * 2 * 64 * 64 * 4 * factor)
     assert "skipped (mem)" in markdown
 
 

@@ -1,0 +1,659 @@
+#!/usr/bin/env python
+"""Quality bar of issue #4 on MovieLens-100K: softmax vs LinRec vs ELASTIC.
+
+What it does (``shared/docs/protocol.md`` is the protocol):
+
+1. Trains, for every attention in ``--attentions`` and every seed in ``--seeds``, one
+   model in the project's DEFAULT regime (``ModelConfig`` defaults: regime "all" — a
+   next-item target at every position of a causal encoder —, full cross-entropy over the
+   catalogue, hidden 64, 2 layers, 2 heads, FFN 256, dropout 0.2, Adam 1e-3, patience 5 on
+   validation NDCG@10) at ``--max-len`` (200) and ``--batch-size`` (128), at most
+   ``--epochs`` (60) epochs, each into ``OUT/<attention>-seed<seed>/`` through
+   :class:`tfrs_linear.training.Trainer` (so an interrupted run resumes where it stopped).
+   Attentions: ``softmax``, ``linrec`` (paper normalization), ``linrec-token`` (the
+   official code's token normalization), ``elastic`` (k = 16 interests).
+   ``--base-config models/sasrec-ml100k.json`` trains in a reference configuration
+   instead (for example RecBole's setting: prefix augmentation "last", max_len 50,
+   batch 512); the attention is still set per run, the run directories get the
+   configuration's name (``OUT/<attention>-<config>-seed<seed>/``) and its results form
+   a separate group.
+2. Evaluates the most-popular baseline (training popularity) under the same protocol.
+3. Reports test HR@10, NDCG@10 and MRR@10 (full ranking, no exclusion, model selected on
+   validation NDCG@10) as mean ± sd over seeds next to the RecBole anchors, and checks:
+   softmax reaches the SASRec anchor (mean test HR@10 >= 0.1188 and NDCG@10 >= 0.0526);
+   LinRec and ELASTIC are within 3 % (relative) of softmax or better (mean test NDCG@10
+   and HR@10 >= 0.97 x softmax's).
+4. Time to the anchor's quality. The anchor's 0.0526 is a TEST figure, and a test figure
+   must not drive anything during training; so the time-to-target is defined on
+   validation: the training seconds (the wall time of the training epochs only — data
+   pipeline, first-call XLA compilation and the Keras fit loop included, the per-epoch
+   validation, checkpointing and the final evaluation excluded) summed over the epochs
+   up to and including the FIRST epoch whose validation NDCG@10 reaches the anchor's
+   best validation NDCG@10, 0.0655 (RecBole SASRec, epoch 6, ≈16 min of training on these
+   2 cores); "not reached" otherwise. Also reported: the training seconds to the best
+   epoch and the whole wall time of the run.
+5. Training throughput (``--skip-throughput`` / ``--throughput-only``): training
+   sequences per second of a full train step (forward, full-catalogue CE loss, backward,
+   Adam update; XLA on, batch ``--batch-size``, regime "all", real ml-100k batches) at
+   max_len 200 and 1000, measured over ``--throughput-steps`` steps after
+   ``--throughput-warmup`` warm-up steps, in ``--throughput-rounds`` rounds; within a
+   round the attentions are measured one after the other in one process (order rotated
+   each round), and each round's throughput is divided by softmax's of the same round.
+   The table gives the median over rounds. The cores are shared: absolute figures are
+   noisy, the ratios less so.
+
+Outputs: ``OUT/results.json`` (everything, merged with what earlier invocations wrote
+there) and ``OUT/results.md`` (Markdown tables). Progress goes to stdout.
+
+Usage (from the repository root)::
+
+    PYTHONUNBUFFERED=1 .venv/bin/python scripts/quality_ml100k.py --throughput-only
+    PYTHONUNBUFFERED=1 .venv/bin/python scripts/quality_ml100k.py --seeds 2020 --skip-throughput
+    PYTHONUNBUFFERED=1 .venv/bin/python scripts/quality_ml100k.py            # 3 seeds + throughput
+    PYTHONUNBUFFERED=1 .venv/bin/python scripts/quality_ml100k.py --seeds 2020 \\
+        --attentions softmax --base-config models/sasrec-ml100k.json --skip-throughput
+    .venv/bin/python scripts/quality_ml100k.py --report-only     # rewrite results.md
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tfrs_linear  # noqa: E402  (sets TF_USE_LEGACY_KERAS=1 before tf.keras is touched)
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tfrs_linear import data as data_lib  # noqa: E402
+from tfrs_linear import evaluation  # noqa: E402
+from tfrs_linear import training  # noqa: E402
+from tfrs_linear.config import ModelConfig  # noqa: E402
+from tfrs_linear.models import SequentialRetrievalModel  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = (REPO.parent / "shared" / "data" / "ml-100k" / "ml-100k.inter")
+if not DEFAULT_DATA.exists():
+    DEFAULT_DATA = Path("/work/shared/data/ml-100k/ml-100k.inter")
+
+# RecBole 1.2.1 on this machine, full ranking, no exclusion (shared/docs/protocol.md).
+ANCHORS = {
+    "sasrec": {"label": "RecBole SASRec (anchor)", "hr@10": 0.1188, "ndcg@10": 0.0526,
+               "mrr@10": 0.0327, "best_valid_ndcg@10": 0.0655, "best_epoch": 6,
+               "note": "max_len 50, prefix augmentation, batch 512, seed 2020; ≈165 s/epoch"},
+    "linrec": {"label": "RecBole + official LinRec (anchor)", "hr@10": 0.1283, "ndcg@10": 0.0571,
+               "mrr@10": 0.0359, "best_valid_ndcg@10": 0.0656, "best_epoch": 5,
+               "note": "same setting, official LinRec attention; ≈150 s/epoch"},
+    "mostpop": {"label": "RecBole most-popular (anchor)", "hr@10": 0.0498, "ndcg@10": 0.0224,
+                "mrr@10": None, "note": "same protocol"},
+}
+VALID_TARGET = ANCHORS["sasrec"]["best_valid_ndcg@10"]
+RELATIVE_TOLERANCE = 0.03
+
+VARIANTS = {
+    "softmax": {"attention": "softmax"},
+    "linrec": {"attention": "linrec", "normalization": "paper"},
+    "linrec-token": {"attention": "linrec", "normalization": "token"},
+    "elastic": {"attention": "elastic", "num_interests": 16},
+}
+METRICS = ("ndcg@10", "hr@10", "mrr@10")
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+class TimedTrainer(training.Trainer):
+    """A Trainer that also records the training seconds of every epoch.
+
+    ``OUT/<run>/epoch_times.json`` maps epoch -> seconds from the end of the previous
+    epoch's bookkeeping (or from the start of training) to this epoch's end, i.e. the
+    training epoch alone; it survives a resume like the checkpoints do.
+    """
+
+    def _restore(self):
+        super()._restore()
+        self._times_path = self.output / "epoch_times.json"
+        self._times = {}
+        if self._times_path.exists():
+            self._times = {int(k): v for k, v in json.loads(self._times_path.read_text()).items()}
+        self._mark = time.perf_counter()
+
+    def end_epoch(self, epoch, logs):
+        seconds = time.perf_counter() - self._mark
+        self._times[epoch + 1] = round(seconds, 3)
+        tmp = self._times_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({str(k): v for k, v in sorted(self._times.items())}, indent=1))
+        os.replace(tmp, self._times_path)
+        log(f"  epoch {epoch + 1}: training {seconds:.1f} s")
+        super().end_epoch(epoch, logs)
+        self._mark = time.perf_counter()
+
+
+def make_config(variant, seed, args, base=None):
+    config = base if base is not None else ModelConfig()
+    overrides = dict(VARIANTS[variant])
+    overrides.update(seed=seed, epochs=args.epochs)
+    if base is None:
+        overrides.update(max_len=args.max_len or 200, batch_size=args.batch_size or 128)
+    else:
+        if args.max_len:
+            overrides["max_len"] = args.max_len
+        if args.batch_size:
+            overrides["batch_size"] = args.batch_size
+    return config.replace(**overrides)
+
+
+def setting_name(args):
+    return "default" if not args.base_config else Path(args.base_config).stem
+
+
+def run_name(variant, seed, args):
+    tag = "" if not args.base_config else f"-{Path(args.base_config).stem}"
+    return f"{variant}{tag}-seed{seed}"
+
+
+def summarize_run(name, variant, setting, config, out_dir, wall_seconds=None):
+    """Everything the report needs about one finished run, from its directory."""
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    state = json.loads((out_dir / "checkpoints" / "state.json").read_text())
+    times_path = out_dir / "epoch_times.json"
+    times = {int(k): v for k, v in json.loads(times_path.read_text()).items()} if times_path.exists() else {}
+    history = state["history"]
+    cumulative, reached, reached_epoch = 0.0, None, None
+    train_to_best = None
+    curve = []
+    for rec in history:
+        e = rec["epoch"]
+        cumulative += times.get(e, float("nan"))
+        v = rec["valid"]["ndcg@10"]
+        curve.append({"epoch": e, "loss": round(rec["loss"], 5), "valid_ndcg@10": round(v, 5),
+                      "valid_hr@10": round(rec["valid"]["hr@10"], 5),
+                      "train_s": times.get(e), "eval_s": rec.get("eval_seconds")})
+        if reached is None and v >= VALID_TARGET:
+            reached, reached_epoch = cumulative, e
+        if e == state["best_epoch"]:
+            train_to_best = cumulative
+    train_total = sum(times.get(r["epoch"], float("nan")) for r in history)
+    epochs_run = state["epoch"]
+    stopped = "early-stopped" if state["wait"] > config.patience else (
+        "epoch cap" if epochs_run >= config.epochs else "incomplete")
+    record = {
+        "run": name, "variant": variant, "setting": setting, "seed": config.seed,
+        "config": config.to_dict(),
+        "test": {k: metrics["test"][k] for k in metrics["test"]},
+        "valid": {k: metrics["valid"][k] for k in metrics["valid"]},
+        "best_epoch": state["best_epoch"], "epochs_run": epochs_run, "stopped_by": stopped,
+        "train_seconds_total": round(train_total, 1),
+        "train_seconds_per_epoch_median": round(statistics.median(times.values()), 2) if times else None,
+        "train_seconds_to_best": None if train_to_best is None else round(train_to_best, 1),
+        "valid_target": VALID_TARGET,
+        "train_seconds_to_valid_target": None if reached is None else round(reached, 1),
+        "epoch_valid_target_reached": reached_epoch,
+        "eval_seconds_total": round(sum(r.get("eval_seconds", 0.0) for r in history), 1),
+        "wall_seconds_this_invocation": None if wall_seconds is None else round(wall_seconds, 1),
+        "curve": curve,
+        "dir": str(out_dir),
+    }
+    return record
+
+
+def train_runs(args, data, results):
+    base = ModelConfig.load(args.base_config) if args.base_config else None
+    setting = setting_name(args)
+    out = Path(args.out)
+    for seed in args.seeds:
+        for variant in args.attentions:
+            name = run_name(variant, seed, args)
+            config = make_config(variant, seed, args, base)
+            run_dir = out / name
+            n_ex = data_lib.num_training_examples(data, config.max_len, config.regime)
+            log(f"=== {name}: {variant} ({config.attention}/{config.normalization}, k={config.num_interests}), "
+                f"regime {config.regime}, loss {config.loss}, causal {config.is_causal}, "
+                f"max_len {config.max_len}, batch {config.batch_size}, lr {config.learning_rate}, "
+                f"<= {config.epochs} epochs, patience {config.patience}; {n_ex} training sequences "
+                f"-> {n_ex // config.batch_size} steps/epoch")
+            tf.keras.backend.clear_session()
+            t0 = time.perf_counter()
+            try:
+                TimedTrainer(config, data, run_dir, verbose=2 if args.keras_verbose else 0).run()
+            except Exception as e:  # keep going with the other runs; the error is reported
+                log(f"!!! {name} failed: {type(e).__name__}: {e}")
+                traceback.print_exc()
+                results["runs"][name] = {"run": name, "variant": variant, "setting": setting,
+                                         "seed": seed, "error": f"{type(e).__name__}: {e}"}
+                write_outputs(results, out)
+                continue
+            wall = time.perf_counter() - t0
+            rec = summarize_run(name, variant, setting, config, run_dir, wall)
+            results["runs"][name] = rec
+            log(f"=== {name} done in {wall:.0f} s: test ndcg@10 {rec['test']['ndcg@10']:.4f} "
+                f"hr@10 {rec['test']['hr@10']:.4f} mrr@10 {rec['test']['mrr@10']:.4f}; best epoch "
+                f"{rec['best_epoch']}/{rec['epochs_run']} ({rec['stopped_by']}); training "
+                f"{rec['train_seconds_total']:.0f} s; valid target {VALID_TARGET} "
+                + (f"reached at epoch {rec['epoch_valid_target_reached']} after "
+                   f"{rec['train_seconds_to_valid_target']:.0f} s" if rec['epoch_valid_target_reached']
+                   else "not reached"))
+            write_outputs(results, out)
+
+
+def most_popular(data, max_len):
+    encode_fn, items = evaluation.most_popular_scores(data.item_popularity)
+    out = {}
+    for split in ("valid", "test"):
+        batches = data_lib.evaluation_batches(data, split, max_len, 256)
+        m = evaluation.evaluate(encode_fn, items, batches, protocol="full", exclude_history=False)
+        out[split] = {k: float(v) for k, v in m.items() if "@" in k}
+    return out
+
+
+# -------------------------------------------------------------------------- throughput
+
+
+def throughput(args, data):
+    lengths = args.throughput_lengths
+    variants = args.attentions if "softmax" in args.attentions else ["softmax"] + list(args.attentions)
+    bs = args.batch_size or 128
+    steps, warmup, rounds = args.throughput_steps, args.throughput_warmup, args.throughput_rounds
+    report = {"batch_size": bs, "steps": steps, "warmup": warmup, "rounds": rounds,
+              "regime": "all", "loss": "full", "xla": True, "lengths": lengths, "points": {}}
+    for n in lengths:
+        tf.keras.backend.clear_session()
+        tf.keras.utils.set_random_seed(0)
+        ds = data_lib.training_dataset(data, n, bs, regime="all", seed=0)
+        batches = ds.take(4).cache().repeat()
+        models = {}
+        for v in variants:
+            config = ModelConfig().replace(**VARIANTS[v], max_len=n, batch_size=bs, xla=True)
+            model = SequentialRetrievalModel(config, data.num_items).build_all()
+            model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate), jit_compile=True)
+            t0 = time.perf_counter()
+            try:
+                step = model.make_train_function()
+                it = iter(batches)
+                for i in range(max(warmup, 1)):
+                    float(step(it)["loss"])
+            except Exception as e:
+                log(f"throughput N={n} {v}: warm-up failed: {type(e).__name__}: {str(e)[:300]}")
+                report["points"].setdefault(str(n), {})[v] = {"error": f"{type(e).__name__}"}
+                continue
+            log(f"throughput N={n} {v}: warm-up ({warmup} steps incl. XLA compile) {time.perf_counter() - t0:.1f} s")
+            models[v] = (step, it)
+        per = {v: [] for v in models}
+        ratios = {v: [] for v in models}
+        order = list(models)
+        if not order:
+            continue
+        for r in range(rounds):
+            rot = order[r % len(order):] + order[:r % len(order)]
+            this = {}
+            for v in rot:
+                step, it = models[v]
+                t0 = time.perf_counter()
+                for i in range(steps):
+                    out = step(it)
+                    float(out["loss"])  # wait for the step
+                dt = time.perf_counter() - t0
+                this[v] = steps * bs / dt
+                per[v].append(this[v])
+            if "softmax" in this:
+                for v in this:
+                    ratios[v].append(this[v] / this["softmax"])
+            log(f"throughput N={n} round {r + 1}/{rounds}: " + ", ".join(
+                f"{v} {this[v]:.0f} seq/s" + (f" ({this[v] / this['softmax']:.2f}x)" if "softmax" in this else "")
+                for v in order))
+        point = report["points"].setdefault(str(n), {})
+        for v in models:
+            point[v] = {
+                "seq_per_s_median": round(statistics.median(per[v]), 2),
+                "seq_per_s_rounds": [round(x, 2) for x in per[v]],
+                "step_ms_median": round(1000 * bs / statistics.median(per[v]), 1),
+                "ratio_vs_softmax_median": round(statistics.median(ratios[v]), 3) if ratios[v] else None,
+                "ratio_vs_softmax_rounds": [round(x, 3) for x in ratios[v]],
+            }
+        del models
+    return report
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def _mean_sd(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = float(np.mean(values))
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return mean, sd
+
+
+def summarize(results):
+    groups = {}
+    for rec in results["runs"].values():
+        if "error" in rec:
+            continue
+        groups.setdefault((rec["setting"], rec["variant"]), []).append(rec)
+    summary = []
+    for (setting, variant), recs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "default", kv[0][0],
+                                                                               list(VARIANTS).index(kv[0][1]))):
+        recs = sorted(recs, key=lambda r: r["seed"])
+        row = {"setting": setting, "variant": variant, "seeds": [r["seed"] for r in recs], "n": len(recs)}
+        for split in ("test", "valid"):
+            for m in METRICS:
+                mean, sd = _mean_sd([r[split][m] for r in recs])
+                row[f"{split}_{m}_mean"], row[f"{split}_{m}_sd"] = mean, sd
+        row["best_epochs"] = [r["best_epoch"] for r in recs]
+        row["epochs_run"] = [r["epochs_run"] for r in recs]
+        row["stopped_by"] = [r["stopped_by"] for r in recs]
+        row["train_seconds_total"] = [r["train_seconds_total"] for r in recs]
+        row["train_seconds_to_best"] = [r["train_seconds_to_best"] for r in recs]
+        row["train_seconds_to_valid_target"] = [r["train_seconds_to_valid_target"] for r in recs]
+        row["train_seconds_per_epoch_median"] = [r["train_seconds_per_epoch_median"] for r in recs]
+        summary.append(row)
+    return summary
+
+
+def checks(summary):
+    out = []
+    rows = {(r["setting"], r["variant"]): r for r in summary}
+    for setting in sorted({r["setting"] for r in summary}, key=lambda s: s != "default"):
+        soft = rows.get((setting, "softmax"))
+        if soft:
+            a = ANCHORS["sasrec"]
+            met = soft["test_ndcg@10_mean"] >= a["ndcg@10"] and soft["test_hr@10_mean"] >= a["hr@10"]
+            out.append({
+                "setting": setting,
+                "check": "softmax reaches the SASRec anchor (mean test NDCG@10 >= 0.0526 and HR@10 >= 0.1188)",
+                "met": bool(met), "seeds": soft["n"],
+                "detail": f"NDCG@10 {soft['test_ndcg@10_mean']:.4f} ({soft['test_ndcg@10_mean'] / a['ndcg@10'] - 1:+.1%}), "
+                          f"HR@10 {soft['test_hr@10_mean']:.4f} ({soft['test_hr@10_mean'] / a['hr@10'] - 1:+.1%}) "
+                          f"over {soft['n']} seed(s)",
+            })
+        for variant in VARIANTS:
+            if variant == "softmax" or (setting, variant) not in rows:
+                continue
+            row = rows[(setting, variant)]
+            if soft:
+                rel_n = row["test_ndcg@10_mean"] / soft["test_ndcg@10_mean"] - 1
+                rel_h = row["test_hr@10_mean"] / soft["test_hr@10_mean"] - 1
+                met = rel_n >= -RELATIVE_TOLERANCE and rel_h >= -RELATIVE_TOLERANCE
+                out.append({
+                    "setting": setting,
+                    "check": f"{variant} within 3% of softmax or better (mean test NDCG@10 and HR@10)",
+                    "met": bool(met), "seeds": min(row["n"], soft["n"]),
+                    "detail": f"NDCG@10 {row['test_ndcg@10_mean']:.4f} vs {soft['test_ndcg@10_mean']:.4f} ({rel_n:+.1%}), "
+                              f"HR@10 {row['test_hr@10_mean']:.4f} vs {soft['test_hr@10_mean']:.4f} ({rel_h:+.1%})",
+                })
+            if variant.startswith("linrec"):
+                a = ANCHORS["linrec"]
+                met = row["test_ndcg@10_mean"] >= a["ndcg@10"] and row["test_hr@10_mean"] >= a["hr@10"]
+                out.append({
+                    "setting": setting,
+                    "check": f"(info) {variant} reaches the official-LinRec anchor (NDCG@10 >= 0.0571, HR@10 >= 0.1283)",
+                    "met": bool(met), "seeds": row["n"],
+                    "detail": f"NDCG@10 {row['test_ndcg@10_mean']:.4f} ({row['test_ndcg@10_mean'] / a['ndcg@10'] - 1:+.1%}), "
+                              f"HR@10 {row['test_hr@10_mean']:.4f} ({row['test_hr@10_mean'] / a['hr@10'] - 1:+.1%})",
+                })
+    return out
+
+
+def _fmt(mean, sd, digits=4):
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def _secs(values):
+    def one(v):
+        return "not reached" if v is None else f"{v:.0f}"
+    return ", ".join(one(v) for v in values)
+
+
+def render_markdown(results):
+    s = results.get("settings", {})
+    lines = ["# Quality on ml-100k: softmax vs LinRec vs ELASTIC (issue #4)", ""]
+    lines.append(f"- updated {results.get('updated')}; data `{s.get('data')}`; "
+                 f"machine: {s.get('machine')}")
+    lines.append("- protocol: leave-one-out, full ranking over the catalogue, no history exclusion, "
+                 "pessimistic ties; model selected on validation NDCG@10 (patience 5); test at the best epoch "
+                 "(shared/docs/protocol.md).")
+    lines.append("- `default` setting: ModelConfig defaults — regime `all` (causal encoder, next-item CE "
+                 "over all items at every position), hidden 64, 2 layers, 2 heads, FFN 256, dropout 0.2, "
+                 "Adam 1e-3 — at the max_len / batch / epoch cap given in the per-run table. Other settings "
+                 "are named after the reference configuration they load (models/*.json).")
+    lines.append("")
+    summary = results.get("summary", [])
+    lines.append("## Test metrics (mean ± sd over seeds)")
+    lines.append("")
+    lines.append("| model | setting | seeds | NDCG@10 | HR@10 | MRR@10 | valid NDCG@10 | best epoch / run | "
+                 "train s to valid NDCG@10 ≥ 0.0655 | train s to best | train s total |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for key in ("sasrec", "linrec", "mostpop"):
+        a = ANCHORS[key]
+        lines.append(f"| {a['label']} | RecBole | 1 | {a['ndcg@10']:.4f} | {a['hr@10']:.4f} | "
+                     f"{'–' if a['mrr@10'] is None else format(a['mrr@10'], '.4f')} | "
+                     f"{a.get('best_valid_ndcg@10', '–')} | {a.get('best_epoch', '–')} | "
+                     f"{'≈990 (6 × 165)' if key == 'sasrec' else ('≈750 (5 × 150)' if key == 'linrec' else '–')} | – | – |")
+    mp = results.get("most_popular")
+    if mp:
+        lines.append(f"| most-popular (ours) | – | – | {mp['test']['ndcg@10']:.4f} | {mp['test']['hr@10']:.4f} | "
+                     f"{mp['test']['mrr@10']:.4f} | {mp['valid']['ndcg@10']:.4f} | – | – | – | – |")
+    for row in summary:
+        lines.append(
+            f"| {row['variant']} | {row['setting']} | {','.join(map(str, row['seeds']))} | "
+            f"{_fmt(row['test_ndcg@10_mean'], row['test_ndcg@10_sd'])} | "
+            f"{_fmt(row['test_hr@10_mean'], row['test_hr@10_sd'])} | "
+            f"{_fmt(row['test_mrr@10_mean'], row['test_mrr@10_sd'])} | "
+            f"{_fmt(row['valid_ndcg@10_mean'], row['valid_ndcg@10_sd'])} | "
+            f"{', '.join(f'{b}/{e}' for b, e in zip(row['best_epochs'], row['epochs_run']))} | "
+            f"{_secs(row['train_seconds_to_valid_target'])} | {_secs(row['train_seconds_to_best'])} | "
+            f"{_secs(row['train_seconds_total'])} |")
+    lines.append("")
+    lines.append("Time to target: training seconds (training epochs only — data pipeline, first-call XLA "
+                 "compilation and the fit loop included; per-epoch validation, checkpoints and final "
+                 "evaluation excluded) up to the first epoch whose VALIDATION NDCG@10 reaches 0.0655, the "
+                 "best validation NDCG@10 of the RecBole SASRec anchor (its test 0.0526 is not usable as a "
+                 "training-time criterion). The RecBole figures in that column are epochs × the protocol's "
+                 "per-epoch time. Wall times on 2 shared cores are noisy.")
+    lines.append("")
+    chk = results.get("checks", [])
+    if chk:
+        lines.append("## Checks")
+        lines.append("")
+        lines.append("| setting | check | verdict | seeds | measured |")
+        lines.append("|---|---|---|---|---|")
+        for c in chk:
+            verdict = "met" if c["met"] else "**missed**"
+            lines.append(f"| {c['setting']} | {c['check']} | {verdict} | {c['seeds']} | {c['detail']} |")
+        if any(c["seeds"] < 3 for c in chk):
+            lines.append("")
+            lines.append("Fewer than 3 seeds: the protocol asks for mean ± sd over at least 3 seeds before "
+                         "an accuracy claim; these verdicts are provisional.")
+        lines.append("")
+    runs = [r for r in results.get("runs", {}).values()]
+    if runs:
+        lines.append("## Runs")
+        lines.append("")
+        lines.append("| run | regime / max_len / batch | epochs (cap) | stopped by | best epoch | test NDCG@10 | "
+                     "test HR@10 | test MRR@10 | best valid NDCG@10 | train s / epoch (median) | "
+                     "train s total | eval s total | wall s |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in sorted(runs, key=lambda r: r["run"]):
+            if "error" in r:
+                lines.append(f"| {r['run']} | – | – | **failed**: {r['error'][:120]} | | | | | | | | | |")
+                continue
+            c = r["config"]
+            lines.append(
+                f"| {r['run']} | {c['regime']} / {c['max_len']} / {c['batch_size']} | {r['epochs_run']} ({c['epochs']}) | "
+                f"{r['stopped_by']} | {r['best_epoch']} | {r['test']['ndcg@10']:.4f} | {r['test']['hr@10']:.4f} | "
+                f"{r['test']['mrr@10']:.4f} | {r['valid']['ndcg@10']:.4f} | {r['train_seconds_per_epoch_median']} | "
+                f"{r['train_seconds_total']:.0f} | {r['eval_seconds_total']:.0f} | "
+                f"{r['wall_seconds_this_invocation'] if r['wall_seconds_this_invocation'] is not None else '–'} |")
+        lines.append("")
+        lines.append("Validation NDCG@10 per epoch:")
+        lines.append("")
+        for r in sorted(runs, key=lambda r: r["run"]):
+            if "error" in r:
+                continue
+            curve = " ".join(f"{p['valid_ndcg@10']:.4f}" for p in r["curve"])
+            lines.append(f"- {r['run']}: {curve}")
+        lines.append("")
+    tp = results.get("throughput")
+    if tp:
+        lines.append("## Training throughput")
+        lines.append("")
+        lines.append(f"Training sequences/s of a full train step (forward, full-catalogue CE, backward, Adam; "
+                     f"XLA, batch {tp['batch_size']}, regime {tp['regime']}, real ml-100k batches), median over "
+                     f"{tp['rounds']} rounds of {tp['steps']} steps after {tp['warmup']} warm-up steps; the "
+                     f"attentions alternate within each round in one process; ratio = this / softmax in the "
+                     f"same round (median over rounds). Measured {tp.get('measured')}.")
+        lines.append("")
+        variants = []
+        for point in tp["points"].values():
+            for v in point:
+                if v not in variants:
+                    variants.append(v)
+        lines.append("| attention | " + " | ".join(f"N={n}: seq/s (step ms) | N={n}: vs softmax" for n in tp["points"]) + " |")
+        lines.append("|---|" + "---|---|" * len(tp["points"]))
+        for v in variants:
+            cells = []
+            for n, point in tp["points"].items():
+                p = point.get(v)
+                if p is None:
+                    cells += ["–", "–"]
+                elif "error" in p:
+                    cells += [f"failed ({p['error']})", "–"]
+                else:
+                    cells += [f"{p['seq_per_s_median']:.1f} ({p['step_ms_median']:.0f})",
+                              "–" if p["ratio_vs_softmax_median"] is None else f"{p['ratio_vs_softmax_median']:.2f}x"]
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(results, out):
+    out.mkdir(parents=True, exist_ok=True)
+    results["summary"] = summarize(results)
+    results["checks"] = checks(results["summary"])
+    results["updated"] = datetime.datetime.now().isoformat(timespec="seconds")
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(tmp, out / "results.json")
+    (out / "results.md").write_text(render_markdown(results))
+
+
+def print_summary(results):
+    log("results:")
+    for row in results["summary"]:
+        print(f"  {row['variant']:<13} {row['setting']:<14} seeds {row['seeds']}: test NDCG@10 "
+              f"{_fmt(row['test_ndcg@10_mean'], row['test_ndcg@10_sd'])}, HR@10 "
+              f"{_fmt(row['test_hr@10_mean'], row['test_hr@10_sd'])}, MRR@10 "
+              f"{_fmt(row['test_mrr@10_mean'], row['test_mrr@10_sd'])}; train s to valid target "
+              f"{_secs(row['train_seconds_to_valid_target'])}", flush=True)
+    for key in ("sasrec", "linrec", "mostpop"):
+        a = ANCHORS[key]
+        print(f"  {a['label']:<36} test NDCG@10 {a['ndcg@10']:.4f}, HR@10 {a['hr@10']:.4f}", flush=True)
+    mp = results.get("most_popular")
+    if mp:
+        print(f"  most-popular (ours)                  test NDCG@10 {mp['test']['ndcg@10']:.4f}, "
+              f"HR@10 {mp['test']['hr@10']:.4f}, MRR@10 {mp['test']['mrr@10']:.4f}", flush=True)
+    for c in results["checks"]:
+        print(f"  [{'met' if c['met'] else 'MISSED'}] {c['setting']}: {c['check']}: {c['detail']}", flush=True)
+    tp = results.get("throughput")
+    if tp:
+        for n, point in tp["points"].items():
+            print(f"  throughput N={n}: " + ", ".join(
+                f"{v} {p['seq_per_s_median']:.1f} seq/s ({p['ratio_vs_softmax_median']}x)" if "error" not in p
+                else f"{v} failed" for v, p in point.items()), flush=True)
+
+
+# -------------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
+    names = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="ml-100k.inter (RecBole format)")
+    p.add_argument("--seeds", type=ints, default=[2020, 2021, 2022], help="comma-separated (default 2020,2021,2022)")
+    p.add_argument("--attentions", type=names, default=["softmax", "linrec", "elastic"],
+                   help=f"comma-separated, of {','.join(VARIANTS)} (default softmax,linrec,elastic)")
+    p.add_argument("--epochs", type=int, default=60, help="epoch cap (early stopping may end sooner; default 60)")
+    p.add_argument("--max-len", type=int, default=None, help="default 200 (or the --base-config's)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128 (or the --base-config's)")
+    p.add_argument("--base-config", help="train in this models/*.json setting instead of the ModelConfig defaults")
+    p.add_argument("--out", default="runs/quality", help="output folder (default runs/quality)")
+    p.add_argument("--throughput-only", action="store_true", help="only the throughput measurement")
+    p.add_argument("--skip-throughput", action="store_true", help="no throughput measurement")
+    p.add_argument("--report-only", action="store_true", help="rewrite results.md from results.json")
+    p.add_argument("--throughput-lengths", type=ints, default=[200, 1000])
+    p.add_argument("--throughput-steps", type=int, default=5)
+    p.add_argument("--throughput-warmup", type=int, default=2)
+    p.add_argument("--throughput-rounds", type=int, default=3)
+    p.add_argument("--keras-verbose", action="store_true", help="Keras' per-epoch line too")
+    args = p.parse_args(argv)
+    bad = [a for a in args.attentions if a not in VARIANTS]
+    if bad:
+        p.error(f"unknown attention(s) {bad}; choose from {list(VARIANTS)}")
+    if args.throughput_only and args.skip_throughput:
+        p.error("--throughput-only and --skip-throughput exclude each other")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = REPO / out
+    args.out = str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.setdefault("runs", {})
+    if args.report_only:
+        write_outputs(results, out)
+        print_summary(results)
+        return 0
+    t_start = time.perf_counter()
+    results["settings"] = {
+        "data": args.data,
+        "machine": f"{platform.node()}, {os.cpu_count()} logical cores, TF {tf.__version__}, "
+                   f"{'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}",
+        "anchors": ANCHORS, "valid_target": VALID_TARGET, "relative_tolerance": RELATIVE_TOLERANCE,
+    }
+    data = data_lib.load_dataset(args.data)
+    log(data.describe())
+    if not args.throughput_only:
+        results["most_popular"] = most_popular(data, args.max_len or 200)
+        mp = results["most_popular"]["test"]
+        log(f"most-popular: test NDCG@10 {mp['ndcg@10']:.4f} HR@10 {mp['hr@10']:.4f} MRR@10 {mp['mrr@10']:.4f} "
+            f"(RecBole: NDCG@10 0.0224, HR@10 0.0498)")
+        write_outputs(results, out)
+    if not args.skip_throughput:
+        log("throughput: " + ", ".join(f"N={n}" for n in args.throughput_lengths))
+        tp = throughput(args, data)
+        tp["measured"] = datetime.datetime.now().isoformat(timespec="seconds")
+        results["throughput"] = tp
+        write_outputs(results, out)
+    if not args.throughput_only:
+        train_runs(args, data, results)
+    write_outputs(results, out)
+    print_summary(results)
+    log(f"wrote {out / 'results.json'} and {out / 'results.md'} ({time.perf_counter() - t_start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Latency of the exported `serving_default` signature, run the way TF Serving runs it.
+
+For each attention (softmax, LinRec, ELASTIC) and max_len (200, 2000) this builds a model
+(untrained weights: latency does not depend on them) over a catalogue of ``--items``
+items, exports it with ``tfrs_linear.serving.export_model``, loads the SavedModel in a TF1
+``Session`` on the ``serve`` tag (as SavedModelBundle does) and times ``sess.run`` of the
+signature's output tensors, fed by name, with full-length string histories. Reports
+p50/p99 per batch size and the ratios to softmax measured in the same run, interleaving
+the models round by round to spread machine noise over all of them.
+
+    .venv/bin/python scripts/serving_latency.py --out runs/serving-latency
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tfrs_linear  # noqa: F401  (Keras 2 before TensorFlow is used)
+import tensorflow as tf
+
+from tfrs_linear import serving
+from tfrs_linear.config import ModelConfig
+from tfrs_linear.models import SequentialRetrievalModel
+
+
+def build_export(attention, max_len, items, root):
+    config = ModelConfig(attention=attention, max_len=max_len)
+    vocab = ["[PAD]", "[OOV]"] + [str(i) for i in range(1, items + 1)]
+    model = SequentialRetrievalModel(config, len(vocab)).build_all()
+    return serving.export_model(model, vocab, Path(root) / f"{attention}-{max_len}", k=100), vocab
+
+
+class Session:
+    def __init__(self, export_dir):
+        self.graph = tf.Graph()
+        self.sess = tf.compat.v1.Session(graph=self.graph)
+        meta = tf.compat.v1.saved_model.loader.load(self.sess, ["serve"], str(export_dir))
+        sig = meta.signature_def["serving_default"]
+        self.input_name = sig.inputs["item_ids"].name
+        self.outputs = [sig.outputs[k].name for k in sorted(sig.outputs)]
+
+    def run(self, batch):
+        return self.sess.run(self.outputs, feed_dict={self.input_name: batch})
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--attentions", default="softmax,linrec,elastic")
+    p.add_argument("--lengths", default="200,2000")
+    p.add_argument("--batches", default="1,64")
+    p.add_argument("--items", type=int, default=1682)
+    p.add_argument("--rounds", type=int, default=30, help="timed requests per point")
+    p.add_argument("--out", default="runs/serving-latency")
+    args = p.parse_args(argv)
+    attentions = args.attentions.split(",")
+    lengths = [int(x) for x in args.lengths.split(",")]
+    batches = [int(x) for x in args.batches.split(",")]
+    rng = np.random.default_rng(0)
+    results = []
+    with tempfile.TemporaryDirectory() as root:
+        for max_len in lengths:
+            sessions = {}
+            for attention in attentions:
+                export_dir, vocab = build_export(attention, max_len, args.items, root)
+                sessions[attention] = Session(export_dir)
+            for batch_size in batches:
+                batch = rng.choice(np.array(vocab[2:], dtype=object), size=(batch_size, max_len))
+                batch = batch.astype(bytes)
+                times = {a: [] for a in attentions}
+                for s in sessions.values():  # warm-up
+                    for _ in range(3):
+                        s.run(batch)
+                for _ in range(args.rounds):
+                    for attention, s in sessions.items():
+                        t0 = time.perf_counter()
+                        s.run(batch)
+                        times[attention].append(time.perf_counter() - t0)
+                base = {q: np.percentile(times[attentions[0]], q) for q in (50, 99)}
+                for attention in attentions:
+                    t = np.array(times[attention]) * 1e3
+                    row = {"attention": attention, "max_len": max_len, "batch": batch_size,
+                           "p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
+                           "p50_ratio_to_softmax": float(np.percentile(t, 50) / (base[50] * 1e3)),
+                           "p99_ratio_to_softmax": float(np.percentile(t, 99) / (base[99] * 1e3))}
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latency.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = ["| attention | max_len | batch | p50 ms | p99 ms | p50 / softmax | p99 / softmax |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['attention']} | {r['max_len']} | {r['batch']} | {r['p50_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {r['p50_ratio_to_softmax']:.2f} | {r['p99_ratio_to_softmax']:.2f} |")
+    (out / "latency.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
