@@ -1338,7 +1338,7 @@ def _short_status(rec):
     status = rec.get("status")
     reason = rec.get("reason", "")
     if status == "skipped":
-        return "skipped (mem)" if "GiB" in reason else "skipped (time)"
+        return "skipped (mem)" if "> available" in reason else "skipped (time)"
     if status == "unavailable":
         return "unavailable"
     return status or "–"
@@ -1477,7 +1477,7 @@ def _step_memory_table(report):
         "### Per-step memory of the other measurements (CPU)\n\n"
         "RSS high-water mark of one warm step minus the RSS before it (the mark reset "
         "through /proc/self/clear_refs): memory the step adds on top of what the process "
-        "already holds (allocator caching can hide some of it).\n\n"
+        "already holds. A lower bound only: memory the allocator already cached from the first calls is reused and not counted.\n\n"
     )
     return text + _table(["config", "scope pass mode"] + [f"N={n}" for n in lengths], body) + "\n"
 

@@ -189,57 +189,6 @@ def _dispatch_to_interests(query, keys, values):
     return tf.einsum("bgti,bgtiv->bgtv", tf.nn.softmax(logits, axis=-1), values)
 
 
-def _causal_chunk_step(state, elems, base_keys, base_values, d_k):
-    """One chunk of the causal prefix means followed by the dispatch.
-
-    ``state``: (reference [B,H,k], normaliser [B,H,k], numerator [B,H,k,F]) of all the
-    previous chunks, each relative to ``exp(reference)``.
-    ``elems``: logits [B,H,k,C], values [B,H,C,F], mask [B,C], query [B,G,C,d_k].
-    """
-    ref_prev, z_prev, s_prev = state
-    logits, values, mask, query = elems
-    dtype = logits.dtype
-    chunk = tf.shape(logits)[-1]
-    tril = tf.linalg.band_part(tf.ones([chunk, chunk], dtype), -1, 0)
-    # valid[b, t, s]: s <= t and s is a real item.
-    valid = tril[tf.newaxis] * mask[:, tf.newaxis, :]
-    valid = valid[:, tf.newaxis, tf.newaxis]  # [B, 1, 1, C, C]
-    is_valid = tf.broadcast_to(valid > 0, tf.concat([tf.shape(logits), [chunk]], 0))
-    pair_logits = tf.broadcast_to(
-        logits[..., tf.newaxis, :], tf.shape(is_valid)
-    )  # [B, H, k, C(t), C(s)]
-    # Running maximum r_t over the prefix s <= t (previous chunks through ref_prev):
-    # causal, so a future logit never rescales a past output.
-    ref = tf.reduce_max(
-        tf.where(is_valid, pair_logits, _very_negative(dtype)), axis=-1
-    )
-    ref = tf.stop_gradient(tf.maximum(ref, ref_prev[..., tf.newaxis]))  # [B,H,k,C]
-    shifted = tf.where(
-        is_valid, pair_logits - ref[..., tf.newaxis], tf.zeros_like(pair_logits)
-    )
-    weights = tf.exp(shifted) * valid  # [B, H, k, C, C]
-    decay = tf.exp(ref_prev[..., tf.newaxis] - ref)  # <= 1, [B, H, k, C]
-    z = decay * z_prev[..., tf.newaxis] + tf.reduce_sum(weights, axis=-1)
-    num = decay[..., tf.newaxis] * s_prev[:, :, :, tf.newaxis, :] + tf.einsum(
-        "bhkts,bhsf->bhktf", weights, values
-    )  # [B, H, k, C, F]
-    # z >= 1 once a real item has been seen (its term is exp(0)), else exactly 0.
-    means = num / tf.maximum(z, tf.ones_like(z))[..., tf.newaxis]
-    new_state = (ref[..., -1], z[..., -1], num[:, :, :, -1, :])
-    # Sum the aggregate heads' contributions: [B, k, C, F].
-    summed = tf.reduce_sum(means, axis=1)
-    batch = tf.shape(summed)[0]
-    n_heads = tf.shape(base_keys)[1]
-    k_int = tf.shape(summed)[1]
-    summed = tf.reshape(summed, [batch, k_int, chunk, n_heads, -1])
-    summed = tf.transpose(summed, [0, 3, 2, 1, 4])  # [B, G, C, k, d_k + d_v]
-    keys = base_keys[:, :, tf.newaxis] + summed[..., :d_k]
-    vals = base_values[:, :, tf.newaxis] + summed[..., d_k:]
-    out = _dispatch_to_interests(query, keys, vals)
-    out = out * mask[:, tf.newaxis, :, tf.newaxis]
-    return new_state, out
-
-
 def dispatcher_attention(
     query,
     key,
@@ -274,15 +223,15 @@ def dispatcher_attention(
     there is no per-position ``k x d x d`` work. Before the first real item the means are
     0 (so ``K' = interest_key``) and the output is 0 anyway.
 
-    The causal form is computed chunk-wise (``tf.scan`` over chunks of ``chunk_size``):
-    inside a chunk an explicit ``C x C`` lower-triangular weight matrix per interest,
-    across chunks a running (reference, normaliser, numerator) state per interest and
-    aggregate head. The reference is the running maximum of the logits over the prefix
-    (``max`` over ``s <= t``), so it is causal: no future logit rescales a past output.
-    Memory is ``O(N·H·F + (N/C)·H·k·F + C²·H·k)`` with ``F = G (d_k + d_v)``: the
-    per-position folded values, one running state per chunk (``tf.scan`` keeps them for
-    the backward pass) and one chunk's ``C x C`` weights; never N x N and no state per
-    position. Time ``O(N·k·H·F + N·C·H·k)``.
+    The causal form is computed chunk-wise (:func:`_causal_dispatcher`): inside a chunk
+    of ``C`` positions the explicit ``C x C`` lower-triangular weights per interest,
+    relative to the running maximum of the logits over the prefix (``max`` over
+    ``s <= t``, so strictly causal: no future logit rescales a past output); across
+    chunks a running (normaliser, numerator) state per interest and aggregate head,
+    combined by a log-depth prefix scan. The per-position interests ``K'``/``V'`` are
+    never materialised: the dispatch logits and outputs are formed from the states and
+    the ``C x C`` products directly. Memory ``O(N·H·k·C + N·H·G·(k + C) +
+    (N/C)·H·k·F)`` with ``F = G (d_k + d_v)``; never N x N and no state per position.
 
     Args:
       query: ``[B, G, N, d_k]``, the dispatch queries (``X W_q2``).
@@ -355,50 +304,177 @@ def dispatcher_attention(
         out = dispatcher_dispatch(q2, ik + means[..., :d_k], iv + means[..., d_k:], m)
         return tf.cast(out, query.dtype)
 
-    chunk = int(chunk_size)
+    out = _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, int(chunk_size))
+    return tf.cast(out, query.dtype)
+
+
+def _shift_right(x, shift, axis, fill):
+    """``x`` moved ``shift`` places along ``axis`` (static), the gap filled with ``fill``."""
+    paddings = [[0, 0]] * x.shape.rank
+    paddings[axis] = [shift, 0]
+    length = tf.shape(x)[axis]
+    x = tf.pad(x, paddings, constant_values=fill)
+    begin = [0] * x.shape.rank
+    size = tf.unstack(tf.shape(x))
+    size[axis] = length
+    return tf.slice(x, begin, tf.stack(size))
+
+
+def _running_max(x, axis, neg):
+    """Inclusive running maximum along ``axis``: log-depth doubling when the length is
+    static (XLA, training), ``tf.scan`` otherwise."""
+    axis = axis % x.shape.rank
+    n = x.shape[axis]
+    if n is None:
+        perm = [axis] + [i for i in range(x.shape.rank) if i != axis]
+        inverse = [perm.index(i) for i in range(x.shape.rank)]
+        return tf.transpose(tf.scan(tf.maximum, tf.transpose(x, perm)), inverse)
+    shift = 1
+    while shift < n:
+        x = tf.maximum(x, _shift_right(x, shift, axis, neg))
+        shift *= 2
+    return x
+
+
+def _linear_recurrence(decay, local, axis):
+    """``S_c = decay_c · S_{c-1} + local_c`` along ``axis`` (``S_{-1} = 0``), inclusive.
+
+    ``decay`` broadcasts against ``local`` (``decay`` has no feature axis, ``local`` has
+    one more trailing axis). Log-depth doubling (Hillis-Steele) for a static length,
+    ``tf.scan`` otherwise. Every decay is in ``[0, 1]``, so nothing overflows.
+    """
+    axis = axis % decay.shape.rank
+    n = decay.shape[axis]
+    if n is None:
+        perm = [axis] + [i for i in range(decay.shape.rank) if i != axis]
+        inverse = [perm.index(i) for i in range(decay.shape.rank)]
+        lperm = perm + [decay.shape.rank]
+        linverse = inverse + [decay.shape.rank]
+        out = tf.scan(
+            lambda state, e: e[0][..., tf.newaxis] * state + e[1],
+            (tf.transpose(decay, perm), tf.transpose(local, lperm)),
+            initializer=tf.zeros_like(tf.transpose(local, lperm)[0]),
+        )
+        return tf.transpose(out, linverse)
+    shift = 1
+    while shift < n:
+        local = local + decay[..., tf.newaxis] * _shift_right(local, shift, axis, 0.0)
+        decay = decay * _shift_right(decay, shift, axis, 0.0)
+        shift *= 2
+    return local
+
+
+def _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, chunk):
+    """The causal fused dispatcher attention, chunk-wise, without per-position interests.
+
+    Shapes as in :func:`dispatcher_attention` (``m`` a float ``[B, N]`` mask). For
+    interest ``i`` of aggregate head ``h`` the prefix weights of position ``t`` are
+    ``w[t, s] = exp(a[s] - ref[t])`` for real ``s <= t``, with ``ref[t]`` the running
+    maximum of the logits over the prefix (strictly causal: a future logit never
+    rescales a past output, and every weight is <= 1 so nothing overflows).
+
+    The dispatch needs ``q_t · K'[t, i]`` and ``Σ_i p[t, i] V'[t, i]``, where ``K'`` and
+    ``V'`` are prefix means of the folded values. Both are linear in those means, so
+    instead of materialising ``K'[t, i]`` (``N x k x d``) this computes, per chunk of
+    ``C`` positions:
+
+    * across chunks, a running state per interest: ``S_c = Σ_{s <= end of c}
+      exp(a[s] - R_c) values[s]`` and its normaliser, relative to the running maximum
+      ``R_c`` at the chunk's end (``tf.scan`` over the ``N / C`` chunks, elementwise
+      work only);
+    * inside a chunk, the explicit ``C x C`` lower-triangular weights per interest and
+      the ``C x C`` products ``q_t · value_key[s]``.
+
+    Memory ``O(N·H·k·C + N·H·G·(k + C) + (N / C)·H·k·F)``, time
+    ``O(N·H·G·(C·(k + d) + k·d))``: linear in ``N``, never ``N x N``.
+    """
+    dtype = q2.dtype
+    neg = _very_negative(dtype)
+    shape = tf.shape(k1)
+    batch, heads, length = shape[0], shape[1], shape[2]
     n_static = k1.shape[2]
     if n_static is not None and n_static <= chunk:
         chunk = max(int(n_static), 1)
     pad = (-length) % chunk
     n_chunks = (length + pad) // chunk
-    k_int = tf.shape(q1)[2]
-    n_feat = tf.shape(values)[-1]
-    n_g = tf.shape(q2)[1]
-    d_q = tf.shape(q2)[-1]
-    # Padding of the last chunk is masked like any padded position.
-    logits = tf.pad(logits, [[0, 0], [0, 0], [0, 0], [0, pad]])
-    values = tf.pad(values, [[0, 0], [0, 0], [0, pad], [0, 0]])
-    m_pad = tf.pad(m, [[0, 0], [0, pad]])
-    q2_pad = tf.pad(q2, [[0, 0], [0, 0], [0, pad], [0, 0]])
-    # Chunk axis first for tf.scan.
-    logits_c = tf.transpose(
-        tf.reshape(logits, [batch, heads, k_int, n_chunks, chunk]), [3, 0, 1, 2, 4]
-    )
-    values_c = tf.transpose(
-        tf.reshape(values, [batch, heads, n_chunks, chunk, n_feat]), [2, 0, 1, 3, 4]
-    )
-    mask_c = tf.transpose(tf.reshape(m_pad, [batch, n_chunks, chunk]), [1, 0, 2])
-    query_c = tf.transpose(
-        tf.reshape(q2_pad, [batch, n_g, n_chunks, chunk, d_q]), [2, 0, 1, 3, 4]
-    )
-    initial = (
-        tf.fill([batch, heads, k_int], _very_negative(dtype)),
-        tf.zeros([batch, heads, k_int], dtype),
-        tf.zeros([batch, heads, k_int, n_feat], dtype),
-    )
-    dummy_out = tf.zeros([batch, n_g, chunk, tf.shape(iv)[-1]], dtype)
+    k_int = q1.shape[2] if q1.shape[2] is not None else tf.shape(q1)[2]
+    n_g = q2.shape[1] if q2.shape[1] is not None else tf.shape(q2)[1]
+    d_k = ik.shape[-1] if ik.shape[-1] is not None else tf.shape(ik)[-1]
+    d_v = iv.shape[-1] if iv.shape[-1] is not None else tf.shape(iv)[-1]
+    scale = _inverse_sqrt_width(q2)
 
-    def step(carry, elems):
-        state, _ = carry
-        return _causal_chunk_step(state, elems, ik, iv, d_k)
+    def chunked(x, axis):
+        # Pads the length axis and splits it into [n_chunks, chunk].
+        paddings = [[0, 0]] * x.shape.rank
+        paddings[axis] = [0, pad]
+        x = tf.pad(x, paddings)
+        new_shape = tf.concat(
+            [tf.shape(x)[:axis], [n_chunks, chunk], tf.shape(x)[axis + 1:]], 0
+        )
+        return tf.reshape(x, new_shape)
 
-    _, outs = tf.scan(
-        step, (logits_c, values_c, mask_c, query_c), initializer=(initial, dummy_out)
-    )
-    # outs: [n_chunks, B, G, C, d_v] -> [B, G, N, d_v]
-    outs = tf.transpose(outs, [1, 2, 0, 3, 4])
-    outs = tf.reshape(outs, [batch, n_g, n_chunks * chunk, -1])[:, :, :length, :]
-    return tf.cast(outs, query.dtype)
+    mask_c = chunked(m, 1)  # [B, n, C]
+    logits = tf.einsum("bhid,bhnd->bhin", q1, k1) * _inverse_sqrt_width(q1)
+    logits_c = chunked(logits, 3)  # [B, H, k, n, C]
+    valid = tf.broadcast_to(mask_c[:, tf.newaxis, tf.newaxis] > 0, tf.shape(logits_c))
+    masked = tf.where(valid, logits_c, neg)
+    # References (stop-gradient: the result does not depend on them).
+    chunk_max = tf.stop_gradient(tf.reduce_max(masked, axis=-1))  # [B, H, k, n]
+    # R_c: the running maximum at the end of chunk c (an inclusive cumulative max).
+    run_max = _running_max(chunk_max, 3, neg)
+    prev_max = _shift_right(run_max, 1, 3, neg)
+    # ref[t]: the running maximum over the prefix s <= t (previous chunks included).
+    ref = tf.stop_gradient(
+        tf.maximum(_running_max(masked, 4, neg), prev_max[..., tf.newaxis])
+    )  # [B, H, k, n, C]
+    tril = tf.linalg.band_part(tf.ones([chunk, chunk], dtype), -1, 0)
+    pair_valid = tril * tf.cast(valid, dtype)[..., tf.newaxis, :]  # [B, H, k, n, C(t), C(s)]
+    # masked[s] - ref[t] <= 0 for every real s <= t; elsewhere the weight is 0.
+    weights = tf.exp(
+        tf.minimum(masked[..., tf.newaxis, :] - ref[..., tf.newaxis], 0.0)
+    ) * pair_valid
+    decay = tf.exp(prev_max[..., tf.newaxis] - ref)  # <= 1, [B, H, k, n, C]
+
+    # Chunk states relative to R_c, then the running state across chunks.
+    values = tf.concat(
+        [tf.reshape(vk, [batch, heads, length, -1]), tf.reshape(vv, [batch, heads, length, -1])],
+        axis=-1,
+    )  # [B, H, N, F], F = G (d_k + d_v)
+    values_c = chunked(values, 2)  # [B, H, n, C, F]
+    end_w = tf.where(valid, tf.exp(masked - run_max[..., tf.newaxis]), tf.zeros_like(masked))
+    local = tf.einsum("bhknc,bhncf->bhknf", end_w, values_c)
+    local = tf.concat([local, tf.reduce_sum(end_w, axis=-1)[..., tf.newaxis]], axis=-1)
+    step_decay = tf.exp(prev_max - run_max)  # [B, H, k, n]
+
+    states = _linear_recurrence(step_decay, local, 3)  # [B, H, k, n, F + 1], inclusive
+    prev = _shift_right(states, 1, 3, 0.0)
+    prev_z = prev[..., -1]  # [B, H, k, n]
+    g_dk = n_g * d_k
+    prev_key = tf.reshape(prev[..., :g_dk], [batch, heads, k_int, n_chunks, n_g, d_k])
+    prev_val = tf.reshape(prev[..., g_dk:-1], [batch, heads, k_int, n_chunks, n_g, d_v])
+
+    # Per-position normalisers; >= 1 once a real item is in the prefix, else 0.
+    z = decay * prev_z[..., tf.newaxis] + tf.reduce_sum(weights, axis=-1)
+    inv_z = 1.0 / tf.maximum(z, tf.ones_like(z))  # [B, H, k, n, C]
+    inv_z = tf.transpose(inv_z, [0, 1, 3, 4, 2])[:, :, tf.newaxis]  # [B, H, 1, n, C, k]
+    dec = tf.transpose(decay, [0, 1, 3, 4, 2])[:, :, tf.newaxis]
+
+    q_c = chunked(q2, 2)  # [B, G, n, C, d_k]
+    vk_c = chunked(vk, 2)  # [B, H, n, C, G, d_k]
+    vv_c = chunked(vv, 2)  # [B, H, n, C, G, d_v]
+    q_state = tf.einsum("bgncd,bhkngd->bhgnck", q_c, prev_key)
+    q_vk = tf.einsum("bgntd,bhnsgd->bhgnts", q_c, vk_c)
+    q_intra = tf.einsum("bhknts,bhgnts->bhgntk", weights, q_vk)
+    mean_logits = tf.reduce_sum((dec * q_state + q_intra) * inv_z, axis=1)  # [B, G, n, C, k]
+    dispatch_logits = (tf.einsum("bgncd,bgkd->bgnck", q_c, ik) + mean_logits) * scale
+    probs = tf.nn.softmax(dispatch_logits, axis=-1)  # [B, G, n, C, k]
+    alpha = probs[:, tf.newaxis] * inv_z  # [B, H, G, n, C, k]
+    out = tf.einsum("bgnck,bgkv->bgncv", probs, iv)
+    out += tf.einsum("bhgnck,bhkngv->bgncv", alpha * dec, prev_val)
+    beta = tf.einsum("bhgntk,bhknts->bhgnts", alpha, weights)
+    out += tf.einsum("bhgnts,bhnsgv->bgntv", beta, vv_c)
+    out = tf.reshape(out, [batch, n_g, n_chunks * chunk, d_v])[:, :, :length]
+    return out * m[:, tf.newaxis, :, tf.newaxis]
 
 
 def product_key_lookup(queries, sub_keys_1, sub_keys_2, top_m):
