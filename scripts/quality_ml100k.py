@@ -261,6 +261,25 @@ def most_popular(data, max_len):
 # -------------------------------------------------------------------------- throughput
 
 
+def _available_memory():
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _step_memory_estimate(batch, n, vocab, heads=2, layers=2):
+    """Rough bytes of softmax's training step (the largest): the attention weights and
+    their dropout and gradients per layer, plus the full-catalogue logits at every
+    position. Calibrated on one OOM: batch 128 x N=1000 took ≈16 GiB."""
+    attention = batch * heads * n * n * 4 * 5 * layers
+    logits = batch * n * vocab * 4 * 4
+    return 1.3 * (attention + logits) + 1.5 * 2**30
+
+
 def throughput(args, data):
     lengths = args.throughput_lengths
     variants = args.attentions if "softmax" in args.attentions else ["softmax"] + list(args.attentions)
@@ -271,6 +290,15 @@ def throughput(args, data):
     for n in lengths:
         tf.keras.backend.clear_session()
         tf.keras.utils.set_random_seed(0)
+        bs = args.batch_size or 128
+        need, avail = _step_memory_estimate(bs, n, data.num_items), _available_memory()
+        while avail and bs > 8 and need > 0.8 * avail:
+            bs //= 2
+            need = _step_memory_estimate(bs, n, data.num_items)
+        if bs != (args.batch_size or 128):
+            log(f"throughput N={n}: batch {args.batch_size or 128} would need ≈{_step_memory_estimate(args.batch_size or 128, n, data.num_items) / 2**30:.1f} GiB "
+                f"for softmax's step, {avail / 2**30:.1f} GiB available: batch {bs} instead")
+        report.setdefault("batch_size_per_length", {})[str(n)] = bs
         ds = data_lib.training_dataset(data, n, bs, regime="all", seed=0)
         batches = ds.take(4).cache().repeat()
         models = {}
@@ -514,7 +542,7 @@ def render_markdown(results):
         lines.append("## Training throughput")
         lines.append("")
         lines.append(f"Training sequences/s of a full train step (forward, full-catalogue CE, backward, Adam; "
-                     f"XLA, batch {tp['batch_size']}, regime {tp['regime']}, real ml-100k batches), median over "
+                     f"XLA, batch {tp['batch_size']} unless the header says otherwise (reduced only when softmax's step would not fit in the available memory), regime {tp['regime']}, real ml-100k batches), median over "
                      f"{tp['rounds']} rounds of {tp['steps']} steps after {tp['warmup']} warm-up steps; the "
                      f"attentions alternate within each round in one process; ratio = this / softmax in the "
                      f"same round (median over rounds). Measured {tp.get('measured')}.")
@@ -524,7 +552,10 @@ def render_markdown(results):
             for v in point:
                 if v not in variants:
                     variants.append(v)
-        lines.append("| attention | " + " | ".join(f"N={n}: seq/s (step ms) | N={n}: vs softmax" for n in tp["points"]) + " |")
+        bpl = tp.get("batch_size_per_length", {})
+        lines.append("| attention | " + " | ".join(
+            f"N={n} (batch {bpl.get(n, tp['batch_size'])}): seq/s (step ms) | N={n}: vs softmax"
+            for n in tp["points"]) + " |")
         lines.append("|---|" + "---|---|" * len(tp["points"]))
         for v in variants:
             cells = []
@@ -543,7 +574,20 @@ def render_markdown(results):
 
 
 def write_outputs(results, out):
+    """Writes results.json/.md, merged with what another invocation wrote there meanwhile
+    (runs by name; the throughput and most-popular sections when this one has none)."""
     out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    if path.exists():
+        try:
+            disk = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            disk = {}
+        for name, rec in disk.get("runs", {}).items():
+            results["runs"].setdefault(name, rec)
+        for key in ("throughput", "most_popular", "settings"):
+            if key not in results and key in disk:
+                results[key] = disk[key]
     results["summary"] = summarize(results)
     results["checks"] = checks(results["summary"])
     results["updated"] = datetime.datetime.now().isoformat(timespec="seconds")

@@ -428,11 +428,12 @@ def _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, chunk):
         tf.maximum(_running_max(masked, 4, neg), prev_max[..., tf.newaxis])
     )  # [B, H, k, n, C]
     tril = tf.linalg.band_part(tf.ones([chunk, chunk], dtype), -1, 0)
-    pair_valid = tril * tf.cast(valid, dtype)[..., tf.newaxis, :]  # [B, H, k, n, C(t), C(s)]
+    # [B, 1, 1, n, C(t), C(s)]: s <= t and s real (shared by heads and interests).
+    pair_valid = (tril * mask_c[:, :, tf.newaxis, :])[:, tf.newaxis, tf.newaxis]
     # masked[s] - ref[t] <= 0 for every real s <= t; elsewhere the weight is 0.
     weights = tf.exp(
         tf.minimum(masked[..., tf.newaxis, :] - ref[..., tf.newaxis], 0.0)
-    ) * pair_valid
+    ) * pair_valid  # [B, H, k, n, C, C]
     decay = tf.exp(prev_max[..., tf.newaxis] - ref)  # <= 1, [B, H, k, n, C]
 
     # Chunk states relative to R_c, then the running state across chunks.
