@@ -34,7 +34,10 @@ switch, the next interest is the successor in the user's cycle (visible only sev
 sessions back) and the next item is the successor of the item where the user *last*
 left that interest, often hundreds of events back. The most-popular baseline sees none
 of this; a last-item (Markov) model misses the switches and the private strides; an
-attention model over the whole history can recover all of it.
+attention model over the whole history can recover all of it. Sessions are short by
+default (mean 3 events), so about a third of the targets follow a switch: a global
+last-item transition baseline gets test HR@10 0.57 on the default data (0.74 with
+sessions of mean 8), leaving the long-context part of the signal to the attention.
 """
 
 import numpy as np
@@ -51,8 +54,8 @@ def generate(
     length_sigma=0.9,
     min_length=20,
     max_length=2000,
-    session_mean=8.0,
-    in_order=0.8,
+    session_mean=3.0,
+    in_order=0.9,
     noise=0.1,
 ):
     """Generates the synthetic interactions (module docstring); deterministic per ``seed``.
