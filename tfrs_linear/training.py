@@ -53,8 +53,15 @@ def _xla_train_step_supported(strategy):
 
 
 def make_encode_fn(model, xla):
-    fn = tf.function(lambda ids: model.encode(ids, training=False), jit_compile=bool(xla))
-    return fn
+    """The model's query tower as a (cached) compiled function: one trace and one XLA
+    compilation per model, not one per evaluation."""
+    cache = model.__dict__.setdefault("_tfrs_linear_encode_fns", {})
+    key = bool(xla)
+    if key not in cache:
+        cache[key] = tf.function(
+            lambda ids: model.encode(ids, training=False), jit_compile=key
+        )
+    return cache[key]
 
 
 def evaluate_model(model, data, split, config, protocol="full", exclude_history=None, seed=0):
