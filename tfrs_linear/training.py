@@ -139,8 +139,11 @@ class Trainer:
     def _write_metadata(self):
         self.config.save(self.output / "config.json")
         data_lib.save_vocabulary(self.data.vocab, self.output / "vocab.txt")
+        source = str(self.data.source)
+        if source and Path(source).exists():
+            source = str(Path(source).resolve())  # `evaluate` may run from elsewhere
         info = {
-            "source": str(self.data.source),
+            "source": source,
             "num_users": int(self.data.num_users),
             "num_items": int(self.data.num_items - 2),
             "num_interactions": int(self.data.num_interactions),
