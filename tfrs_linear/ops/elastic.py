@@ -115,6 +115,21 @@ def masked_softmax_weights(logits, mask=None):
     return exps / tf.maximum(total, tf.ones_like(total))
 
 
+def _prepare_qkv(query, key, value, count_mismatch):
+    """Checks ``[B, H, *, d]`` query/key/value and casts them to the compute dtype.
+
+    Returns ``(query, q, k, v, dtype)``: the query tensor as given (for the output dtype)
+    and the three inputs in float32 (float64 for float64 inputs).
+    """
+    query, key, value = (tf.convert_to_tensor(x) for x in (query, key, value))
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        _check_rank(name, x, 4, "[batch, heads, length, dim]")
+    _check_match("query", query, -1, "key", key, -1, "query and key widths differ")
+    _check_match("key", key, 2, "value", value, 2, count_mismatch)
+    dtype = _compute_dtype(query.dtype)
+    return query, tf.cast(query, dtype), tf.cast(key, dtype), tf.cast(value, dtype), dtype
+
+
 def dispatcher_aggregate(query, key, value, mask=None):
     """The aggregate step (N -> k): ``A · value``, A a softmax over the real positions.
 
@@ -131,15 +146,7 @@ def dispatcher_aggregate(query, key, value, mask=None):
     Returns:
       ``[B, H, k, d_v]`` in the dtype of ``query``.
     """
-    query, key, value = (tf.convert_to_tensor(x) for x in (query, key, value))
-    for name, x in (("query", query), ("key", key), ("value", value)):
-        _check_rank(name, x, 4, "[batch, heads, length, dim]")
-    _check_match("query", query, -1, "key", key, -1, "query and key widths differ")
-    _check_match("key", key, 2, "value", value, 2, "key and value lengths differ")
-    dtype = _compute_dtype(query.dtype)
-    q = tf.cast(query, dtype)
-    k = tf.cast(key, dtype)
-    v = tf.cast(value, dtype)
+    query, q, k, v, dtype = _prepare_qkv(query, key, value, "key and value lengths differ")
     logits = tf.einsum("bhid,bhnd->bhin", q, k) * _inverse_sqrt_width(q)
     m = None if mask is None else _float_mask(mask, dtype)[:, tf.newaxis, tf.newaxis, :]
     weights = masked_softmax_weights(logits, m)
@@ -163,15 +170,9 @@ def dispatcher_dispatch(query, key, value, mask=None):
     Returns:
       ``[B, H, N, d_v]`` in the dtype of ``query``.
     """
-    query, key, value = (tf.convert_to_tensor(x) for x in (query, key, value))
-    for name, x in (("query", query), ("key", key), ("value", value)):
-        _check_rank(name, x, 4, "[batch, heads, length, dim]")
-    _check_match("query", query, -1, "key", key, -1, "query and key widths differ")
-    _check_match("key", key, 2, "value", value, 2, "key and value interest counts differ")
-    dtype = _compute_dtype(query.dtype)
-    q = tf.cast(query, dtype)
-    k = tf.cast(key, dtype)
-    v = tf.cast(value, dtype)
+    query, q, k, v, dtype = _prepare_qkv(
+        query, key, value, "key and value interest counts differ"
+    )
     logits = tf.einsum("bhnd,bhid->bhni", q, k) * _inverse_sqrt_width(q)
     out = tf.einsum("bhni,bhiv->bhnv", tf.nn.softmax(logits, axis=-1), v)
     if mask is not None:
