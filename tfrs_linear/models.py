@@ -16,7 +16,6 @@ accidental hits removed — the logits are ``[B·N, 1 + S]``, never
 ``[B·N, B·N]``.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -341,7 +340,3 @@ def load_model_dir(directory):
         raise FileNotFoundError(f"{directory}: no weights under {directory / 'weights'}")
     model.load_weights(str(weights)).expect_partial()
     return model, config, vocab
-
-
-def read_json(path):
-    return json.loads(Path(path).read_text())
