@@ -15,6 +15,7 @@ A run's output directory holds everything needed to resume, evaluate and export 
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -218,13 +219,9 @@ class Trainer:
         weights = self.output / "weights"
         tmp = self.output / "weights.tmp"
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
         self.model.save_weights(str(tmp / "model"))
         if weights.exists():
-            import shutil
-
             shutil.rmtree(weights)
         os.replace(tmp, weights)
 

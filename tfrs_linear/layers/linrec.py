@@ -204,8 +204,6 @@ class LinRecAttention(_MHA):
         q = tf.transpose(query, [0, 2, 1, 3])
         k = tf.transpose(key, [0, 2, 1, 3])
         v = tf.transpose(value, [0, 2, 1, 3])
-        if query_mask is None and key_mask is not None and causal:
-            query_mask = key_mask
         out = linrec_ops.linrec_attention(
             q,
             k,
