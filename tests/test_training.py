@@ -64,28 +64,81 @@ def test_full_loss_equals_cross_entropy_over_the_catalogue(regime):
     np.testing.assert_allclose(loss, np.mean(losses), rtol=1e-5)
 
 
-def test_sampled_loss_is_log_q_corrected_sampled_softmax(monkeypatch):
+def _numpy_sampled_block(q, targets, negatives, table, catalogue):
+    """Oracle of one Retrieval block: rows = queries, candidates = [targets; negatives]."""
+    ids = np.concatenate([targets, negatives])
+    p = lambda rank: np.log((rank + 2) / (rank + 1)) / np.log(catalogue + 1)  # noqa: E731
+    losses, weights = [], []
+    for row, target in enumerate(targets):
+        if target <= 1:  # padding / OOV target: weight 0
+            continue
+        logits, label = [], None
+        for col, cid in enumerate(ids):
+            if cid <= 1:
+                continue  # padding / OOV never compete
+            if cid == target and col != row:
+                continue  # accidental hit: the row's own target in another column
+            if col == row:
+                label = len(logits)
+            logits.append(q[row] @ table[cid] - np.log(p(cid - 2)))
+        losses.append(_numpy_softmax_ce(np.array(logits), label))
+    return losses
+
+
+@pytest.mark.parametrize("regime", ["last", "all"])
+def test_sampled_loss_is_tfrs_retrieval_with_in_batch_and_shared_negatives(monkeypatch, regime):
+    import tensorflow_recommenders as tfrs
     import tfrs_linear.models as models
 
-    config = ModelConfig(attention="softmax", regime="last", loss="sampled", dropout=0.0,
+    config = ModelConfig(attention="softmax", regime=regime, loss="sampled", dropout=0.0,
                          attention_dropout=0.0, **{**{k: v for k, v in TINY.items() if k != "seed"},
                                                    "num_negatives": 4})
     model = SequentialRetrievalModel(config, vocab_size=12).build_all()
+    assert isinstance(model.task, tfrs.tasks.Retrieval)
     negatives = np.array([0, 3, 5, 9], np.int32)  # ranks; ids = ranks + 2
     monkeypatch.setattr(models, "sample_log_uniform", lambda n, r, seed=None: tf.constant(negatives))
-    inputs = np.array([[0] * 8 + [2, 3, 4, 5], [0] * 10 + [6, 7]], np.int32)
-    targets = np.array([5, 9], np.int32)  # target 5 is also sampled (rank 3): an accidental hit
+    inputs = np.array([[0] * 8 + [2, 3, 4, 5], [0] * 10 + [6, 7], [0] * 9 + [8, 9, 5]], np.int32)
+    if regime == "last":
+        # target 5 is also sampled (rank 3): an accidental hit; row 2's target repeats row 0's.
+        targets = np.array([5, 9, 5], np.int32)
+    else:
+        targets = np.zeros((3, 12), np.int32)
+        targets[0, 8:] = [3, 4, 5, 11]
+        targets[1, 10:] = [7, 5]
+        targets[2, 9:] = [9, 5, 1]  # an OOV target: weight 0
     loss = model.compute_loss({"inputs": inputs, "targets": targets}).numpy()
-    q = model.encode(inputs).numpy().astype(np.float64)
     table = model.item_embeddings().numpy().astype(np.float64)
-    p = lambda rank: np.log((rank + 2) / (rank + 1)) / np.log(10 + 1)  # noqa: E731
+    seq = model.encoder(inputs).numpy().astype(np.float64)
     want = []
-    for row in range(2):
-        pos = q[row] @ table[targets[row]] - np.log(4 * p(targets[row] - 2))
-        negs = [q[row] @ table[r + 2] - np.log(4 * p(r)) for r in negatives if r + 2 != targets[row]]
-        logits = np.array([pos] + negs)
-        want.append(_numpy_softmax_ce(logits, 0))
+    if regime == "last":
+        want += _numpy_sampled_block(seq[:, -1], targets, negatives + 2, table, 10)
+    else:
+        for n in range(12):
+            want += _numpy_sampled_block(seq[:, n], targets[:, n], negatives + 2, table, 10)
+    assert len(want) == (3 if regime == "last" else 8)
     np.testing.assert_allclose(loss, np.mean(want), rtol=1e-5)
+
+
+def test_sampled_loss_trains_xla_compiled_in_regime_all(tiny_data):
+    """Sampled-loss steps (XLA, per-position Retrieval blocks) lower the FULL cross-entropy."""
+    tf.random.set_seed(0)
+    config = ModelConfig(attention="linrec", regime="all", loss="sampled", dropout=0.0,
+                         attention_dropout=0.0, **TINY)
+    model = SequentialRetrievalModel(config, vocab_size=tiny_data.num_items).build_all()
+    ds = data_lib.training_dataset(tiny_data, config.max_len, config.batch_size, seed=0)
+    batch = next(iter(ds))
+    full = SequentialRetrievalModel(config.replace(loss="full"), vocab_size=tiny_data.num_items)
+    full.build_all()
+
+    def full_loss():
+        full.set_weights(model.get_weights())
+        return float(full.compute_loss(batch))
+
+    before = full_loss()
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), jit_compile=True)
+    history = model.fit(ds.take(4), epochs=5, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert full_loss() < before - 0.1
 
 
 def test_log_uniform_sampler_matches_its_probabilities():
@@ -163,10 +216,11 @@ def test_cli_train_then_evaluate(csv_file, tmp_path):
     out = tmp_path / "run"
     rc = main(["train", "--data", str(csv_file), "--attention", "linrec", "--max-len", "8",
                "--d-model", "16", "--num-layers", "1", "--epochs", "1", "--batch-size", "8",
-               "--output", str(out)])
+               "--loss", "sampled", "--num-negatives", "6", "--output", str(out)])
     assert rc == 0
     config = json.loads((out / "config.json").read_text())
     assert config["max_len"] == 8 and config["attention"] == "linrec" and config["xla"] is True
+    assert config["loss"] == "sampled" and config["num_negatives"] == 6
     for protocol in ("full", "pop100", "uniform100"):
         assert main(["evaluate", "--model", str(out), "--protocol", protocol]) == 0
         result = json.loads((out / f"metrics-{protocol}.json").read_text())

@@ -10,10 +10,13 @@
 Regimes: ``all`` (default): a causal encoder and a next-item target at every position
 (SASRec); ``last``: one target after the sequence (RecBole's prefix-augmented training;
 the encoder may be non-causal). Losses: ``full`` cross-entropy over the whole catalogue
-(RecBole's CE) or ``sampled`` softmax over negatives shared by the batch, drawn from a
-log-uniform distribution over the popularity-sorted vocabulary, with log-Q correction and
-accidental hits removed — the logits are ``[B·N, 1 + S]``, never
-``[B·N, B·N]``.
+(RecBole's CE) or ``sampled``: ``tfrs.tasks.Retrieval`` (softmax over candidates with
+log-Q correction and accidental hits removed) whose candidates are the batch's own
+targets (in-batch negatives) plus ``S`` negatives shared by the batch, drawn from a
+log-uniform distribution over the popularity-sorted vocabulary ("mixed negative
+sampling"). In regime ``all`` the task runs once per position over the ``B`` sequences'
+targets at that position, so the logits are ``N`` blocks of ``[B, B + S]`` — never one
+``[B·N, B·N]`` matrix.
 """
 
 from pathlib import Path
@@ -240,6 +243,9 @@ class SequentialRetrievalModel(tfrs.Model):
                 name="candidate_embedding",
             )
         )
+        # The sampled loss (see _sampled_loss); no metrics: evaluation is the full ranking
+        # of tfrs_linear.evaluation, exact and batched.
+        self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True, name="retrieval")
         # Pad and OOV never compete as candidates.
         bias = np.zeros([self.vocab_size], np.float32)
         bias[[PAD, OOV]] = _NEG
@@ -273,41 +279,74 @@ class SequentialRetrievalModel(tfrs.Model):
         item_ids = inputs["inputs"]
         targets = tf.cast(inputs["targets"], tf.int32)
         sequence = tf.cast(self.encoder(item_ids, training=training), tf.float32)
+        weights = tf.cast(targets > OOV, tf.float32)
+        denominator = tf.maximum(tf.reduce_sum(weights), 1.0)
+        if self.config.loss == "sampled":
+            queries = sequence if self.config.regime == "all" else sequence[:, -1, :]
+            return self._sampled_loss(queries, targets, weights) / denominator
         if self.config.regime == "all":
             queries = tf.reshape(sequence, [-1, self.config.d_model])
             targets = tf.reshape(targets, [-1])
+            weights = tf.reshape(weights, [-1])
         else:
             queries = sequence[:, -1, :]
-        weights = tf.cast(targets > OOV, tf.float32)
-        if self.config.loss == "full":
-            per_example = self._full_loss(queries, targets)
-        else:
-            per_example = self._sampled_loss(queries, targets)
-        return tf.reduce_sum(per_example * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+        per_example = self._full_loss(queries, targets)
+        return tf.reduce_sum(per_example * weights) / denominator
 
     def _full_loss(self, queries, targets):
         logits = tf.matmul(queries, self.item_embeddings(), transpose_b=True)
         logits = logits + self._candidate_bias
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
 
-    def _sampled_loss(self, queries, targets):
+    def _sampled_loss(self, queries, targets, weights):
+        """Sum of the weighted sampled-softmax losses, via ``tfrs.tasks.Retrieval``.
+
+        ``queries [B, d]`` with ``targets``/``weights [B]`` (regime ``last``: one block), or
+        ``[B, N, d]`` with ``[B, N]`` (regime ``all``: one block per position, run with
+        ``tf.map_fn`` so the graph does not grow with ``N``). In a block the candidates are
+        the block's targets (row ``i``'s positive is column ``i``; the others are in-batch
+        negatives) followed by the ``S`` shared log-uniform negatives. Log-Q correction
+        (the task's ``candidate_sampling_probability``): every candidate column, in-batch
+        or sampled, is corrected by the log-uniform probability of its rank. Both kinds of
+        draw follow the same popularity-ranked (Zipf-like) distribution, so one proposal
+        serves both. The probabilities are divided by the rank-0 probability (a constant
+        factor, which the softmax ignores) so that TFRS's clip to ``[1e-6, 1]`` only bites
+        for catalogues above ~1.4 M items. Accidental hits (a candidate with the row's
+        target id in another column) are removed by the task; padding/OOV candidates
+        never compete (``score_mask``); rows with a padding/OOV target weigh 0.
+        """
         table = self.item_embeddings()
         catalogue = self.vocab_size - 2
         num = min(self.config.num_negatives, catalogue)
         negatives = sample_log_uniform(num, catalogue) + 2  # shared by the batch
-        expected_neg = num * log_uniform_probability(negatives - 2, catalogue)
-        expected_pos = num * log_uniform_probability(tf.maximum(targets - 2, 0), catalogue)
-        positive_logits = tf.reduce_sum(queries * tf.gather(table, targets), axis=-1)
-        negative_logits = tf.matmul(queries, tf.gather(table, negatives), transpose_b=True)
-        # Log-Q correction: each logit minus log(expected count of its candidate).
-        positive_logits -= tf.math.log(expected_pos)
-        negative_logits -= tf.math.log(expected_neg)[tf.newaxis, :]
-        # Remove accidental hits: a shared negative that is this row's target.
-        hits = tf.equal(targets[:, tf.newaxis], negatives[tf.newaxis, :])
-        negative_logits += tf.cast(hits, tf.float32) * _NEG
-        logits = tf.concat([positive_logits[:, tf.newaxis], negative_logits], axis=1)
-        labels = tf.one_hot(tf.zeros_like(targets), 1 + num, dtype=tf.float32)
-        return tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        negative_embeddings = tf.gather(table, negatives)
+        top = log_uniform_probability(0, catalogue)
+
+        def block(args):
+            q, t, w = args
+            ids = tf.concat([t, negatives], axis=0)
+            candidates = tf.concat([tf.gather(table, t), negative_embeddings], axis=0)
+            probability = log_uniform_probability(tf.maximum(ids - 2, 0), catalogue) / top
+            real = tf.broadcast_to(ids[tf.newaxis, :] > OOV, [tf.shape(q)[0], tf.shape(ids)[0]])
+            return self.task(
+                q,
+                candidates,
+                sample_weight=w,
+                candidate_sampling_probability=probability,
+                candidate_ids=ids,
+                compute_metrics=False,
+                compute_batch_metrics=False,
+                score_mask=real,
+            )
+
+        if queries.shape.rank == 2:
+            return block((queries, targets, weights))
+        per_position = tf.map_fn(
+            block,
+            (tf.transpose(queries, [1, 0, 2]), tf.transpose(targets), tf.transpose(weights)),
+            fn_output_signature=tf.TensorSpec([], tf.float32),
+        )
+        return tf.reduce_sum(per_position)
 
 
 def save_model_dir(model: SequentialRetrievalModel, vocab, directory):

@@ -284,6 +284,8 @@ def add_train_arguments(p):
     p.add_argument("--normalization", choices=("paper", "token"))
     p.add_argument("--regime", choices=("all", "last"))
     p.add_argument("--loss", choices=("full", "sampled"))
+    p.add_argument("--num-negatives", type=int,
+                   help="shared log-uniform negatives per batch of the sampled loss")
     p.add_argument("--max-len", type=int)
     p.add_argument("--d-model", type=int)
     p.add_argument("--num-layers", type=int)
@@ -310,7 +312,7 @@ def config_from_args(args):
         name: getattr(args, name, None)
         for name in ("attention", "normalization", "regime", "loss", "max_len", "d_model",
                      "num_layers", "num_heads", "num_interests", "dropout", "epochs",
-                     "batch_size", "learning_rate", "patience", "seed")
+                     "batch_size", "learning_rate", "patience", "seed", "num_negatives")
     }
     if getattr(args, "no_xla", False):
         overrides["xla"] = False
