@@ -11,7 +11,7 @@ What it does (``shared/docs/protocol.md`` is the protocol):
    ``--epochs`` (60) epochs, each into ``OUT/<attention>-seed<seed>/`` through
    :class:`tfrs_linear.training.Trainer` (so an interrupted run resumes where it stopped).
    Attentions: ``softmax``, ``linrec`` (paper normalization), ``linrec-token`` (the
-   official code's token normalization), ``elastic`` (k = 16 interests).
+   official code's token normalization), ``elastic`` (k = 16 interests), ``elastic-k32`` (k = 32).
    ``--base-config models/sasrec-ml100k.json`` trains in a reference configuration
    instead (for example RecBole's setting: prefix augmentation "last", max_len 50,
    batch 512); the attention is still set per run, the run directories get the
@@ -104,6 +104,7 @@ VARIANTS = {
     "linrec": {"attention": "linrec", "normalization": "paper"},
     "linrec-token": {"attention": "linrec", "normalization": "token"},
     "elastic": {"attention": "elastic", "num_interests": 16},
+    "elastic-k32": {"attention": "elastic", "num_interests": 32},
 }
 METRICS = ("ndcg@10", "hr@10", "mrr@10")
 
