@@ -1,5 +1,6 @@
 # Sourced by the other scripts: creates .venv in the repository root (if missing) and
-# installs the package with its test and bench extras (again only when setup.py changes).
+# installs the package with its test, bench and pipelines extras (again only when setup.py
+# or the extras change).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -9,11 +10,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=".venv/.tfrs-linear-installed"
-want="$(cat setup.py | sha256sum | cut -d' ' -f1)"
+EXTRAS="test,bench,pipelines"
+want="$( { cat setup.py; echo "extras: $EXTRAS"; } | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing tfrs-linear and its dependencies into .venv (log: .venv/install.log)..."
   if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-         .venv/bin/python -m pip install -q -e ".[test,bench]"; } > .venv/install.log 2>&1; then
+         .venv/bin/python -m pip install -q -e ".[$EXTRAS]"; } > .venv/install.log 2>&1; then
     tail -n 40 .venv/install.log >&2
     echo "installation failed; full log in .venv/install.log" >&2
     exit 1

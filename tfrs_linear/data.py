@@ -25,6 +25,16 @@ Reading
 ``auto``
     Guessed from the file name (``*.inter``, ``*.csv``, ``u.data``, ``*.dat``), else from
     the first line.
+``preprocessed``
+    Not a file: the output directory of ``pipelines/preprocess.py`` (Beam +
+    tf.Transform), read by :func:`load_preprocessed` (TFRecord shards of per-user
+    sequences, ``vocab.txt``, ``item_popularity.txt``, ``metadata.json``) into the same
+    :class:`SequenceData` that :func:`build_sequences` gives on the raw files.
+    :func:`load_dataset` also picks it with ``auto`` for a directory holding
+    ``metadata.json``.
+
+:func:`parse_interactions` parses the content of one file (bytes read elsewhere, as
+the Beam pipeline does) with the same rules and errors, and returns line numbers too.
 
 Files are UTF-8 (a leading byte-order mark is ignored; ``\\r\\n`` line ends are fine).
 Blank lines are skipped; every other line must be a complete, valid record: a wrong
@@ -61,6 +71,7 @@ table only, not ``examples x max_len``.
 import csv
 import dataclasses
 import io
+import json
 import math
 import re
 from pathlib import Path
@@ -68,7 +79,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-FORMATS = ("auto", "recbole", "movielens", "udata", "sasrec", "csv")
+PREPROCESSED = "preprocessed"
+# The interaction file formats (what parse_interactions reads).
+FILE_FORMATS = ("recbole", "movielens", "udata", "sasrec", "csv")
+FORMATS = ("auto",) + FILE_FORMATS + (PREPROCESSED,)
 REGIMES = ("all", "last")
 SPLITS = ("train", "valid", "test")
 PAD = "[PAD]"
@@ -143,6 +157,12 @@ def _read_text(path):
         raise DataError(f"{path}: file not found") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read the file: {e.strerror or e}") from None
+    return _decode_text(path, raw)
+
+
+def _decode_text(path, raw):
+    if isinstance(raw, str):
+        return raw[1:] if raw.startswith("\ufeff") else raw
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -181,10 +201,11 @@ def _record(path, lineno, user, item, ts, out):
     out[0].append(user)
     out[1].append(item)
     out[2].append(ts if isinstance(ts, float) else _timestamp(path, lineno, ts.strip()))
+    out[3].append(lineno)
 
 
 def _read_delimited(path, text, sep, expected, describe, positions):
-    out = ([], [], [])
+    out = ([], [], [], [])  # users, items, timestamps, line numbers
     u, i, t = positions
     for lineno, line in _lines(text):
         fields = line.split(sep)
@@ -218,7 +239,7 @@ def _read_recbole(path, text):
         if name not in names:
             raise _fail(path, header_line, f"the header has no {name!r} column (columns: {names})")
         cols.append(names.index(name))
-    out = ([], [], [])
+    out = ([], [], [], [])  # users, items, timestamps, line numbers
     u, i, t = cols
     for lineno, line in lines:
         parts = line.split("\t")
@@ -233,7 +254,7 @@ def _read_recbole(path, text):
 
 
 def _read_sasrec(path, text):
-    out = ([], [], [])
+    out = ([], [], [], [])  # users, items, timestamps, line numbers
     for lineno, line in _lines(text):
         parts = line.split()
         if len(parts) != 2:
@@ -260,7 +281,7 @@ def _csv_column(names, role, path, lineno):
 def _read_csv(path, text):
     reader = csv.reader(io.StringIO(text, newline=""))
     header = None
-    out = ([], [], [])
+    out = ([], [], [], [])  # users, items, timestamps, line numbers
     try:
         for row in reader:
             lineno = reader.line_num
@@ -321,7 +342,7 @@ def guess_format(path, first_line=None):
         return "sasrec"
     raise DataError(
         f"{path}: cannot guess the format from the name or the first line {line[:80]!r}; "
-        f"pass format= one of {FORMATS[1:]}"
+        f"pass format= one of {FILE_FORMATS}"
     )
 
 
@@ -339,9 +360,42 @@ def load_interactions(path, format="auto"):
     path = Path(path)
     if format not in FORMATS:
         raise DataError(f"{path}: unknown format {format!r}; expected one of {FORMATS}")
+    if format == PREPROCESSED:
+        raise DataError(
+            f"{path}: a {PREPROCESSED!r} directory holds sequences, not interactions; "
+            "read it with load_dataset(path) or load_preprocessed(path)"
+        )
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected an interaction file")
-    text = _read_text(path)
+    return _parse(path, _read_text(path), format)[0]
+
+
+def parse_interactions(content, source, format="auto"):
+    """Parses the content of ONE interaction file, exactly as :func:`load_interactions`.
+
+    For readers that fetch the bytes themselves (``pipelines/preprocess.py`` reads them
+    through Beam's file systems, one whole file per worker). Errors are the same
+    :class:`DataError` s, naming ``source`` and the 1-based line.
+
+    Args:
+      content: the file's bytes (decoded as UTF-8, a leading byte-order mark ignored)
+        or its text.
+      source: the file's name, used in error messages, in ``Interactions.source`` and, for
+        ``format="auto"``, to guess the format (as :func:`guess_format`).
+      format: one of :data:`FORMATS` except ``"preprocessed"``.
+
+    Returns:
+      ``(interactions, lines)``: :class:`Interactions` in file order and ``np.int64``
+      1-based line numbers of its events (the last line of a multi-line CSV record).
+    """
+    if format != "auto" and format not in FILE_FORMATS:
+        raise DataError(
+            f"{source}: unknown format {format!r}; expected one of {('auto',) + FILE_FORMATS}"
+        )
+    return _parse(source, _decode_text(source, content), format)
+
+
+def _parse(path, text, format):
     if format == "auto":
         first = next((line for _, line in _lines(text)), None)
         if first is None:
@@ -359,13 +413,14 @@ def load_interactions(path, format="auto"):
         out = _read_csv(path, text)
     if not out[0]:
         raise DataError(f"{path}: no interactions in the file ({format} format)")
-    return Interactions(
+    interactions = Interactions(
         users=np.asarray(out[0], dtype=str),
         items=np.asarray(out[1], dtype=str),
         timestamps=np.asarray(out[2], dtype=np.float64),
         source=str(path),
         format=format,
     )
+    return interactions, np.asarray(out[3], dtype=np.int64)
 
 
 # ------------------------------------------------------------------ sequences, vocabulary
@@ -515,9 +570,197 @@ def load_dataset(path=None, format="auto", seed=0, min_events=3):
         from tfrs_linear import synthetic
 
         interactions = synthetic.generate(seed=seed)
+    elif format == PREPROCESSED or (format == "auto" and is_preprocessed_dir(path)):
+        return load_preprocessed(path, min_events=min_events)
     else:
         interactions = load_interactions(path, format=format)
     return build_sequences(interactions, min_events=min_events)
+
+
+# ------------------------------------------------------------- preprocessed directories
+#
+# The output of pipelines/preprocess.py (Beam + tf.Transform). Layout:
+#
+#   metadata.json                   counts, sources, shard names; written last
+#   vocab.txt                       as save_vocabulary writes it (line i = index i)
+#   item_popularity.txt             line i = training frequency of index i (0 for PAD/OOV)
+#   sequences-SSSSS-of-NNNNN.tfrecord[.gz]   one tf.train.Example per kept user:
+#       user_id       bytes        the raw user id
+#       item_ids      int64 list   vocabulary indices of the whole sequence, oldest first
+#       item_raw_ids  bytes list   the raw item ids, parallel to item_ids
+#   transform_fn/, transformed_metadata/     tf.Transform's analyzer outputs
+
+PREPROCESSED_KIND = "tfrs_linear.preprocessed"
+PREPROCESSED_VERSION = 1
+METADATA_FILE = "metadata.json"
+VOCAB_FILE = "vocab.txt"
+POPULARITY_FILE = "item_popularity.txt"
+USER_FEATURE = "user_id"
+ITEMS_FEATURE = "item_ids"
+RAW_ITEMS_FEATURE = "item_raw_ids"
+_READ_BATCH = 4096
+
+
+def is_preprocessed_dir(path):
+    """Whether ``path`` is a directory holding a ``metadata.json`` (a preprocessed dataset)."""
+    path = str(path)
+    try:
+        return tf.io.gfile.isdir(path) and tf.io.gfile.exists(_join(path, METADATA_FILE))
+    except tf.errors.OpError:
+        return False
+
+
+def _join(directory, name):
+    return directory.rstrip("/") + "/" + name if "://" in directory else str(Path(directory) / name)
+
+
+def _read_small(path):
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            raw = f.read()
+    except tf.errors.NotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except tf.errors.OpError as e:
+        raise DataError(f"{path}: cannot read the file: {e.message}") from None
+    return _decode_text(path, raw)
+
+
+def read_preprocessed_metadata(path):
+    """The ``metadata.json`` of a preprocessed directory, checked (kind and version)."""
+    path = str(path)
+    meta_path = _join(path, METADATA_FILE)
+    if not tf.io.gfile.exists(meta_path):
+        raise DataError(
+            f"{path}: not a preprocessed directory (no {METADATA_FILE}; it is written last, so "
+            "the pipeline may not have finished)"
+        )
+    try:
+        meta = json.loads(_read_small(meta_path))
+    except json.JSONDecodeError as e:
+        raise _fail(meta_path, e.lineno, f"invalid JSON: {e.msg}") from None
+    if not isinstance(meta, dict) or meta.get("kind") != PREPROCESSED_KIND:
+        raise DataError(f"{meta_path}: not written by pipelines/preprocess.py (kind is not "
+                        f"{PREPROCESSED_KIND!r})")
+    if meta.get("format_version") != PREPROCESSED_VERSION:
+        raise DataError(f"{meta_path}: format_version {meta.get('format_version')!r}; this "
+                        f"tfrs_linear reads version {PREPROCESSED_VERSION}")
+    return meta
+
+
+def _read_shard(shard, compression):
+    """(user ids: bytes object array, row lengths: int64, flat item indices: int64) of a shard."""
+    spec = {
+        USER_FEATURE: tf.io.FixedLenFeature([], tf.string),
+        ITEMS_FEATURE: tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64),
+    }
+    ds = tf.data.TFRecordDataset(shard, compression_type=compression) \
+        .batch(_READ_BATCH).map(lambda b: tf.io.parse_example(b, spec))
+    users, lengths, items = [], [], []
+    try:
+        for batch in ds:
+            ragged = batch[ITEMS_FEATURE]
+            users.append(batch[USER_FEATURE].numpy())
+            lengths.append(ragged.row_lengths().numpy())
+            items.append(ragged.flat_values.numpy())
+    except tf.errors.OpError as e:
+        raise DataError(f"{shard}: corrupt or unreadable TFRecord shard: "
+                        f"{type(e).__name__}: {e.message.splitlines()[0]}") from None
+    if not users:
+        return np.zeros(0, object), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(users), np.concatenate(lengths), np.concatenate(items)
+
+
+def load_preprocessed(path, files=None, min_events=None):
+    """Loads the output directory of ``pipelines/preprocess.py`` as :class:`SequenceData`.
+
+    The result equals :func:`build_sequences` on the raw files (users in string order,
+    sequences, vocabulary, ``item_popularity`` and the dropped counts).
+
+    Args:
+      path: the directory (``metadata.json``, ``vocab.txt``, ``item_popularity.txt``,
+        the TFRecord shards).
+      files: optional shard paths to read instead of all of the directory's shards (a
+        subset of its users, or copies of the shards elsewhere, under the whole dataset's
+        vocabulary, popularity and dropped counts; a ``.gz`` suffix means GZIP); the
+        whole-dataset consistency checks then do not apply.
+      min_events: if given, must equal the ``min_events`` the pipeline used.
+
+    Raises:
+      DataError: missing or inconsistent files, or a corrupt shard (naming the file).
+    """
+    path = str(path)
+    meta = read_preprocessed_metadata(path)
+    meta_path = _join(path, METADATA_FILE)
+    used = int(meta.get("min_events", 3))
+    if min_events is not None and int(min_events) != used:
+        raise DataError(f"{path}: preprocessed with min_events={used}, asked for {min_events}; "
+                        "run the pipeline again with --min-events")
+    vocab_path = _join(path, VOCAB_FILE)
+    vocab = _parse_vocabulary(vocab_path, _read_small(vocab_path))
+    pop_path = _join(path, POPULARITY_FILE)
+    try:
+        popularity = np.asarray([int(x) for x in _read_small(pop_path).split()], dtype=np.int64)
+    except ValueError as e:
+        raise DataError(f"{pop_path}: not a list of integers: {e}") from None
+    if len(popularity) != len(vocab):
+        raise DataError(f"{pop_path}: {len(popularity)} counts for {len(vocab)} vocabulary entries "
+                        f"in {vocab_path}")
+    whole = files is None
+    shards = [_join(path, name) for name in meta.get("shards", [])] if whole else [str(f) for f in files]
+    if not shards:
+        raise DataError(f"{meta_path}: lists no TFRecord shards" if whole else f"{path}: no shard files given")
+    compression = {"none": "", "gzip": "GZIP"}.get(str(meta.get("compression", "none")).lower())
+    if compression is None:
+        raise DataError(f"{meta_path}: unknown compression {meta.get('compression')!r}")
+    parts = []
+    for shard in shards:
+        if not tf.io.gfile.exists(shard):
+            raise DataError(f"{shard}: shard not found (listed in {meta_path})" if whole
+                            else f"{shard}: shard not found")
+        # Shards given explicitly may be copies (e.g. a TFX ExampleGen's): by their suffix.
+        gzip = compression if whole else ("GZIP" if shard.endswith(".gz") else "")
+        parts.append(_read_shard(shard, gzip))
+    user_bytes = np.concatenate([p[0] for p in parts])
+    lengths = np.concatenate([p[1] for p in parts])
+    flat = np.concatenate([p[2] for p in parts])
+    try:
+        users = np.char.decode(user_bytes.astype(bytes), "utf-8") if len(user_bytes) else \
+            np.zeros(0, dtype=str)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: a {USER_FEATURE!r} is not valid UTF-8") from None
+    order = np.argsort(users, kind="stable")
+    users = users[order]
+    if len(users) > 1 and np.any(users[1:] == users[:-1]):
+        dup = users[1:][users[1:] == users[:-1]][0]
+        raise DataError(f"{path}: user {str(dup)!r} occurs in more than one record")
+    if len(lengths) and lengths.min() < used:
+        raise DataError(f"{path}: a sequence has {int(lengths.min())} events, fewer than "
+                        f"min_events={used}")
+    if len(flat) and (flat.min() < NUM_RESERVED or flat.max() >= len(vocab)):
+        raise DataError(f"{path}: item index out of the catalogue range [{NUM_RESERVED}, "
+                        f"{len(vocab) - 1}] of {vocab_path}")
+    pieces = np.split(flat.astype(np.int32), np.cumsum(lengths)[:-1]) if len(lengths) else []
+    sequences = [pieces[i] for i in order]
+    data = SequenceData(
+        users=users.tolist(),
+        sequences=sequences,
+        vocab=vocab,
+        item_popularity=popularity,
+        dropped_users=int(meta.get("dropped_users", 0)),
+        dropped_interactions=int(meta.get("dropped_interactions", 0)),
+        source=path,
+    )
+    if whole:
+        expected = (int(meta.get("num_users", -1)), int(meta.get("num_interactions", -1)))
+        if (data.num_users, int(lengths.sum())) != expected:
+            raise DataError(
+                f"{path}: the shards hold {data.num_users} users and {int(lengths.sum())} events, "
+                f"{meta_path} says {expected[0]} and {expected[1]}"
+            )
+        train = flat[(np.repeat(np.cumsum(lengths), lengths) - np.arange(len(flat)) - 1) >= 2]
+        if not np.array_equal(np.bincount(train, minlength=len(vocab)), popularity):
+            raise DataError(f"{pop_path}: does not match the training part of the sequences")
+    return data
 
 
 def vocabulary_lookup(vocab):
@@ -549,7 +792,10 @@ def save_vocabulary(vocab, path):
 def load_vocabulary(path):
     """Reads a file written by :func:`save_vocabulary` back into a list."""
     path = Path(path)
-    text = _read_text(path)
+    return _parse_vocabulary(path, _read_text(path))
+
+
+def _parse_vocabulary(path, text):
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
