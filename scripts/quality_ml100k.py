@@ -105,6 +105,10 @@ VARIANTS = {
     "linrec-token": {"attention": "linrec", "normalization": "token"},
     "elastic": {"attention": "elastic", "num_interests": 16},
     "elastic-k32": {"attention": "elastic", "num_interests": 32},
+    # Earlier runs, kept in the report: the same configurations trained before the interest
+    # tokens' initializer changed from Keras' random_normal (stddev 0.05) to stddev 1.
+    "elastic-smallinit": {"attention": "elastic", "num_interests": 16},
+    "elastic-k32-smallinit": {"attention": "elastic", "num_interests": 32},
 }
 METRICS = ("ndcg@10", "hr@10", "mrr@10")
 

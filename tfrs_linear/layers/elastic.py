@@ -104,7 +104,11 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
       layer_norm_epsilon: epsilon of the interest-stream LayerNorm (non-causal).
       kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
         activity_regularizer, kernel_constraint, bias_constraint: as in Keras layers.
-      interest_initializer: initializer of the learned interest tokens ``[k, dim]``.
+      interest_initializer: initializer of the learned interest tokens ``[k, dim]``;
+        default (None) a normal with stddev 1, the scale of the LayerNorm'd tokens they
+        are compared with. (Keras' default "random_normal", stddev 0.05, leaves the
+        aggregation logits ~16x flatter than a token's: on ml-100k the trained tokens
+        stayed at rms 0.06 and every interest averaged its prefix almost uniformly.)
 
     Call: ``layer(inputs, mask=None, interests=None, training=None)`` with ``inputs``
     ``[batch, length, dim]``, ``mask`` a ``[batch, length]`` padding mask (True = real
@@ -126,7 +130,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         layer_norm_epsilon=1e-6,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
-        interest_initializer="random_normal",
+        interest_initializer=None,
         kernel_regularizer=None,
         bias_regularizer=None,
         activity_regularizer=None,
@@ -159,6 +163,8 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.kernel_initializer = _initializers.get(kernel_initializer)
         self.bias_initializer = _initializers.get(bias_initializer)
+        if interest_initializer is None:
+            interest_initializer = _initializers.RandomNormal(stddev=1.0)
         self.interest_initializer = _initializers.get(interest_initializer)
         self.kernel_regularizer = _regularizers.get(kernel_regularizer)
         self.bias_regularizer = _regularizers.get(bias_regularizer)
