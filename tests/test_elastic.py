@@ -341,6 +341,248 @@ def test_causal_chunk_size_and_op_consistency():
     assert not np.allclose(causal[:, :, -3], full[:, :, -3])
 
 
+# --------------------------------------------------------------------------- causal fast path
+def causal_op_reference(t, mask):
+    """Dense float64 causal ``dispatcher_attention`` with explicit prefix softmaxes."""
+    q2, k1, q1, ik, iv, vk, vv = (np.asarray(t[name], np.float64) for name in (
+        "query", "key", "interest_query", "interest_key", "interest_value", "value_key",
+        "value_value"))
+    batch, _, n, dk = q2.shape
+    out = np.zeros([batch, q2.shape[1], n, iv.shape[-1]])
+    for b in range(batch):
+        m = np.asarray(mask[b], bool)
+        logits = np.einsum("hid,hnd->hin", q1[b], k1[b]) / np.sqrt(dk)
+        valid = np.tril(np.ones([n, n], bool)) & m[None, :]  # [t, s]
+        w = _softmax_rows(
+            np.broadcast_to(logits[:, :, None, :], logits.shape[:2] + (n, n)).copy(),
+            np.broadcast_to(valid, logits.shape[:2] + (n, n)),
+        )  # [h, i, t, s]
+        keys = ik[b][:, None] + np.einsum("hits,hsgd->gtid", w, vk[b])  # [g, t, i, dk]
+        vals = iv[b][:, None] + np.einsum("hits,hsgd->gtid", w, vv[b])
+        s = np.einsum("gtd,gtid->gti", q2[b], keys) / np.sqrt(dk)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        out[b] = np.einsum("gti,gtid->gtd", p, vals) * m[None, :, None]
+    return out
+
+
+def causal_op_inputs(rng, batch=3, heads=2, n=23, k=4, dk=3, dv=5, dtype=np.float64):
+    shapes = {
+        "query": [batch, heads, n, dk], "key": [batch, heads, n, dk],
+        "interest_query": [batch, heads, k, dk], "interest_key": [batch, heads, k, dk],
+        "interest_value": [batch, heads, k, dv], "value_key": [batch, heads, n, heads, dk],
+        "value_value": [batch, heads, n, heads, dv],
+    }
+    t = {name: rng.normal(size=s).astype(dtype) for name, s in shapes.items()}
+    mask = random_mask(rng, batch, n)
+    mask[0, :] = False  # all padding
+    mask[0, 3:7] = True  # a short real stretch between padding
+    return t, mask
+
+
+_OP_ARGS = ("query", "key", "interest_query", "interest_key", "interest_value",
+            "value_key", "value_value")
+
+
+def causal_op_run(t, mask, chunk, path, jit=False):
+    """Output, gradients (of a random projection of the output) and the fast-path flag."""
+    tensors = [tf.constant(t[name]) for name in _OP_ARGS]
+    dtype = tensors[0].dtype
+    r = tf.constant(np.random.default_rng(99).normal(
+        size=t["query"].shape[:3] + t["interest_value"].shape[-1:]), dtype)
+    m = tf.constant(np.asarray(mask, np.float64), dtype)
+
+    def fn(tensors):
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            out, ok = elastic_ops._causal_dispatcher(
+                *tensors, m, chunk, path=path, with_flag=True)
+            loss = tf.reduce_sum(out * r)
+        return out, tape.gradient(loss, tensors), ok
+
+    if jit:
+        fn = tf.function(fn, jit_compile=True)
+    out, grads, ok = fn(tensors)
+    return out.numpy(), [g.numpy() for g in grads], bool(ok)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("chunk", [1, 3, 4, 8, 32])
+def test_causal_fast_path_equals_per_position_path(dtype, chunk):
+    rng = np.random.default_rng(20 + chunk)
+    t, mask = causal_op_inputs(rng, dtype=dtype)
+    t["key"] *= 3.0  # logits up to ~10: several orders of magnitude between weights
+    fast = causal_op_run(t, mask, chunk, "fast")
+    slow = causal_op_run(t, mask, chunk, "per_position")
+    auto = causal_op_run(t, mask, chunk, "auto")
+    assert fast[2] and auto[2]  # moderate logits: the fast path is the one taken
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    for got in (fast, auto):
+        np.testing.assert_allclose(got[0], slow[0], **tol)
+        for g, s in zip(got[1], slow[1]):
+            np.testing.assert_allclose(g, s, **tol)
+    np.testing.assert_allclose(fast[0], causal_op_reference(t, mask), **tol)
+    assert np.all(fast[0][:, :, ~mask[0]][0] == 0.0)
+
+
+def test_causal_fast_path_handles_big_but_safe_logit_ranges():
+    # A running maximum that rises by up to ~50 inside a chunk (below the fallback's 60):
+    # weights spanning e^-50 must still be exact (column factors up to e^25).
+    rng = np.random.default_rng(30)
+    t, mask = causal_op_inputs(rng, n=16, k=2, dk=2)
+    mask[:] = True
+    t["interest_query"][:] = 1.0
+    ramp = np.linspace(-25.0, 25.0, 16) * np.sqrt(2.0) / 2.0
+    t["key"][:] = ramp[None, None, :, None]
+    fast = causal_op_run(t, mask, 16, "fast")
+    slow = causal_op_run(t, mask, 16, "per_position")
+    auto = causal_op_run(t, mask, 16, "auto")
+    assert auto[2]
+    np.testing.assert_allclose(auto[0], causal_op_reference(t, mask), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(fast[0], slow[0], rtol=1e-10, atol=1e-10)
+    for g, s in zip(auto[1], slow[1]):
+        np.testing.assert_allclose(g, s, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_causal_logit_jump_takes_exact_fallback(dtype, jit):
+    rng = np.random.default_rng(31)
+    t, mask = causal_op_inputs(rng, n=13, dtype=dtype)
+    mask[:] = True
+    # Interest 0 of head 0 in row 1: logits O(1), then `jump` and `jump + 3` inside one
+    # chunk. (In float32 a jump of 150 makes the unguarded fast path overflow.)
+    jump = 200.0 if dtype == np.float64 else 150.0
+    direction = t["interest_query"][1, 0, 0] / np.sum(t["interest_query"][1, 0, 0] ** 2)
+    t["key"][1, 0, 6] = jump * np.sqrt(3.0) * direction
+    t["key"][1, 0, 7] = (jump + 3.0) * np.sqrt(3.0) * direction
+    auto = causal_op_run(t, mask, 4, "auto", jit=jit)
+    fast = causal_op_run(t, mask, 4, "fast")
+    slow = causal_op_run(t, mask, 4, "per_position")
+    assert not auto[2]  # the fallback was taken ...
+    assert not np.allclose(fast[0], slow[0])  # ... and was needed
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(auto[0], causal_op_reference(t, mask), **tol)
+    for g, s in zip(auto[1], slow[1]):
+        assert np.all(np.isfinite(g))
+        np.testing.assert_allclose(g, s, **tol)
+
+
+def test_causal_fallback_matches_reference_gradients(monkeypatch):
+    """The layer on inputs whose logits jump by hundreds: outputs and gradients of the
+    (per-position) fallback against the dense reference and its finite differences."""
+    taken = []
+    dispatcher = elastic_ops._causal_dispatcher
+
+    def recording(*args, **kwargs):
+        out, ok = dispatcher(*args, with_flag=True, **kwargs)
+        taken.append(bool(ok))
+        return out
+
+    monkeypatch.setattr(elastic_ops, "_causal_dispatcher", recording)
+    rng = np.random.default_rng(32)
+    layer = make_layer(True, "float64", seed=32, chunk_size=3)
+    # Unit-scale interest tokens (whatever the default initializer): logits O(1) ...
+    layer.interest_tokens.assign(rng.normal(size=layer.interest_tokens.shape))
+    x = rng.normal(size=[2, 7, DIM])
+    x[:, 4] *= 200.0  # ... and O(100) at position 4 (the middle of a chunk)
+    mask = random_mask(rng, 2, 7, min_real=6)
+    mask[:, 4] = True
+    r_out = rng.normal(size=[2, 7, DIM])
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        out, _ = layer(xt, mask=tf.constant(mask))
+        loss = tf.reduce_sum(out * r_out)
+    g_x, g_k1 = tape.gradient(loss, [xt, layer.key_1_kernel])
+    assert taken == [False]
+    w = weights_of(layer)
+    ref_out, _ = reference(w, x, mask, True)
+    np.testing.assert_allclose(out.numpy(), ref_out, rtol=1e-10, atol=1e-10)
+    assert np.all(np.isfinite(g_x.numpy())) and np.all(np.isfinite(g_k1.numpy()))
+
+    def ref_loss(w_, x_):
+        return np.sum(reference(w_, x_, mask, True)[0] * r_out)
+
+    def numeric(fn, arr, h):
+        grad = np.zeros_like(arr)
+        for idx in np.ndindex(*arr.shape):
+            plus, minus = arr.copy(), arr.copy()
+            plus[idx] += h
+            minus[idx] -= h
+            grad[idx] = (fn(plus) - fn(minus)) / (2 * h)
+        return grad
+
+    np.testing.assert_allclose(
+        g_x.numpy(), numeric(lambda a: ref_loss(w, a), x, 1e-6), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        g_k1.numpy(),
+        numeric(lambda a: ref_loss({**w, "key_1_kernel": a}, x), w["key_1_kernel"], 1e-6),
+        rtol=1e-6, atol=1e-6,
+    )
+
+
+def test_causal_huge_inputs_float32_are_finite():
+    layer = make_layer(True, "float32", seed=33, chunk_size=4)
+    rng = np.random.default_rng(33)
+    x = rng.normal(size=[2, 12, DIM]).astype(np.float32)
+    x[:, 5:] *= 1000.0
+    mask = random_mask(rng, 2, 12)
+    xt = tf.constant(x)
+    for jit in (False, True):
+        def fn(xt):
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                out, p = layer(xt, mask=tf.constant(mask))
+                loss = tf.reduce_sum(out) + tf.reduce_sum(p)
+            return out, tape.gradient(loss, [xt] + layer.trainable_variables)
+
+        out, grads = (tf.function(fn, jit_compile=True) if jit else fn)(xt)
+        assert np.all(np.isfinite(out.numpy()))
+        for g in grads:
+            assert np.all(np.isfinite(tf.convert_to_tensor(g).numpy()))
+
+
+def test_causal_xla_with_dynamic_shapes_compiles_once():
+    """Under XLA with unknown batch and length (a Keras train step) the switch between
+    the two paths must neither fail to compile nor specialise on the input values."""
+    rng = np.random.default_rng(34)
+    spec = [tf.TensorSpec([None, 2, None, 3], tf.float32)] * 2 + [
+        tf.TensorSpec([None, 2, K, 3], tf.float32)] * 3 + [
+        tf.TensorSpec([None, 2, None, 2, 3], tf.float32)] * 2
+    traces = []
+
+    @tf.function(jit_compile=True, input_signature=[
+        spec, tf.TensorSpec([None, None]), tf.TensorSpec([None, 2, None, 3])])
+    def fn(tensors, m, r):
+        traces.append(1)
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            out = elastic_ops._causal_dispatcher(*tensors, m, 4)
+            loss = tf.reduce_sum(out * r)
+        return out, tape.gradient(loss, tensors)
+
+    for jump in (False, True, False):
+        t, mask = causal_op_inputs(rng, n=10, k=K, dk=3, dv=3, dtype=np.float32)
+        if jump:
+            t["key"][0, 1, 2] *= 300.0
+        tensors = [tf.constant(t[name]) for name in _OP_ARGS]
+        m = tf.constant(mask.astype(np.float32))
+        r = tf.constant(np.random.default_rng(99).normal(size=[3, 2, 10, 3]), tf.float32)
+        out, grads = fn(tensors, m, r)  # same loss as causal_op_run
+        expected = causal_op_run(t, mask, 4, "per_position")
+        np.testing.assert_allclose(out.numpy(), expected[0], rtol=1e-4, atol=1e-4)
+        for g, e in zip(grads, expected[1]):
+            assert np.all(np.isfinite(g.numpy()))
+            # (float32 with logits in the hundreds: XLA's rounding differs a little.)
+            np.testing.assert_allclose(g.numpy(), e, rtol=1e-3, atol=1e-3 * np.abs(e).max())
+        hlo = fn.experimental_get_compiler_ir(tensors, m, r)(stage="hlo")
+        entry = hlo[hlo.index("ENTRY"):].split("\n")[0]
+        assert "arg0" in entry  # the inputs are runtime parameters, not constants
+    assert len(traces) == 1
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_xla_equals_graph_mode(causal):
     rng = np.random.default_rng(9)

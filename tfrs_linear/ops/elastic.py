@@ -40,6 +40,9 @@ Numerics
   ``>= 1`` as soon as one real position exists and exactly 0 when none does; dividing by
   ``max(sum, 1)`` is then exact when there are real positions and gives weights of exactly
   0 when there are none (elastic.md: "A is defined as 0").
+  (The causal fast path shares one reference between the positions of a chunk, so its
+  sums are ``>= exp(-30)`` rather than ``>= 1``; it divides by the sum where it is
+  positive and by 1 where it is exactly 0: see :func:`_causal_dispatcher_fast`.)
 
 Product keys
 ------------
@@ -88,6 +91,30 @@ def _very_negative(dtype):
 def _inverse_sqrt_width(x):
     width = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
     return tf.math.rsqrt(tf.cast(width, x.dtype))
+
+
+def _dims(x):
+    """The shape of ``x`` as a list: static sizes as ints, unknown ones as scalar tensors.
+
+    Reshapes, pads and slices built from it keep every static size static, so that the
+    graph holds no shape arithmetic where the shapes are known. (Under XLA, a
+    differentiated ``tf.cond`` whose branches computed shapes from their inputs made
+    every input a compile-time constant: a recompilation per call.)
+    """
+    static = x.shape.as_list()
+    if all(d is not None for d in static):
+        return static
+    dynamic = tf.shape(x)
+    return [d if d is not None else dynamic[i] for i, d in enumerate(static)]
+
+
+def _chunked(x, axis, pad, n_chunks, chunk):
+    """Pads the length ``axis`` of ``x`` by ``pad`` and splits it into ``[n_chunks, chunk]``."""
+    paddings = [[0, 0]] * x.shape.rank
+    paddings[axis] = [0, pad]
+    x = tf.pad(x, paddings)
+    dims = _dims(x)
+    return tf.reshape(x, dims[:axis] + [n_chunks, chunk] + dims[axis + 1:])
 
 
 def masked_softmax_weights(logits, mask=None):
@@ -224,15 +251,19 @@ def dispatcher_attention(
     there is no per-position ``k x d x d`` work. Before the first real item the means are
     0 (so ``K' = interest_key``) and the output is 0 anyway.
 
-    The causal form is computed chunk-wise (:func:`_causal_dispatcher`): inside a chunk
-    of ``C`` positions the explicit ``C x C`` lower-triangular weights per interest,
-    relative to the running maximum of the logits over the prefix (``max`` over
-    ``s <= t``, so strictly causal: no future logit rescales a past output); across
-    chunks a running (normaliser, numerator) state per interest and aggregate head,
-    combined by a log-depth prefix scan. The per-position interests ``K'``/``V'`` are
+    The causal form is computed chunk-wise (:func:`_causal_dispatcher`); every weight is
+    relative to a maximum of the logits over positions ``s <= t`` only (strictly causal:
+    no future logit rescales a past output). Across chunks a running (normaliser,
+    numerator) state per interest and aggregate head; inside a chunk of ``C`` positions
+    one reference per interest and chunk, so that the ``C x C`` lower-triangular prefix
+    weights factorise into masked ``C x C`` by ``C x k`` matmuls (no ``[k, C, C]``
+    tensor); a call whose logits jump by more than 60 inside a chunk falls back to the
+    exact per-position form (explicit ``C x C`` weights per interest, each position
+    relative to its own running maximum). The per-position interests ``K'``/``V'`` are
     never materialised: the dispatch logits and outputs are formed from the states and
-    the ``C x C`` products directly. Memory ``O(N·H·k·C + N·H·G·(k + C) +
-    (N/C)·H·k·F)`` with ``F = G (d_k + d_v)``; never N x N and no state per position.
+    the ``C x C`` products directly. Memory ``O(N·H·G·(k + C) + N·H·k + (N/C)·H·k·F)``
+    with ``F = G (d_k + d_v)`` (the fallback: ``O(N·k·C)`` more per batch row); never
+    N x N and no state per position.
 
     Args:
       query: ``[B, G, N, d_k]``, the dispatch queries (``X W_q2``).
@@ -313,12 +344,9 @@ def _shift_right(x, shift, axis, fill):
     """``x`` moved ``shift`` places along ``axis`` (static), the gap filled with ``fill``."""
     paddings = [[0, 0]] * x.shape.rank
     paddings[axis] = [shift, 0]
-    length = tf.shape(x)[axis]
+    size = _dims(x)
     x = tf.pad(x, paddings, constant_values=fill)
-    begin = [0] * x.shape.rank
-    size = tf.unstack(tf.shape(x))
-    size[axis] = length
-    return tf.slice(x, begin, tf.stack(size))
+    return tf.slice(x, [0] * x.shape.rank, size)
 
 
 def _running_max(x, axis, neg):
@@ -365,8 +393,329 @@ def _linear_recurrence(decay, local, axis):
     return local
 
 
-def _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, chunk):
+def _exclusive_prefix_states(run_max, center, locals_):
+    """``prev[c] = Σ_{c' < c} exp(R[c'] - center[c]) local[c']`` along the chunk axis.
+
+    ``run_max`` (``R``, non-decreasing) and ``center`` are ``[..., n]`` stop-gradient
+    references with ``center[c] >= R[c - 1]``; ``locals_`` is a list of ``[..., n, F_j]``
+    tensors (the same weights for each; one result per tensor). Every weight
+    is ``exp(min(., 0)) <= 1`` (the products of the step decays telescope), so nothing
+    overflows. Two levels of masked matmuls instead of a scan: within groups of ``g``
+    chunks a ``g x g`` strictly lower-triangular weighting, across the ``n / g`` groups an
+    inclusive one of the group totals (``g ~ sqrt(n)``, so ``O(n^1.5 F)`` work in a few
+    large matmuls; the log-depth scan's ``log n`` elementwise passes over ``[n, F]`` cost
+    more in time and memory traffic).
+    """
+    dtype = run_max.dtype
+    neg = _very_negative(dtype)
+    n = _dims(run_max)[-1]
+    if isinstance(n, int):
+        group = 1 << (((max(n, 1) - 1).bit_length() + 1) // 2)  # a power of 2 >= sqrt(n)
+    else:
+        group = 16
+    pad = (-n) % group
+    n_groups = (n + pad) // group
+    rank = run_max.shape.rank
+    lead = _dims(run_max)[:-1]
+
+    def grouped(x, extra):
+        paddings = [[0, 0]] * x.shape.rank
+        paddings[rank - 1] = [0, pad]
+        x = tf.pad(x, paddings)
+        return tf.reshape(x, lead + [n_groups, group] + extra)
+
+    r = grouped(run_max, [])  # [..., J, g]
+    cen = grouped(center, [])
+    strict = tf.linalg.band_part(tf.ones([group, group], dtype), -1, 0) - tf.eye(group, dtype=dtype)
+    w_in = tf.exp(tf.minimum(r[..., tf.newaxis, :] - cen[..., :, tf.newaxis], 0.0)) * strict
+    r_end = r[..., -1]  # [..., J]
+    w_end = tf.exp(tf.minimum(r - r_end[..., tf.newaxis], 0.0))[..., tf.newaxis, :]
+    incl = tf.linalg.band_part(tf.ones([n_groups, n_groups], dtype), -1, 0)
+    w_x = tf.exp(tf.minimum(r_end[..., tf.newaxis, :] - r_end[..., :, tf.newaxis], 0.0)) * incl
+    prev_r_end = _shift_right(r_end, 1, rank - 1, neg)
+    carry = tf.exp(tf.minimum(prev_r_end[..., tf.newaxis] - cen, 0.0))  # [..., J, g]
+    results = []
+    for local in locals_:
+        feat = _dims(local)[-1]
+        loc = grouped(local, [feat])  # [..., J, g, F]
+        within = tf.matmul(w_in, loc)  # [..., J, g, F]
+        totals = tf.matmul(w_end, loc)[..., 0, :]  # [..., J, F], relative to r_end
+        ends = tf.matmul(w_x, totals)  # [..., J, F]: inclusive, relative to r_end
+        prev_ends = _shift_right(ends, 1, rank - 1, 0.0)
+        out = within + carry[..., tf.newaxis] * prev_ends[..., tf.newaxis, :]
+        out = tf.reshape(out, lead + [n_groups * group, feat])
+        results.append(out[..., :n, :])
+    return results
+
+
+# Largest half-range of the running maximum inside one chunk (per interest) for which the
+# factorised fast path of the causal dispatcher is used: its column factors are then at
+# most exp(30) ~ 1e13 and its normalisers at least exp(-30) ~ 1e-13, so nothing over- or
+# underflows in float32. A running maximum that rises by more than 2 * 30 = 60 inside one
+# chunk sends the whole call to the per-position fallback.
+_FAST_HALF_RANGE = 30.0
+
+
+def _causal_setup(k1, m, chunk):
+    """Static-where-possible sizes and the chunked ``[B, n, C]`` masks of the causal form.
+
+    Returns ``(chunk, pad, n_chunks, mask_c, has_prefix)``; ``has_prefix`` marks the
+    positions with a real item at or before them (padding after a real item included).
+    """
+    length = _dims(k1)[2]
+    if isinstance(length, int) and length <= chunk:
+        chunk = max(length, 1)
+    pad = (-length) % chunk
+    n_chunks = (length + pad) // chunk
+    mask_c = _chunked(m, 1, pad, n_chunks, chunk)  # [B, n, C]
+    has_prefix = _chunked(tf.cumsum(m, axis=1), 1, pad, n_chunks, chunk) > 0
+    return chunk, pad, n_chunks, mask_c, has_prefix
+
+
+def _causal_references(logits_c, mask_c, has_prefix):
+    """Stop-gradient references of the causal form for chunked logits ``[B, H, k, n, C]``.
+
+    Returns ``(valid, masked, run_max, prev_max, half_range, center)``: ``masked`` are the
+    logits with padding replaced by a very negative number, ``run_max`` (``R_c``) the
+    running maximum at the end of each chunk and ``prev_max`` the one before it
+    (``[B, H, k, n]``); ``half_range`` is half the rise of the running maximum over the
+    chunk's positions that have a real prefix (0 where none has) and ``center`` the
+    midpoint of that range (``R_c`` where no position has a real prefix).
+    """
+    neg = _very_negative(logits_c.dtype)
+    valid = tf.broadcast_to(mask_c[:, tf.newaxis, tf.newaxis] > 0, _dims(logits_c))
+    masked = tf.where(valid, logits_c, neg)
+    plain = tf.stop_gradient(masked)
+    chunk_max = tf.reduce_max(plain, axis=-1)  # [B, H, k, n]
+    run_max = _running_max(chunk_max, 3, neg)
+    prev_max = _shift_right(run_max, 1, 3, neg)
+    # The running maximum over the prefix s <= t (previous chunks included).
+    ref = tf.maximum(_running_max(plain, 4, neg), prev_max[..., tf.newaxis])
+    low = tf.reduce_min(
+        tf.where(has_prefix[:, tf.newaxis, tf.newaxis], ref, run_max[..., tf.newaxis]),
+        axis=-1,
+    )
+    half_range = 0.5 * (run_max - low)  # >= 0
+    center = low + half_range
+    return valid, masked, run_max, prev_max, half_range, center
+
+
+def _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, chunk, path="auto", with_flag=False):
     """The causal fused dispatcher attention, chunk-wise, without per-position interests.
+
+    Shapes as in :func:`dispatcher_attention` (``m`` a float ``[B, N]`` mask). For
+    interest ``i`` of aggregate head ``h`` the prefix weights of position ``t`` are
+    ``w[t, s] ∝ exp(a[s])`` over the real ``s <= t``, normalised over that prefix; the
+    dispatch needs ``q_t · K'[t, i]`` and ``Σ_i p[t, i] V'[t, i]``, with ``K'``/``V'`` the
+    prefix means of the folded values.
+
+    Two exact implementations:
+
+    * :func:`_causal_dispatcher_fast` (used whenever it is safe): one reference per
+      interest and chunk, so the ``C x C`` prefix weights factorise and the chunk-local
+      sums are masked matmuls; no ``[k, C, C]`` tensor. Memory
+      ``O(N·H·G·(C + k) + N·H·k + (N / C)·H·k·F)``.
+    * :func:`_causal_dispatcher_per_position` (the fallback): the explicit per-interest
+      ``C x C`` weights relative to each position's own running maximum; exact for any
+      logits, ``O(N·H·k·C)`` memory and ``exp`` evaluations per batch row (here it runs
+      one batch row at a time, see :func:`_per_position_unless`).
+
+    The fast path is safe when, for every interest and chunk, the running maximum of the
+    logits rises by at most ``2 * _FAST_HALF_RANGE = 60`` over the chunk's positions with
+    a real prefix (see :func:`_causal_dispatcher_fast`); the check is one reduction over
+    ``[B, H, k, N / C]``. If any chunk of the call fails it (a logit jump > 60 inside a
+    chunk), the whole call uses the per-position form. The switch keeps XLA happy with
+    static and dynamic shapes alike: the fast path always runs (on zeroed logits when it
+    is not safe, so that it stays finite, and its result is then discarded by a
+    ``tf.where``); the per-position form sits in a ``tf.cond`` (one branch runs, under XLA
+    too) inside a ``tf.custom_gradient`` whose gradient is another ``tf.cond`` that
+    recomputes the per-position form only when it was taken. (Differentiating a plain
+    ``tf.cond`` under XLA makes it output every intermediate of both branches; with
+    dynamic shapes that does not compile.) A call that falls back therefore costs about
+    the per-position form's forward twice and its backward once, plus the fast path.
+
+    Time ``O(N·H·G·(C·(k + d) + k·d))``, linear in ``N``, never ``N x N``.
+
+    ``path`` forces an implementation for tests and benchmarks: ``"auto"`` (the above),
+    ``"fast"`` (exact only where ``"auto"`` would take it) or ``"per_position"``;
+    ``with_flag=True`` returns ``(output, fast_ok)`` with ``fast_ok`` the scalar boolean
+    that ``"auto"`` switches on.
+    """
+    if path not in ("auto", "fast", "per_position"):
+        raise ValueError(f"path must be 'auto', 'fast' or 'per_position', got {path!r}.")
+    logits = tf.einsum("bhid,bhnd->bhin", q1, k1) * _inverse_sqrt_width(q1)
+    chunk_, pad, n_chunks, mask_c, has_prefix = _causal_setup(k1, m, chunk)
+    logits_c = _chunked(logits, 3, pad, n_chunks, chunk_)  # [B, H, k, n, C]
+    half_range = _causal_references(logits_c, mask_c, has_prefix)[4]
+    fast_ok = tf.reduce_all(half_range <= _FAST_HALF_RANGE)
+    if path == "fast":
+        out = _causal_dispatcher_fast(q2, logits, ik, iv, vk, vv, m, chunk)
+    elif path == "per_position":
+        out = _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk)
+    else:
+        # Where the fast path is not safe it runs on zeroed logits (range 0), so that its
+        # values and gradients stay finite; the tf.where then takes the fallback's
+        # result instead and hands the fast path zero gradients.
+        safe_logits = tf.where(fast_ok, logits, tf.zeros_like(logits))
+        fast = _causal_dispatcher_fast(q2, safe_logits, ik, iv, vk, vv, m, chunk)
+        slow = _per_position_unless(fast_ok, q2, k1, q1, ik, iv, vk, vv, m, chunk)
+        out = tf.where(fast_ok, fast, slow)
+    return (out, fast_ok) if with_flag else out
+
+
+def _per_position_unless(skip, q2, k1, q1, ik, iv, vk, vv, m, chunk):
+    """:func:`_causal_dispatcher_per_position`, or zeros (and zero gradients) if ``skip``.
+
+    A ``tf.cond`` in a ``tf.custom_gradient``: the forward pass runs one branch; the
+    backward pass is a ``tf.cond`` too, and recomputes the per-position form (under a
+    tape) only when it was taken. Nothing of the untaken branch is ever materialised.
+    The per-position form runs one batch row at a time (``tf.map_fn``), so that its
+    ``[k, C, C]`` weights take ``1 / B`` of the memory they would: XLA reserves the
+    buffers of a branch whether it runs or not.
+    """
+    xs = (q2, k1, q1, ik, iv, vk, vv)
+    out_spec = tf.TensorSpec([q2.shape[1], q2.shape[2], iv.shape[-1]], q2.dtype)
+    in_specs = [tf.TensorSpec(x.shape[1:], x.dtype) for x in xs]
+
+    def forward_row(row):
+        row = [r[tf.newaxis] for r in row]
+        return _causal_dispatcher_per_position(*row, chunk)[0]
+
+    def backward_row(row):
+        row = [r[tf.newaxis] for r in row]
+        x_row, m_row, dy_row = row[:7], row[7], row[8]
+        with tf.GradientTape() as tape:
+            tape.watch(x_row)
+            y = _causal_dispatcher_per_position(*x_row, m_row, chunk)
+        grads = tape.gradient(
+            y, x_row, output_gradients=dy_row,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        return [g[0] for g in grads]
+
+    @tf.custom_gradient
+    def run(*xs):
+        out = tf.cond(
+            skip,
+            lambda: tf.zeros(_dims(q2)[:3] + _dims(iv)[-1:], q2.dtype),
+            lambda: tf.map_fn(forward_row, xs + (m,), fn_output_signature=out_spec),
+        )
+
+        def grad(dy):
+            return tf.cond(
+                skip,
+                lambda: [tf.zeros_like(x) for x in xs],
+                lambda: tf.map_fn(backward_row, xs + (m, dy), fn_output_signature=in_specs),
+            )
+
+        return out, grad
+
+    return run(*xs)
+
+
+def _causal_dispatcher_fast(q2, logits, ik, iv, vk, vv, m, chunk):
+    """The causal dispatcher with one reference per interest and chunk (the fast path).
+
+    ``logits [B, H, k, N]`` are the scaled aggregate logits ``interest_query · key /
+    sqrt(d_k)``; other shapes as in :func:`dispatcher_attention`. Per chunk ``c`` of
+    ``C`` positions:
+
+    * across chunks, a running state per interest: ``S_c = Σ_{s <= end of c}
+      exp(a[s] - R_c) values[s]`` and its normaliser, relative to the running maximum
+      ``R_c`` at the chunk's end, as in the per-position form; the state before chunk
+      ``c``, rescaled to ``m_c``, comes from :func:`_exclusive_prefix_states` (masked
+      matmuls over groups of chunks instead of a log-depth scan);
+    * inside the chunk ONE reference ``m_c`` per interest, the midpoint of the range of
+      the running maximum over the chunk's positions with a real prefix. Position
+      ``t``'s prefix weights ``exp(a[s] - ref[t])`` are ``e[s] = exp(a[s] - m_c)`` times
+      the row constant ``exp(m_c - ref[t])``, which cancels between the numerators and
+      the normaliser, so the chunk-local prefix sums are masked matmuls:
+      ``(q_t · value_key[s]) · tril[t, s]`` times ``e [C, k]``, and
+      ``(alpha [C, k] @ eᵀ) · tril`` times ``value_value``; the normaliser
+      ``z[t] = exp(R_{c-1} - m_c) S^z_{c-1} + Σ_{s <= t} e[s]`` is a masked prefix sum.
+      No ``[k, C, C]`` tensor is formed.
+
+    Exact when every half-range is ``<= _FAST_HALF_RANGE`` (30): the references are
+    ``tf.stop_gradient``-ed and cancel between numerators and normalisers, so values and
+    gradients are those of the per-position form, and no term over- or underflows into
+    the result: every exponent of a real item is ``<= 30`` (``e <= 1.1e13``), and the
+    normaliser of a position with a real prefix is ``>= exp(ref[t] - m_c) >= exp(-30)``
+    (its prefix maximum contributes that), so ``1 / z <= 1.1e13`` and ``1 / z² <= 1.2e26``
+    in the gradient. A term that underflows (``a[s] - m_c < -87``) is below
+    ``exp(-57)`` of its normaliser, as in the per-position form; ``R_{c-1} <= m_c``, so the
+    state's rescaling is ``<= 1``. Positions with no real item in their prefix have
+    ``z = 0`` exactly: their means are 0 (divided by 1), as before. On other inputs the
+    result is wrong (and may not be finite): :func:`_causal_dispatcher` never uses it
+    there.
+    """
+    dtype = q2.dtype
+    batch, heads, length = _dims(logits)[0], _dims(vk)[1], _dims(logits)[3]
+    chunk, pad, n_chunks, mask_c, has_prefix = _causal_setup(vk, m, chunk)
+    k_int = _dims(logits)[2]
+    n_g = _dims(q2)[1]
+    d_k = _dims(ik)[-1]
+    d_v = _dims(iv)[-1]
+    scale = _inverse_sqrt_width(q2)
+
+    def chunked(x, axis):
+        return _chunked(x, axis, pad, n_chunks, chunk)
+
+    logits_c = chunked(logits, 3)  # [B, H, k, n, C]
+    valid, masked, run_max, _, _, center = _causal_references(logits_c, mask_c, has_prefix)
+    # Column factors exp(a[s] - m_c), <= exp(30) where the fast path is taken (the clamp
+    # acts only where it is not); 0 for padding.
+    e = tf.where(
+        valid,
+        tf.exp(tf.minimum(masked - center[..., tf.newaxis], _FAST_HALF_RANGE)),
+        tf.zeros_like(masked),
+    )  # [B, H, k, n, C]
+
+    q_c = chunked(q2, 2)  # [B, G, n, C, d_k]
+    vk_c = chunked(vk, 2)  # [B, H, n, C, G, d_k]
+    vv_c = chunked(vv, 2)  # [B, H, n, C, G, d_v]
+    # Chunk sums relative to R_c, then the states before each chunk relative to
+    # m_c (>= R_{c-1}).
+    end_w = tf.where(valid, tf.exp(masked - run_max[..., tf.newaxis]), tf.zeros_like(masked))
+    local_key = tf.einsum("bhknc,bhncgd->bhkngd", end_w, vk_c)
+    local_val = tf.einsum("bhknc,bhncgd->bhkngd", end_w, vv_c)
+    prev_key, prev_val, prev_z = _exclusive_prefix_states(run_max, center, [
+        tf.reshape(local_key, [batch, heads, k_int, n_chunks, n_g * d_k]),
+        tf.reshape(local_val, [batch, heads, k_int, n_chunks, n_g * d_v]),
+        tf.reduce_sum(end_w, axis=-1, keepdims=True),
+    ])
+    prev_key = tf.reshape(prev_key, [batch, heads, k_int, n_chunks, n_g, d_k])
+    prev_val = tf.reshape(prev_val, [batch, heads, k_int, n_chunks, n_g, d_v])
+    prev_z = prev_z[..., 0]  # [B, H, k, n]
+
+    tril = tf.linalg.band_part(tf.ones([chunk, chunk], dtype), -1, 0)  # [t, s]
+    # Normalisers relative to m_c: >= exp(-30) with a real prefix, else exactly 0.
+    z = prev_z[..., tf.newaxis] + tf.einsum("bhkns,ts->bhknt", e, tril)
+    inv_z = 1.0 / tf.where(z > 0, z, tf.ones_like(z))  # [B, H, k, n, C]
+    inv_z = tf.transpose(inv_z, [0, 1, 3, 4, 2])[:, :, tf.newaxis]  # [B, H, 1, n, C, k]
+    e_t = tf.transpose(e, [0, 1, 3, 4, 2])  # [B, H, n, C(s), k]
+
+    q_state = tf.einsum("bgncd,bhkngd->bhgnck", q_c, prev_key)
+    q_vk = tf.einsum("bgntd,bhnsgd->bhgnts", q_c, vk_c) * tril
+    q_intra = tf.einsum("bhgnts,bhnsk->bhgntk", q_vk, e_t)
+    mean_logits = tf.reduce_sum((q_state + q_intra) * inv_z, axis=1)  # [B, G, n, C, k]
+    dispatch_logits = (tf.einsum("bgncd,bgkd->bgnck", q_c, ik) + mean_logits) * scale
+    probs = tf.nn.softmax(dispatch_logits, axis=-1)  # [B, G, n, C, k]
+    alpha = probs[:, tf.newaxis] * inv_z  # [B, H, G, n, C, k]
+    out = tf.einsum("bgnck,bgkv->bgncv", probs, iv)
+    out += tf.einsum("bhgnck,bhkngv->bgncv", alpha, prev_val)
+    beta = tf.einsum("bhgntk,bhnsk->bhgnts", alpha, e_t) * tril
+    out += tf.einsum("bhgnts,bhnsgv->bgntv", beta, vv_c)
+    out = tf.reshape(out, [batch, n_g, n_chunks * chunk, d_v])[:, :, :length]
+    return out * m[:, tf.newaxis, :, tf.newaxis]
+
+
+def _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk):
+    """The causal fused dispatcher attention with per-position references (the fallback).
+
+    Exact for every input (no exponent is ever positive), but it forms the ``C x C``
+    prefix weights of every interest: ``O(N·H·k·C)`` memory and ``exp`` evaluations.
+    :func:`_causal_dispatcher` uses it only when a chunk's logits jump too far for the
+    factorised fast path.
 
     Shapes as in :func:`dispatcher_attention` (``m`` a float ``[B, N]`` mask). For
     interest ``i`` of aggregate head ``h`` the prefix weights of position ``t`` are
@@ -391,33 +740,25 @@ def _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, chunk):
     """
     dtype = q2.dtype
     neg = _very_negative(dtype)
-    shape = tf.shape(k1)
-    batch, heads, length = shape[0], shape[1], shape[2]
-    n_static = k1.shape[2]
-    if n_static is not None and n_static <= chunk:
-        chunk = max(int(n_static), 1)
+    batch, heads, length = _dims(k1)[:3]
+    if isinstance(length, int) and length <= chunk:
+        chunk = max(length, 1)
     pad = (-length) % chunk
     n_chunks = (length + pad) // chunk
-    k_int = q1.shape[2] if q1.shape[2] is not None else tf.shape(q1)[2]
-    n_g = q2.shape[1] if q2.shape[1] is not None else tf.shape(q2)[1]
-    d_k = ik.shape[-1] if ik.shape[-1] is not None else tf.shape(ik)[-1]
-    d_v = iv.shape[-1] if iv.shape[-1] is not None else tf.shape(iv)[-1]
+    k_int = _dims(q1)[2]
+    n_g = _dims(q2)[1]
+    d_k = _dims(ik)[-1]
+    d_v = _dims(iv)[-1]
     scale = _inverse_sqrt_width(q2)
 
     def chunked(x, axis):
         # Pads the length axis and splits it into [n_chunks, chunk].
-        paddings = [[0, 0]] * x.shape.rank
-        paddings[axis] = [0, pad]
-        x = tf.pad(x, paddings)
-        new_shape = tf.concat(
-            [tf.shape(x)[:axis], [n_chunks, chunk], tf.shape(x)[axis + 1:]], 0
-        )
-        return tf.reshape(x, new_shape)
+        return _chunked(x, axis, pad, n_chunks, chunk)
 
     mask_c = chunked(m, 1)  # [B, n, C]
     logits = tf.einsum("bhid,bhnd->bhin", q1, k1) * _inverse_sqrt_width(q1)
     logits_c = chunked(logits, 3)  # [B, H, k, n, C]
-    valid = tf.broadcast_to(mask_c[:, tf.newaxis, tf.newaxis] > 0, tf.shape(logits_c))
+    valid = tf.broadcast_to(mask_c[:, tf.newaxis, tf.newaxis] > 0, _dims(logits_c))
     masked = tf.where(valid, logits_c, neg)
     # References (stop-gradient: the result does not depend on them).
     chunk_max = tf.stop_gradient(tf.reduce_max(masked, axis=-1))  # [B, H, k, n]
