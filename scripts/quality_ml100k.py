@@ -469,6 +469,9 @@ def render_markdown(results):
                  "over all items at every position), hidden 64, 2 layers, 2 heads, FFN 256, dropout 0.2, "
                  "Adam 1e-3 — at the max_len / batch / epoch cap given in the per-run table. Other settings "
                  "are named after the reference configuration they load (models/*.json).")
+    lines.append("- models: `elastic` = ELASTIC k=16 (causal, no memory) as the package builds it now; "
+                 "`elastic-k32-smallinit` and `elastic-smallinit` = k=32 and k=16 trained before the interest "
+                 "tokens' initializer changed from stddev 0.05 to stddev 1 (kept for comparison).")
     lines.append("")
     summary = results.get("summary", [])
     lines.append("## Test metrics (mean ± sd over seeds)")
