@@ -311,6 +311,22 @@ def test_check_serving_passes_on_good_exports(exports, capsys):
     assert main(["check-serving", str(exports["v2"])]) == 0
 
 
+@pytest.mark.parametrize("attention", ["softmax", "elastic"])
+def test_other_attentions_export_and_pass_check_serving(tmp_path, capsys, attention):
+    """Causal softmax and causal ELASTIC (whose op holds a tf.cond fallback inside a custom
+    gradient) load and run in a TF1 session, with no op TF Serving lacks, and serve what
+    the Python model computes."""
+    config = ModelConfig(attention=attention, max_len=MAX_LEN, d_model=16, num_heads=2,
+                         ffn_dim=32, num_layers=1, num_interests=4, dropout=0.0,
+                         attention_dropout=0.0)
+    model = SequentialRetrievalModel(config, vocab_size=len(VOCAB)).build_all()
+    save_model_dir(model, VOCAB, tmp_path / "model")
+    version = serving.export_model_dir(tmp_path / "model", tmp_path / "saved" / "m", k=K)
+    assert main(["check-serving", str(version), "--model", str(tmp_path / "model")]) == 0
+    out = capsys.readouterr().out
+    assert "ops scan: ok" in out and "replayed 9 of 9" in out and "compared with the Python model" in out
+
+
 def test_check_serving_fails_when_model_differs(exports, tmp_path, capsys):
     config = ModelConfig(attention="linrec", max_len=MAX_LEN, d_model=16, num_heads=2,
                          ffn_dim=32, num_layers=1)
