@@ -23,6 +23,19 @@ DIM, HEADS, KEY_DIM, K = 6, 2, 3, 3
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _numeric_gradient(fn, arr, h=1e-6):
+    """Central differences of the scalar ``fn`` at ``arr`` (float64)."""
+    grad = np.zeros_like(arr)
+    for idx in np.ndindex(*arr.shape):
+        plus, minus = arr.copy(), arr.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        grad[idx] = (fn(plus) - fn(minus)) / (2 * h)
+    return grad
+
+
 def random_mask(rng, batch, length, min_real=1):
     """Rows with random left and right padding (at least ``min_real`` real items)."""
     mask = np.zeros([batch, length], bool)
@@ -291,18 +304,8 @@ def test_gradients_match_finite_differences_of_reference(causal):
         o, p_ = reference(w_, x_, mask, causal)
         return np.sum(o * r_out) + np.sum(p_ * r_p)
 
-    def numeric(fn, arr):
-        grad = np.zeros_like(arr)
-        h = 1e-6
-        for idx in np.ndindex(*arr.shape):
-            plus, minus = arr.copy(), arr.copy()
-            plus[idx] += h
-            minus[idx] -= h
-            grad[idx] = (fn(plus) - fn(minus)) / (2 * h)
-        return grad
-
     np.testing.assert_allclose(
-        g_x.numpy(), numeric(lambda a: ref_loss(w, a), x), rtol=1e-6, atol=1e-6
+        g_x.numpy(), _numeric_gradient(lambda a: ref_loss(w, a), x), rtol=1e-6, atol=1e-6
     )
     for name, g in (
         ("key_1_kernel", g_k1), ("value_2_kernel", g_v2), ("interest_tokens", g_p)
@@ -310,7 +313,7 @@ def test_gradients_match_finite_differences_of_reference(causal):
         def fn(a, name=name):
             return ref_loss({**w, name: a}, x)
 
-        np.testing.assert_allclose(g.numpy(), numeric(fn, w[name]), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(g.numpy(), _numeric_gradient(fn, w[name]), rtol=1e-6, atol=1e-6)
 
 
 def test_causal_chunk_size_and_op_consistency():
@@ -504,21 +507,12 @@ def test_causal_fallback_matches_reference_gradients(monkeypatch):
     def ref_loss(w_, x_):
         return np.sum(reference(w_, x_, mask, True)[0] * r_out)
 
-    def numeric(fn, arr, h):
-        grad = np.zeros_like(arr)
-        for idx in np.ndindex(*arr.shape):
-            plus, minus = arr.copy(), arr.copy()
-            plus[idx] += h
-            minus[idx] -= h
-            grad[idx] = (fn(plus) - fn(minus)) / (2 * h)
-        return grad
-
     np.testing.assert_allclose(
-        g_x.numpy(), numeric(lambda a: ref_loss(w, a), x, 1e-6), rtol=1e-6, atol=1e-6
+        g_x.numpy(), _numeric_gradient(lambda a: ref_loss(w, a), x, 1e-6), rtol=1e-6, atol=1e-6
     )
     np.testing.assert_allclose(
         g_k1.numpy(),
-        numeric(lambda a: ref_loss({**w, "key_1_kernel": a}, x), w["key_1_kernel"], 1e-6),
+        _numeric_gradient(lambda a: ref_loss({**w, "key_1_kernel": a}, x), w["key_1_kernel"], 1e-6),
         rtol=1e-6, atol=1e-6,
     )
 

@@ -741,10 +741,7 @@ def _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk):
     dtype = q2.dtype
     neg = _very_negative(dtype)
     batch, heads, length = _dims(k1)[:3]
-    if isinstance(length, int) and length <= chunk:
-        chunk = max(length, 1)
-    pad = (-length) % chunk
-    n_chunks = (length + pad) // chunk
+    chunk, pad, n_chunks, mask_c, _ = _causal_setup(k1, m, chunk)  # mask_c: [B, n, C]
     k_int = _dims(q1)[2]
     n_g = _dims(q2)[1]
     d_k = _dims(ik)[-1]
@@ -755,7 +752,6 @@ def _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk):
         # Pads the length axis and splits it into [n_chunks, chunk].
         return _chunked(x, axis, pad, n_chunks, chunk)
 
-    mask_c = chunked(m, 1)  # [B, n, C]
     logits = tf.einsum("bhid,bhnd->bhin", q1, k1) * _inverse_sqrt_width(q1)
     logits_c = chunked(logits, 3)  # [B, H, k, n, C]
     valid = tf.broadcast_to(mask_c[:, tf.newaxis, tf.newaxis] > 0, _dims(logits_c))
