@@ -472,6 +472,16 @@ def _causal_setup(k1, m, chunk):
     return chunk, pad, n_chunks, mask_c, has_prefix
 
 
+def _chunker(pad, n_chunks, chunk):
+    """``chunked(x, axis)``: pads the length axis of ``x`` and splits it into ``[n_chunks, chunk]``."""
+    return lambda x, axis: _chunked(x, axis, pad, n_chunks, chunk)
+
+
+def _dispatch_sizes(q2, ik, iv):
+    """``(G, d_k, d_v, 1 / sqrt(d_k))`` of the dispatch step."""
+    return _dims(q2)[1], _dims(ik)[-1], _dims(iv)[-1], _inverse_sqrt_width(q2)
+
+
 def _causal_references(logits_c, mask_c, has_prefix):
     """Stop-gradient references of the causal form for chunked logits ``[B, H, k, n, C]``.
 
@@ -652,13 +662,8 @@ def _causal_dispatcher_fast(q2, logits, ik, iv, vk, vv, m, chunk):
     batch, heads, length = _dims(logits)[0], _dims(vk)[1], _dims(logits)[3]
     chunk, pad, n_chunks, mask_c, has_prefix = _causal_setup(vk, m, chunk)
     k_int = _dims(logits)[2]
-    n_g = _dims(q2)[1]
-    d_k = _dims(ik)[-1]
-    d_v = _dims(iv)[-1]
-    scale = _inverse_sqrt_width(q2)
-
-    def chunked(x, axis):
-        return _chunked(x, axis, pad, n_chunks, chunk)
+    n_g, d_k, d_v, scale = _dispatch_sizes(q2, ik, iv)
+    chunked = _chunker(pad, n_chunks, chunk)
 
     logits_c = chunked(logits, 3)  # [B, H, k, n, C]
     valid, masked, run_max, _, _, center = _causal_references(logits_c, mask_c, has_prefix)
@@ -743,14 +748,8 @@ def _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk):
     batch, heads, length = _dims(k1)[:3]
     chunk, pad, n_chunks, mask_c, _ = _causal_setup(k1, m, chunk)  # mask_c: [B, n, C]
     k_int = _dims(q1)[2]
-    n_g = _dims(q2)[1]
-    d_k = _dims(ik)[-1]
-    d_v = _dims(iv)[-1]
-    scale = _inverse_sqrt_width(q2)
-
-    def chunked(x, axis):
-        # Pads the length axis and splits it into [n_chunks, chunk].
-        return _chunked(x, axis, pad, n_chunks, chunk)
+    n_g, d_k, d_v, scale = _dispatch_sizes(q2, ik, iv)
+    chunked = _chunker(pad, n_chunks, chunk)
 
     logits = tf.einsum("bhid,bhnd->bhin", q1, k1) * _inverse_sqrt_width(q1)
     logits_c = chunked(logits, 3)  # [B, H, k, n, C]
