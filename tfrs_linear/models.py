@@ -41,6 +41,10 @@ class SequenceEncoder(tf.keras.layers.Layer):
     """Item ids ``[batch, max_len]`` (int, 0 = padding, left-padded) → ``[batch, max_len, d]``.
 
     ``embed -> + position -> LayerNorm -> dropout -> blocks``; padded positions output 0.
+    ``encoder(item_ids, last_only=True)`` returns the newest position only,
+    ``[batch, 1, d]``, equal to ``encoder(item_ids)[:, -1:]``: the last block then runs
+    one query (the newest position's causal prefix is the whole sequence), which is all a
+    query tower, a last-position loss or a serving signature needs.
     With ``attention="elastic"`` and ``use_memory=True`` (non-causal only) the first
     block's interest tokens come from an :class:`~tfrs_linear.layers.InterestMemory`
     read with the embedded sequence; the blocks hand their interests to the next one.
@@ -131,7 +135,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
                 name="interest_memory",
             )
 
-    def call(self, item_ids, training=None):
+    def call(self, item_ids, training=None, last_only=False):
         item_ids = tf.convert_to_tensor(item_ids)
         if item_ids.shape.rank != 2:
             raise ValueError(f"item_ids must be [batch, max_len], got shape {item_ids.shape}.")
@@ -150,13 +154,19 @@ class SequenceEncoder(tf.keras.layers.Layer):
         if self.memory is not None:
             interests = self.memory(x, mask=mask)
         hand_off = self.attention == "elastic" and not self.causal
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            last = bool(last_only) and i == len(self.blocks) - 1
             if hand_off:
                 x, interests = block(
-                    x, mask=mask, training=training, interests=interests, return_interests=True
+                    x,
+                    mask=mask,
+                    training=training,
+                    interests=interests,
+                    return_interests=True,
+                    last_only=last,
                 )
             else:
-                x = block(x, mask=mask, training=training)
+                x = block(x, mask=mask, training=training, last_only=last)
         return x
 
     def get_config(self):
@@ -260,7 +270,7 @@ class SequentialRetrievalModel(tfrs.Model):
 
     def encode(self, item_ids, training=False):
         """User embeddings ``[B, d]`` (float32) from left-padded item ids ``[B, max_len]``."""
-        sequence = self.encoder(item_ids, training=training)
+        sequence = self.encoder(item_ids, training=training, last_only=True)
         return tf.cast(sequence[:, -1, :], tf.float32)
 
     def item_embeddings(self):
@@ -278,7 +288,11 @@ class SequentialRetrievalModel(tfrs.Model):
     def compute_loss(self, inputs, training=False):
         item_ids = inputs["inputs"]
         targets = tf.cast(inputs["targets"], tf.int32)
-        sequence = tf.cast(self.encoder(item_ids, training=training), tf.float32)
+        # Regime "last" needs the newest position only: the last block runs one query.
+        last_only = self.config.regime != "all"
+        sequence = tf.cast(
+            self.encoder(item_ids, training=training, last_only=last_only), tf.float32
+        )
         weights = tf.cast(targets > OOV, tf.float32)
         denominator = tf.maximum(tf.reduce_sum(weights), 1.0)
         if self.config.loss == "sampled":

@@ -110,11 +110,14 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         aggregation logits ~16x flatter than a token's: on ml-100k the trained tokens
         stayed at rms 0.06 and every interest averaged its prefix almost uniformly.)
 
-    Call: ``layer(inputs, mask=None, interests=None, training=None)`` with ``inputs``
-    ``[batch, length, dim]``, ``mask`` a ``[batch, length]`` padding mask (True = real
-    item; the Keras mask of ``inputs`` is used when absent) and ``interests`` optional
-    ``[batch, num_interests, dim]``. Returns ``(outputs [batch, length, dim],
-    interests [batch, num_interests, dim])``.
+    Call: ``layer(inputs, mask=None, interests=None, training=None, last_only=False)``
+    with ``inputs`` ``[batch, length, dim]``, ``mask`` a ``[batch, length]`` padding mask
+    (True = real item; the Keras mask of ``inputs`` is used when absent) and ``interests``
+    optional ``[batch, num_interests, dim]``. Returns ``(outputs [batch, length, dim],
+    interests [batch, num_interests, dim])``. ``last_only=True`` returns the outputs of
+    the last (newest, with left padding) position only, ``[batch, 1, dim]``, equal to
+    ``outputs[:, -1:]`` of the full call in both forms at ``O(N·k·d)`` without the
+    per-position dispatch: what a retrieval query tower needs from its final block.
     """
 
     def __init__(
@@ -266,7 +269,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             )
         return tf.cast(interests, self.compute_dtype)
 
-    def call(self, inputs, mask=None, interests=None, training=None):
+    def call(self, inputs, mask=None, interests=None, training=None, last_only=False):
         _check_inputs("LinearDispatcherAttention", inputs)
         if interests is not None and self.causal:
             raise ValueError(
@@ -288,6 +291,21 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         q1 = self._heads(p, self.query_1_kernel, self.query_1_bias)  # [B,H,k,dk]
         k1 = self._heads(x, self.key_1_kernel, self.key_1_bias)  # [B,H,N,dk]
         v1 = self._heads(x, self.value_1_kernel, self.value_1_bias)  # [B,H,N,dv]
+        if last_only:
+            # Only the newest position's output: its interests are those after every
+            # item in both forms (causal: the prefix of the last position is the whole
+            # sequence), so one dispatch query against P' W_k2, P' W_v2 suffices.
+            x_last = x[:, -1:, :]
+            mask_last = None if mask is None else mask[:, -1:]
+            agg = elastic_ops.dispatcher_aggregate(q1, k1, v1, mask)  # [B,H,k,dv]
+            update = tf.einsum("bhiv,hvd->bid", agg, self.output_1_kernel)
+            new_interests = p + update if self.causal else self.interest_norm(p + update)
+            q2 = self._heads(x_last, self.query_2_kernel, self.query_2_bias)  # [B,H,1,dk]
+            k2 = self._heads(new_interests, self.key_2_kernel, self.key_2_bias)
+            v2 = self._heads(new_interests, self.value_2_kernel, self.value_2_bias)
+            y = elastic_ops.dispatcher_dispatch(q2, k2, v2, mask_last)  # [B,H,1,dv]
+            return self._output(y, mask_last, training), new_interests
+
         q2 = self._heads(x, self.query_2_kernel, self.query_2_bias)  # [B,H,N,dk]
 
         if not self.causal:
@@ -322,13 +340,16 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             agg = elastic_ops.dispatcher_aggregate(q1, k1, v1, mask)
             new_interests = p + tf.einsum("bhiv,hvd->bid", agg, self.output_1_kernel)
 
+        return self._output(y, mask, training), new_interests
+
+    def _output(self, y, mask, training):
         y = self.dropout_layer(y, training=training)  # per head, before W_o2
         outputs = tf.einsum("bhnv,hvd->bnd", y, self.output_2_kernel)
         if self.output_2_bias is not None:
             outputs = outputs + self.output_2_bias
         if mask is not None:
             outputs = outputs * tf.cast(mask, outputs.dtype)[:, :, tf.newaxis]
-        return outputs, new_interests
+        return outputs
 
     def compute_mask(self, inputs, mask=None):
         if mask is None:

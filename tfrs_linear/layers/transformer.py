@@ -34,8 +34,12 @@ class TransformerBlock(tf.keras.layers.Layer):
       num_interests: ELASTIC's ``k``.
 
     Call: ``block(inputs, mask=None, training=None, interests=None,
-    return_interests=False)``; inputs ``[batch, length, d_model]``, ``mask`` a
-    ``[batch, length]`` padding mask (or the Keras mask). Padded positions output 0.
+    return_interests=False, last_only=False)``; inputs ``[batch, length, d_model]``,
+    ``mask`` a ``[batch, length]`` padding mask (or the Keras mask). Padded positions
+    output 0. ``last_only=True`` computes the last (newest) position only and returns
+    ``[batch, 1, d_model]``, equal to ``block(...)[:, -1:]`` causal or not: the newest
+    position's causal prefix is the whole sequence, so its attention is one query over
+    all keys (O(N) instead of the whole block's O(N²) or O(N)).
     """
 
     def __init__(
@@ -96,9 +100,12 @@ class TransformerBlock(tf.keras.layers.Layer):
         if self.attention == "softmax":
             self.attention_layer = tf.keras.layers.MultiHeadAttention(**common)
         elif self.attention == "linrec":
+            # Causal through `use_causal_mask` at each call (not the constructor's
+            # always-causal flag), so that `last_only` can attend the newest position
+            # over the whole sequence (its causal prefix) in one non-causal call.
             self.attention_layer = LinRecAttention(
                 normalization=self.normalization,
-                causal=self.causal,
+                causal=False,
                 chunk_size=self.chunk_size,
                 epsilon=self.epsilon,
                 **common,
@@ -130,11 +137,28 @@ class TransformerBlock(tf.keras.layers.Layer):
         )
         super().build(input_shape)
 
-    def _attend(self, x, mask, training, interests):
+    def _attend(self, x, mask, training, interests, last_only):
         if self.attention == "elastic":
             return self.attention_layer(
-                x, mask=mask, interests=interests, training=training
+                x, mask=mask, interests=interests, training=training, last_only=last_only
             )
+        if last_only:
+            # The newest position attends over every real item (its causal prefix is the
+            # whole sequence), so no causal mask is needed for it.
+            query = x[:, -1:, :]
+            if self.attention == "softmax":
+                attention_mask = None
+                if mask is not None:
+                    m = tf.cast(mask, tf.bool)
+                    attention_mask = m[:, -1:, tf.newaxis] & m[:, tf.newaxis, :]
+                y = self.attention_layer(
+                    query, x, attention_mask=attention_mask, training=training
+                )
+            else:
+                y = self.attention_layer(
+                    query, x, attention_mask=mask, training=training, use_causal_mask=False
+                )
+            return y, None
         if self.attention == "softmax":
             attention_mask = None
             if mask is not None:
@@ -154,14 +178,26 @@ class TransformerBlock(tf.keras.layers.Layer):
         return y, None
 
     def call(
-        self, inputs, mask=None, training=None, interests=None, return_interests=False
+        self,
+        inputs,
+        mask=None,
+        training=None,
+        interests=None,
+        return_interests=False,
+        last_only=False,
     ):
         if interests is not None and self.attention != "elastic":
             raise ValueError(
                 f"`interests` are only used by attention='elastic', not {self.attention!r}."
             )
         x = inputs
-        y, interests = self._attend(x, mask, training, interests)
+        # Read by compute_mask, which Keras calls right after this call with the input
+        # mask only: a last-only output's mask is the input mask's last column.
+        self._last_only_call = bool(last_only)
+        y, interests = self._attend(x, mask, training, interests, last_only)
+        if last_only:
+            x = x[:, -1:, :]
+            mask = None if mask is None else mask[:, -1:]
         x = self.attention_norm(x + self.attention_dropout_layer(y, training=training))
         y = self.ffn_outer(self.ffn_inner(x))
         x = self.ffn_norm(x + self.ffn_dropout(y, training=training))
@@ -172,6 +208,8 @@ class TransformerBlock(tf.keras.layers.Layer):
         return x
 
     def compute_mask(self, inputs, mask=None):
+        if mask is not None and getattr(self, "_last_only_call", False):
+            return mask[:, -1:]
         return mask
 
     def get_config(self):
