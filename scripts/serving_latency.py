@@ -8,10 +8,16 @@ signature's output tensors, fed by name, with full-length string histories. Repo
 p50/p99 per batch size and the ratios to softmax measured in the same run, interleaving
 the models round by round to spread machine noise over all of them.
 
+``--with-all-positions`` also exports each model with a query tower that computes every
+position of its last block and slices the newest (``model.encode(..., last_only=False)``,
+what exports did before the last-only block), as rows ``ATTENTION/all-positions`` with
+their ratio to the default export of the same attention.
+
     .venv/bin/python scripts/serving_latency.py --out runs/serving-latency
 """
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -28,11 +34,18 @@ from tfrs_linear.config import ModelConfig
 from tfrs_linear.models import SequentialRetrievalModel
 
 
-def build_export(attention, max_len, items, root):
+ALL_POSITIONS = "/all-positions"
+
+
+def build_export(name, max_len, items, root):
+    attention = name.split("/")[0]
     config = ModelConfig(attention=attention, max_len=max_len)
     vocab = ["[PAD]", "[OOV]"] + [str(i) for i in range(1, items + 1)]
     model = SequentialRetrievalModel(config, len(vocab)).build_all()
-    return serving.export_model(model, vocab, Path(root) / f"{attention}-{max_len}", k=100), vocab
+    if name.endswith(ALL_POSITIONS):
+        model.encode = functools.partial(SequentialRetrievalModel.encode, model, last_only=False)
+    path = Path(root) / f"{name.replace('/', '-')}-{max_len}"
+    return serving.export_model(model, vocab, path, k=100), vocab
 
 
 class Session:
@@ -56,8 +69,12 @@ def main(argv=None):
     p.add_argument("--items", type=int, default=1682)
     p.add_argument("--rounds", type=int, default=30, help="timed requests per point")
     p.add_argument("--out", default="runs/serving-latency")
+    p.add_argument("--with-all-positions", action="store_true",
+                   help="also time exports whose last block computes every position")
     args = p.parse_args(argv)
     attentions = args.attentions.split(",")
+    if args.with_all_positions:
+        attentions += [a + ALL_POSITIONS for a in attentions]
     lengths = [int(x) for x in args.lengths.split(",")]
     batches = [int(x) for x in args.batches.split(",")]
     rng = np.random.default_rng(0)
@@ -87,16 +104,22 @@ def main(argv=None):
                            "p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
                            "p50_ratio_to_softmax": float(np.percentile(t, 50) / (base[50] * 1e3)),
                            "p99_ratio_to_softmax": float(np.percentile(t, 99) / (base[99] * 1e3))}
+                    if attention.endswith(ALL_POSITIONS):
+                        own = np.percentile(times[attention.split("/")[0]], 50) * 1e3
+                        row["p50_ratio_to_last_only"] = float(np.percentile(t, 50) / own)
                     results.append(row)
                     print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latency.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["| attention | max_len | batch | p50 ms | p99 ms | p50 / softmax | p99 / softmax |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| attention | max_len | batch | p50 ms | p99 ms | p50 / softmax | p99 / softmax |"
+             " p50 / last-only export |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
+        own = r.get("p50_ratio_to_last_only")
         lines.append(f"| {r['attention']} | {r['max_len']} | {r['batch']} | {r['p50_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['p50_ratio_to_softmax']:.2f} | {r['p99_ratio_to_softmax']:.2f} |")
+                     f"{r['p99_ms']:.1f} | {r['p50_ratio_to_softmax']:.2f} | {r['p99_ratio_to_softmax']:.2f} | "
+                     f"{'–' if own is None else format(own, '.2f')} |")
     (out / "latency.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

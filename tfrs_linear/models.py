@@ -268,9 +268,13 @@ class SequentialRetrievalModel(tfrs.Model):
         self.item_embeddings()
         return self
 
-    def encode(self, item_ids, training=False):
-        """User embeddings ``[B, d]`` (float32) from left-padded item ids ``[B, max_len]``."""
-        sequence = self.encoder(item_ids, training=training, last_only=True)
+    def encode(self, item_ids, training=False, last_only=True):
+        """User embeddings ``[B, d]`` (float32) from left-padded item ids ``[B, max_len]``.
+
+        The last block computes the newest position only; ``last_only=False`` computes
+        every position and slices (the same values; kept for comparisons).
+        """
+        sequence = self.encoder(item_ids, training=training, last_only=last_only)
         return tf.cast(sequence[:, -1, :], tf.float32)
 
     def item_embeddings(self):
