@@ -120,3 +120,19 @@ def test_model_encode_uses_the_newest_position(attention):
     want = model.encoder(ids).numpy()[:, -1]
     np.testing.assert_allclose(model.encode(ids).numpy(), want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model(ids).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["softmax", "linrec", "elastic"])
+def test_encoder_last_only_under_mixed_precision(float32_policy, attention):
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    tf.keras.utils.set_random_seed(9)
+    encoder = SequenceEncoder(vocab_size=20, max_len=10, d_model=8, num_layers=2, num_heads=2,
+                              ffn_dim=16, attention=attention, causal=True, dropout=0.0,
+                              attention_dropout=0.0, num_interests=3, chunk_size=4)
+    ids = np.random.default_rng(9).integers(2, 20, (3, 10)).astype(np.int32)
+    ids[1, :6] = 0
+    full = encoder(ids)
+    last = encoder(ids, last_only=True)
+    assert last.dtype == full.dtype == tf.float16
+    np.testing.assert_allclose(last.numpy()[:, 0].astype(np.float32),
+                               full.numpy()[:, -1].astype(np.float32), rtol=1e-2, atol=1e-2)
