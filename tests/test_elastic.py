@@ -821,3 +821,43 @@ def test_transformer_block_elastic(causal):
         z_default = block_2(y, mask=mask)
         assert p2.shape == (2, 4, 8)
         assert not np.allclose(z.numpy(), z_default.numpy())  # the hand-off is used
+
+
+# ------------------------------------------------------------- learned interests
+@pytest.mark.parametrize("causal,memory", [(True, False), (False, False), (False, True)])
+def test_encoder_has_no_unused_interest_tokens(causal, memory):
+    # Every trainable variable gets a gradient: blocks that receive the previous block's
+    # (or the memory's) interests have no tokens of their own.
+    from tfrs_linear.models import SequenceEncoder
+
+    tf.keras.utils.set_random_seed(23)
+    encoder = SequenceEncoder(vocab_size=15, max_len=6, d_model=8, num_layers=3, num_heads=2,
+                              ffn_dim=16, attention="elastic", causal=causal, num_interests=3,
+                              use_memory=memory, memory_keys=4, memory_top_m=2, dropout=0.0,
+                              attention_dropout=0.0)
+    ids = tf.constant([[0, 3, 4, 5, 6, 7], [2, 3, 9, 10, 11, 12]])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.square(encoder(ids)))
+    grads = tape.gradient(loss, encoder.trainable_variables)
+    missing = [v.name for v, g in zip(encoder.trainable_variables, grads) if g is None]
+    assert missing == []
+    tokens = sorted(v.name for v in encoder.trainable_variables if "interest_tokens" in v.name)
+    want = 3 if causal else (0 if memory else 1)
+    assert len(tokens) == want, tokens
+
+
+def test_learned_interests_false_needs_interests_and_non_causal():
+    layer = LinearDispatcherAttention(num_heads=2, key_dim=4, num_interests=3,
+                                      learned_interests=False)
+    x = tf.random.normal([2, 5, 8])
+    with pytest.raises(ValueError, match="no interest tokens of its own"):
+        layer(x)
+    y, p = layer(x, interests=tf.random.normal([2, 3, 8]))
+    assert y.shape == (2, 5, 8) and p.shape == (2, 3, 8)
+    assert not any("interest_tokens" in w.name for w in layer.weights)
+    config = layer.get_config()
+    assert config["learned_interests"] is False
+    assert LinearDispatcherAttention.from_config(config).get_config() == config
+    with pytest.raises(ValueError, match="learned_interests=False needs causal=False"):
+        LinearDispatcherAttention(num_heads=2, key_dim=4, num_interests=3, causal=True,
+                                  learned_interests=False)

@@ -108,6 +108,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
             epsilon=self.layer_norm_epsilon, name="input_norm"
         )
         self.input_dropout = tf.keras.layers.Dropout(self.dropout)
+        hand_off = self.attention == "elastic" and not self.causal
         self.blocks = [
             TransformerBlock(
                 num_heads=self.num_heads,
@@ -120,6 +121,9 @@ class SequenceEncoder(tf.keras.layers.Layer):
                 normalization=self.normalization,
                 chunk_size=self.chunk_size,
                 num_interests=self.num_interests,
+                # Non-causal ELASTIC hands P' from block to block (and the memory gives
+                # the first P): only a block that starts the chain has tokens of its own.
+                learned_interests=not hand_off or (i == 0 and not self.use_memory),
                 name=f"block_{i}",
             )
             for i in range(self.num_layers)

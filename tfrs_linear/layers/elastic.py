@@ -109,6 +109,11 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         are compared with. (Keras' default "random_normal", stddev 0.05, leaves the
         aggregation logits ~16x flatter than a token's: on ml-100k the trained tokens
         stayed at rms 0.06 and every interest averaged its prefix almost uniformly.)
+      learned_interests: whether the layer has interest tokens of its own (default).
+        ``False`` (non-causal only) for a layer that always receives ``interests`` (a
+        block after the first in a hand-off stack, or the first behind an interest
+        memory): no unused ``[k, dim]`` variable, and calling it without ``interests``
+        raises.
 
     Call: ``layer(inputs, mask=None, interests=None, training=None, last_only=False)``
     with ``inputs`` ``[batch, length, dim]``, ``mask`` a ``[batch, length]`` padding mask
@@ -139,9 +144,16 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         activity_regularizer=None,
         kernel_constraint=None,
         bias_constraint=None,
+        learned_interests=True,
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        if causal and not learned_interests:
+            raise ValueError(
+                "LinearDispatcherAttention(causal=True) always uses its own learned interest "
+                "tokens: learned_interests=False needs causal=False."
+            )
+        self.learned_interests = bool(learned_interests)
         for name, value in (
             ("num_heads", num_heads),
             ("key_dim", key_dim),
@@ -208,12 +220,14 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         dim = int(input_shape[-1])
         self.model_dim = dim
         h, dk, dv, k = self.num_heads, self.key_dim, self.value_dim, self.num_interests
-        self.interest_tokens = self.add_weight(
-            name="interest_tokens",
-            shape=[k, dim],
-            initializer=_fresh(self.interest_initializer),
-            trainable=True,
-        )
+        self.interest_tokens = None
+        if self.learned_interests:
+            self.interest_tokens = self.add_weight(
+                name="interest_tokens",
+                shape=[k, dim],
+                initializer=_fresh(self.interest_initializer),
+                trainable=True,
+            )
         # Aggregate (N -> k).
         self.query_1_kernel = self._kernel("query_1_kernel", [dim, h, dk])
         self.query_1_bias = self._bias("query_1_bias", [h, dk])
@@ -283,6 +297,12 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         batch = tf.shape(x)[0]
         dtype = x.dtype
         if interests is None:
+            if self.interest_tokens is None:
+                raise ValueError(
+                    "LinearDispatcherAttention(learned_interests=False) has no interest "
+                    "tokens of its own: pass `interests` [batch, num_interests, dim] (the "
+                    "previous block's or the interest memory's)."
+                )
             p = tf.tile(
                 tf.cast(self.interest_tokens, dtype)[tf.newaxis], [batch, 1, 1]
             )
@@ -383,6 +403,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             activity_regularizer=_regularizers.serialize(self.activity_regularizer),
             kernel_constraint=_constraints.serialize(self.kernel_constraint),
             bias_constraint=_constraints.serialize(self.bias_constraint),
+            learned_interests=self.learned_interests,
         )
         return config
 
@@ -421,7 +442,8 @@ class InterestMemory(tf.keras.layers.Layer):
       query_dim: query width ``d_q`` (even).
       kernel_initializer, bias_initializer: of the query Dense.
       key_initializer, memory_initializer, base_initializer: of the sub-keys, the memory
-        rows and the base tokens (``None`` = the defaults above).
+        rows and the base tokens (``None`` = the defaults above; base tokens N(0, 1), the
+        scale of :class:`LinearDispatcherAttention`'s own interest tokens).
 
     Call: ``memory(inputs, mask=None)`` with ``inputs [batch, length, dim]`` and a
     ``[batch, length]`` padding mask (or the Keras mask); returns ``[batch, k, dim]``.
@@ -437,7 +459,7 @@ class InterestMemory(tf.keras.layers.Layer):
         bias_initializer="zeros",
         key_initializer=None,
         memory_initializer=None,
-        base_initializer="random_normal",
+        base_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -464,6 +486,10 @@ class InterestMemory(tf.keras.layers.Layer):
         self.memory_initializer = (
             None if memory_initializer is None else _initializers.get(memory_initializer)
         )
+        if base_initializer is None:
+            # The scale of the tokens they meet in the first aggregate (as the dispatcher's
+            # own interest tokens): a stddev-0.05 start leaves its logits ~16x flatter.
+            base_initializer = _initializers.RandomNormal(stddev=1.0)
         self.base_initializer = _initializers.get(base_initializer)
         self.supports_masking = True
 

@@ -32,6 +32,8 @@ class TransformerBlock(tf.keras.layers.Layer):
       layer_norm_epsilon: LayerNorm epsilon.
       normalization, chunk_size, epsilon: LinRec's options.
       num_interests: ELASTIC's ``k``.
+      learned_interests: ELASTIC only: the attention's own interest tokens (default);
+        ``False`` for a non-causal block that always receives ``interests``.
 
     Call: ``block(inputs, mask=None, training=None, interests=None,
     return_interests=False, last_only=False)``; inputs ``[batch, length, d_model]``,
@@ -57,6 +59,7 @@ class TransformerBlock(tf.keras.layers.Layer):
         chunk_size=64,
         epsilon=1e-6,
         num_interests=16,
+        learned_interests=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -79,6 +82,7 @@ class TransformerBlock(tf.keras.layers.Layer):
         self.chunk_size = int(chunk_size)
         self.epsilon = float(epsilon)
         self.num_interests = int(num_interests)
+        self.learned_interests = bool(learned_interests)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -114,6 +118,7 @@ class TransformerBlock(tf.keras.layers.Layer):
             self.attention_layer = LinearDispatcherAttention(
                 num_interests=self.num_interests,
                 causal=self.causal,
+                learned_interests=self.learned_interests,
                 **common,
             )
         # Create the attention's variables now (MultiHeadAttention would otherwise make
@@ -228,5 +233,6 @@ class TransformerBlock(tf.keras.layers.Layer):
             chunk_size=self.chunk_size,
             epsilon=self.epsilon,
             num_interests=self.num_interests,
+            learned_interests=self.learned_interests,
         )
         return config
