@@ -108,6 +108,12 @@ VARIANTS = {
     "linrec-token": {"attention": "linrec", "normalization": "token"},
     "elastic": {"attention": "elastic", "num_interests": 16},
     "elastic-k32": {"attention": "elastic", "num_interests": 32},
+    # ELASTIC as the paper builds it (regime "last" settings only): non-causal dispatcher
+    # attention with the interests handed from block to block, with and without the
+    # product-key interest memory that initialises them.
+    "elastic-noncausal": {"attention": "elastic", "num_interests": 16, "causal": False},
+    "elastic-memory": {"attention": "elastic", "num_interests": 16, "causal": False,
+                       "use_memory": True},
     # Earlier runs, kept in the report: the same configurations trained before the interest
     # tokens' initializer changed from Keras' random_normal (stddev 0.05) to stddev 1.
     "elastic-smallinit": {"attention": "elastic", "num_interests": 16},
