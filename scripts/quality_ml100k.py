@@ -383,6 +383,16 @@ def _mean_sd(values):
     return mean, sd
 
 
+# The reference configurations in the RecBole anchor's setting differ only in the attention
+# (models/{sasrec,linrec,linrec-paper,elastic}-ml100k.json): one setting for comparisons.
+ANCHOR_SETTING = "anchor (models/*-ml100k.json)"
+ANCHOR_CONFIGS = ("sasrec-ml100k", "linrec-ml100k", "linrec-paper-ml100k", "elastic-ml100k")
+
+
+def _setting(rec):
+    return ANCHOR_SETTING if rec["setting"] in ANCHOR_CONFIGS else rec["setting"]
+
+
 def summarize(results):
     """One row per (setting, variant, seed set): the issue's seeds ``ISSUE_SEEDS`` and, where a
     variant has more, all of its seeds as a second row."""
@@ -390,7 +400,7 @@ def summarize(results):
     for rec in results["runs"].values():
         if "error" in rec:
             continue
-        key = (rec["setting"], rec["variant"])
+        key = (_setting(rec), rec["variant"])
         groups.setdefault((*key, "issue"), [])
         if rec["seed"] in ISSUE_SEEDS:
             groups[(*key, "issue")].append(rec)
@@ -442,7 +452,7 @@ def paired(results):
     by = {}
     for rec in results["runs"].values():
         if "error" not in rec:
-            by[(rec["setting"], rec["variant"], rec["seed"])] = rec
+            by[(_setting(rec), rec["variant"], rec["seed"])] = rec
     out = []
     keys = sorted({(s, v) for (s, v, _) in by if v != "softmax"},
                   key=lambda k: (k[0] != "default", list(VARIANTS).index(k[1])))
@@ -532,7 +542,13 @@ def render_markdown(results):
                  "are named after the reference configuration they load (models/*.json).")
     lines.append("- models: `elastic` = ELASTIC k=16 (causal, no memory) as the package builds it now; "
                  "`elastic-k32-smallinit` and `elastic-smallinit` = k=32 and k=16 trained before the interest "
-                 "tokens' initializer changed from stddev 0.05 to stddev 1 (kept for comparison).")
+                 "tokens' initializer changed from stddev 0.05 to stddev 1 (kept for comparison); "
+                 "`elastic-noncausal` and `elastic-memory` = the paper's form, non-causal with the interests "
+                 "handed from block to block, without and with the product-key interest memory (regime "
+                 "`last` settings only); `linrec-token` = LinRec with the official code's normalization.")
+    lines.append(f"- setting `{ANCHOR_SETTING}`: the RecBole anchor's setting (regime `last` with prefix "
+                 "augmentation, max_len 50, batch 512, patience 5), loaded from the reference configuration "
+                 "of each attention; those files differ only in the attention.")
     lines.append("")
     summary = results.get("summary", [])
     lines.append("## Test metrics (mean ± sd over seeds)")
