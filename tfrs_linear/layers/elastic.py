@@ -311,31 +311,20 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         q1 = self._heads(p, self.query_1_kernel, self.query_1_bias)  # [B,H,k,dk]
         k1 = self._heads(x, self.key_1_kernel, self.key_1_bias)  # [B,H,N,dk]
         v1 = self._heads(x, self.value_1_kernel, self.value_1_bias)  # [B,H,N,dv]
-        if last_only:
-            # Only the newest position's output: its interests are those after every
-            # item in both forms (causal: the prefix of the last position is the whole
-            # sequence), so one dispatch query against P' W_k2, P' W_v2 suffices.
-            x_last = x[:, -1:, :]
-            mask_last = None if mask is None else mask[:, -1:]
-            agg = elastic_ops.dispatcher_aggregate(q1, k1, v1, mask)  # [B,H,k,dv]
-            update = tf.einsum("bhiv,hvd->bid", agg, self.output_1_kernel)
-            new_interests = p + update if self.causal else self.interest_norm(p + update)
-            q2 = self._heads(x_last, self.query_2_kernel, self.query_2_bias)  # [B,H,1,dk]
-            k2 = self._heads(new_interests, self.key_2_kernel, self.key_2_bias)
-            v2 = self._heads(new_interests, self.value_2_kernel, self.value_2_bias)
-            y = elastic_ops.dispatcher_dispatch(q2, k2, v2, mask_last)  # [B,H,1,dv]
-            return self._output(y, mask_last, training), new_interests
-
-        q2 = self._heads(x, self.query_2_kernel, self.query_2_bias)  # [B,H,N,dk]
-
-        if not self.causal:
-            agg = elastic_ops.dispatcher_aggregate(q1, k1, v1, mask)  # [B,H,k,dv]
-            update = tf.einsum("bhiv,hvd->bid", agg, self.output_1_kernel)
-            new_interests = self.interest_norm(p + update)
+        if last_only or not self.causal:
+            # Every query sees the interests after all items: always so non-causally,
+            # and for the newest position causally too (its prefix is the whole
+            # sequence), so a last-only call is one dispatch query in both forms.
+            new_interests = self._interests_after_all(p, q1, k1, v1, mask)
+            if last_only:
+                x = x[:, -1:, :]
+                mask = None if mask is None else mask[:, -1:]
+            q2 = self._heads(x, self.query_2_kernel, self.query_2_bias)  # [B,H,N,dk]
             k2 = self._heads(new_interests, self.key_2_kernel, self.key_2_bias)
             v2 = self._heads(new_interests, self.value_2_kernel, self.value_2_bias)
             y = elastic_ops.dispatcher_dispatch(q2, k2, v2, mask)  # [B,H,N,dv]
         else:
+            q2 = self._heads(x, self.query_2_kernel, self.query_2_bias)  # [B,H,N,dk]
             # Fold W_o1 W_k2 and W_o1 W_v2 into the per-position values (elastic.md):
             # value_key[b, h, n, g, :] = (X W_v1 + b_v1)^h W_o1^h W_k2^g.
             fold_k = tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.key_2_kernel)
@@ -356,11 +345,15 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
                 causal=True,
                 chunk_size=self.chunk_size,
             )
-            # The interests after all real items: P + (aggregate over everything) W_o1.
-            agg = elastic_ops.dispatcher_aggregate(q1, k1, v1, mask)
-            new_interests = p + tf.einsum("bhiv,hvd->bid", agg, self.output_1_kernel)
+            new_interests = self._interests_after_all(p, q1, k1, v1, mask)
 
         return self._output(y, mask, training), new_interests
+
+    def _interests_after_all(self, p, q1, k1, v1, mask):
+        """``P'`` after every real item: ``P + (aggregate) W_o1``, LayerNorm'd non-causally."""
+        agg = elastic_ops.dispatcher_aggregate(q1, k1, v1, mask)  # [B,H,k,dv]
+        interests = p + tf.einsum("bhiv,hvd->bid", agg, self.output_1_kernel)
+        return interests if self.causal else self.interest_norm(interests)
 
     def _output(self, y, mask, training):
         y = self.dropout_layer(y, training=training)  # per head, before W_o2

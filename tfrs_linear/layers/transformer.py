@@ -147,23 +147,19 @@ class TransformerBlock(tf.keras.layers.Layer):
             return self.attention_layer(
                 x, mask=mask, interests=interests, training=training, last_only=last_only
             )
-        if last_only:
-            # The newest position attends over every real item (its causal prefix is the
-            # whole sequence), so no causal mask is needed for it.
-            query = x[:, -1:, :]
-            if self.attention == "softmax":
-                attention_mask = None
-                if mask is not None:
-                    m = tf.cast(mask, tf.bool)
-                    attention_mask = m[:, -1:, tf.newaxis] & m[:, tf.newaxis, :]
-                y = self.attention_layer(
-                    query, x, attention_mask=attention_mask, training=training
-                )
-            else:
-                y = self.attention_layer(
-                    query, x, attention_mask=mask, training=training, use_causal_mask=False
-                )
-            return y, None
+        # A last-only query is the newest position, whose causal prefix is the whole
+        # sequence: it attends over every real item with no causal mask.
+        query = x[:, -1:, :] if last_only else x
+        causal = self.causal and not last_only
+        attention_mask = mask
+        if self.attention == "softmax" and mask is not None:
+            m = tf.cast(mask, tf.bool)
+            query_mask = m[:, -1:] if last_only else m
+            attention_mask = query_mask[:, :, tf.newaxis] & m[:, tf.newaxis, :]
+        y = self.attention_layer(
+            query, x, attention_mask=attention_mask, training=training, use_causal_mask=causal
+        )
+        return y, None
         if self.attention == "softmax":
             attention_mask = None
             if mask is not None:
