@@ -108,6 +108,9 @@ VARIANTS = {
     "linrec-token": {"attention": "linrec", "normalization": "token"},
     "elastic": {"attention": "elastic", "num_interests": 16},
     "elastic-k32": {"attention": "elastic", "num_interests": 32},
+    # ELASTIC with learned per-interest recency slopes on the aggregate logits (an
+    # exponential decay of each interest's weights with the item's age; not in the paper).
+    "elastic-recency": {"attention": "elastic", "num_interests": 16, "recency_bias": True},
     # ELASTIC as the paper builds it (regime "last" settings only): non-causal dispatcher
     # attention with the interests handed from block to block, with and without the
     # product-key interest memory that initialises them.

@@ -15,6 +15,7 @@ import pytest
 import tfrs_linear  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is used)
 import tensorflow as tf
 
+from tfrs_linear.layers import elastic as elastic_layers
 from tfrs_linear.layers.elastic import InterestMemory, LinearDispatcherAttention
 from tfrs_linear.layers.transformer import TransformerBlock
 from tfrs_linear.ops import elastic as elastic_ops
@@ -111,8 +112,13 @@ def _layer_norm(z, gamma, beta, eps):
     return (z - mean) / np.sqrt(var + eps) * gamma + beta
 
 
-def reference(w, x, mask, causal, interests=None):
-    """Dense float64 LDA, one batch row at a time. Returns (outputs, interests)."""
+def reference(w, x, mask, causal, interests=None, slopes=None):
+    """Dense float64 LDA, one batch row at a time. Returns (outputs, interests).
+
+    ``slopes [H, k]``: the recency bias written as what it should amount to, a decay
+    ``exp(-slope · age)`` of every aggregate weight, the age of item ``s`` seen from
+    position ``t`` being ``t - s`` (causal) or ``N - 1 - s`` (non-causal).
+    """
     x = np.asarray(x, np.float64)
     batch, n, _ = x.shape
     dk = w["query_1_kernel"].shape[-1]
@@ -125,7 +131,9 @@ def reference(w, x, mask, causal, interests=None):
         v1 = _proj(xb, w["value_1_kernel"], w["value_1_bias"])  # [H, N, dv]
         q2 = _proj(xb, w["query_2_kernel"], w["query_2_bias"])  # [H, N, dk]
         logits = np.einsum("hid,hnd->hin", q1, k1) / np.sqrt(dk)
+        lam = np.zeros([HEADS, K]) if slopes is None else np.asarray(slopes, np.float64)
         if not causal:
+            logits = logits - lam[:, :, None] * (n - 1 - np.arange(n))
             valid = np.broadcast_to(m, logits.shape)
             a = _softmax_rows(logits, valid)  # [H, k, N]
             p_new = p + np.einsum("hin,hnv,hvd->id", a, v1, w["output_1_kernel"])
@@ -139,8 +147,9 @@ def reference(w, x, mask, causal, interests=None):
         else:
             # Explicit per-position prefix weights: a[h, i, t, s], s <= t and real.
             valid = np.tril(np.ones([n, n], bool)) & m[None, :]
+            age = np.arange(n)[:, None] - np.arange(n)[None, :]  # [t, s]
             a = _softmax_rows(
-                np.broadcast_to(logits[:, :, None, :], (HEADS, K, n, n)).copy(),
+                logits[:, :, None, :] - lam[:, :, None, None] * age,
                 np.broadcast_to(valid, (HEADS, K, n, n)),
             )
             p_t = p[None] + np.einsum("hits,hsv,hvd->tid", a, v1, w["output_1_kernel"])
@@ -387,10 +396,15 @@ _OP_ARGS = ("query", "key", "interest_query", "interest_key", "interest_value",
             "value_key", "value_value")
 
 
-def causal_op_run(t, mask, chunk, path, jit=False):
-    """Output, gradients (of a random projection of the output) and the fast-path flag."""
+def causal_op_run(t, mask, chunk, path, jit=False, bias=None):
+    """Output, gradients (of a random projection of the output) and the fast-path flag.
+
+    With ``bias`` (the aggregate logits' additive bias) its gradient comes last.
+    """
     tensors = [tf.constant(t[name]) for name in _OP_ARGS]
     dtype = tensors[0].dtype
+    if bias is not None:
+        tensors.append(tf.constant(np.asarray(bias), dtype))
     r = tf.constant(np.random.default_rng(99).normal(
         size=t["query"].shape[:3] + t["interest_value"].shape[-1:]), dtype)
     m = tf.constant(np.asarray(mask, np.float64), dtype)
@@ -399,7 +413,8 @@ def causal_op_run(t, mask, chunk, path, jit=False):
         with tf.GradientTape() as tape:
             tape.watch(tensors)
             out, ok = elastic_ops._causal_dispatcher(
-                *tensors, m, chunk, path=path, with_flag=True)
+                *tensors[:7], m, chunk, path=path, with_flag=True,
+                bias=tensors[7] if len(tensors) > 7 else None)
             loss = tf.reduce_sum(out * r)
         return out, tape.gradient(loss, tensors), ok
 
@@ -861,3 +876,140 @@ def test_learned_interests_false_needs_interests_and_non_causal():
     with pytest.raises(ValueError, match="learned_interests=False needs causal=False"):
         LinearDispatcherAttention(num_heads=2, key_dim=4, num_interests=3, causal=True,
                                   learned_interests=False)
+
+
+# --------------------------------------------------------------------------- recency bias
+def _recency_layer(causal, seed, slopes=None, **kw):
+    layer = make_layer(causal, "float64", seed=seed, recency_bias=True, **kw)
+    if slopes is not None:  # raw = logit(slope / max)
+        p = np.asarray(slopes, np.float64) / elastic_layers._MAX_SLOPE
+        layer.recency_raw.assign(np.log(p / (1.0 - p)))
+    return layer
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_recency_bias_matches_decayed_reference(causal):
+    """The bias slope·(s - (N-1)) on the logits equals decaying every aggregate weight
+    by exp(-slope · age): the oracle writes the decay per (t, s) pair explicitly."""
+    rng = np.random.default_rng(41)
+    slopes = rng.uniform(0.01, 0.6, size=[HEADS, K])
+    layer = _recency_layer(causal, 41, slopes)
+    np.testing.assert_allclose(layer.recency_slopes().numpy(), slopes, rtol=1e-12)
+    x = rng.normal(size=[4, 13, DIM])
+    mask = random_mask(rng, 4, 13)
+    mask[0] = False
+    mask[1] = True
+    out, p = run(layer, x, mask)
+    ref_out, ref_p = reference(weights_of(layer), x, mask, causal, slopes=slopes)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(p, ref_p, rtol=1e-10, atol=1e-10)
+    # ... and the decay matters: without it the outputs differ.
+    plain, _ = reference(weights_of(layer), x, mask, causal)
+    assert np.max(np.abs(plain - ref_out)) > 1e-3
+
+
+def test_recency_bias_initial_half_lives_and_config():
+    layer = _recency_layer(True, 42)
+    half_lives = np.log(2.0) / layer.recency_slopes().numpy()
+    np.testing.assert_allclose(half_lives[0], half_lives[1])  # same for every head
+    np.testing.assert_allclose(half_lives[0, 0], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(half_lives[0, -1], 1024.0, rtol=1e-6)
+    assert np.all(np.diff(half_lives[0]) > 0)
+    config = layer.get_config()
+    assert config["recency_bias"] is True
+    clone = LinearDispatcherAttention.from_config(config)
+    clone.build([None, None, DIM])
+    assert clone.recency_raw.shape == (HEADS, K)
+    assert make_layer(True).recency_raw is None
+
+
+def test_recency_bias_gradients_match_finite_differences():
+    """Causal form, chunked (chunk 4 < N): the slopes' gradient against finite
+    differences of the dense decayed reference."""
+    rng = np.random.default_rng(43)
+    slopes = rng.uniform(0.05, 0.5, size=[HEADS, K])
+    layer = _recency_layer(True, 43, slopes)
+    x = rng.normal(size=[2, 10, DIM])
+    mask = random_mask(rng, 2, 10, min_real=4)
+    r = rng.normal(size=[2, 10, DIM])
+    with tf.GradientTape() as tape:
+        out, _ = layer(tf.constant(x), mask=tf.constant(mask))
+        loss = tf.reduce_sum(out * r)
+    g_raw = tape.gradient(loss, layer.recency_raw).numpy()
+    w = weights_of(layer)
+    g_slopes = _numeric_gradient(
+        lambda s_: float(np.sum(reference(w, x, mask, True, slopes=s_)[0] * r)), slopes)
+    sig = slopes / elastic_layers._MAX_SLOPE  # d slope / d raw = max · sig · (1 - sig)
+    np.testing.assert_allclose(
+        g_raw, g_slopes * elastic_layers._MAX_SLOPE * sig * (1 - sig), rtol=1e-6, atol=1e-8)
+    assert np.max(np.abs(g_raw)) > 1e-4
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 8])
+def test_recency_bias_fast_path_equals_per_position_path(chunk):
+    rng = np.random.default_rng(44 + chunk)
+    t, mask = causal_op_inputs(rng)
+    _, h, k, _ = t["interest_query"].shape
+    n = t["key"].shape[2]
+    bias = rng.uniform(0.0, 0.6, size=[1, h, k, 1]) * (np.arange(n) - (n - 1))
+    fast = causal_op_run(t, mask, chunk, "fast", bias=bias)
+    slow = causal_op_run(t, mask, chunk, "per_position", bias=bias)
+    auto = causal_op_run(t, mask, chunk, "auto", bias=bias)
+    assert fast[2] and auto[2]
+    for a, b in ((fast, slow), (auto, slow)):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-9, atol=1e-9)
+        for ga, gb in zip(a[1], b[1]):
+            np.testing.assert_allclose(ga, gb, rtol=1e-8, atol=1e-9)
+    # The bias's own gradient (the last) is not 0, and the fallback's agrees with it.
+    assert np.max(np.abs(slow[1][-1])) > 1e-4
+
+
+def test_recency_bias_steep_slopes_take_the_fallback_exactly():
+    """A bias rising by > 60 inside a chunk sends the call to the per-position form,
+    whose values and gradients (bias included) equal the forced per-position path."""
+    rng = np.random.default_rng(47)
+    t, mask = causal_op_inputs(rng)
+    _, h, k, _ = t["interest_query"].shape
+    n = t["key"].shape[2]
+    bias = np.full([1, h, k, 1], 40.0) * (np.arange(n) - (n - 1))
+    auto = causal_op_run(t, mask, 4, "auto", bias=bias)
+    slow = causal_op_run(t, mask, 4, "per_position", bias=bias)
+    assert not auto[2]
+    np.testing.assert_allclose(auto[0], slow[0], rtol=1e-9, atol=1e-9)
+    for ga, gb in zip(auto[1], slow[1]):
+        assert np.all(np.isfinite(ga))
+        np.testing.assert_allclose(ga, gb, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_recency_bias_last_only_and_xla_mixed_precision(causal, restore_policy):
+    rng = np.random.default_rng(48)
+    layer = _recency_layer(causal, 48, rng.uniform(0.01, 0.6, size=[HEADS, K]))
+    x = tf.constant(rng.normal(size=[3, 12, DIM]))
+    mask = tf.constant(random_mask(rng, 3, 12))
+    full, p_full = layer(x, mask=mask)
+    last, p_last = layer(x, mask=mask, last_only=True)
+    np.testing.assert_allclose(last.numpy(), full.numpy()[:, -1:], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(p_last.numpy(), p_full.numpy(), rtol=1e-10, atol=1e-10)
+    xla, _ = tf.function(lambda a, m: layer(a, mask=m), jit_compile=True)(x, mask)
+    np.testing.assert_allclose(xla.numpy(), full.numpy(), rtol=1e-9, atol=1e-9)
+    # mixed_float16: the slopes stay float32 variables; outputs close to float32's.
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    tf.keras.utils.set_random_seed(48)
+    mp = LinearDispatcherAttention(num_heads=HEADS, key_dim=KEY_DIM, num_interests=K,
+                                   causal=causal, chunk_size=4, recency_bias=True)
+    mp.build([None, None, DIM])
+    tf.keras.mixed_precision.set_global_policy("float32")
+    tf.keras.utils.set_random_seed(48)
+    ref = LinearDispatcherAttention(num_heads=HEADS, key_dim=KEY_DIM, num_interests=K,
+                                    causal=causal, chunk_size=4, recency_bias=True)
+    ref.build([None, None, DIM])
+    ref.set_weights(mp.get_weights())
+    assert mp.recency_raw.dtype == tf.float32
+    x200 = rng.normal(size=[2, 200, DIM]).astype(np.float32)
+    m200 = tf.constant(random_mask(rng, 2, 200, min_real=150))
+    out16, _ = mp(tf.constant(x200, tf.float16), mask=m200)
+    out32, _ = ref(tf.constant(x200), mask=m200)
+    assert out16.dtype == tf.float16
+    np.testing.assert_allclose(out16.numpy().astype(np.float32), out32.numpy(),
+                               rtol=0.05, atol=0.05)

@@ -39,6 +39,7 @@ class ModelConfig:
     layer_norm_epsilon: float = 1e-12
     chunk_size: int = 64
     num_interests: int = 16
+    recency_bias: bool = False
     use_memory: bool = False
     memory_keys: int = 128
     memory_top_m: int = 8
@@ -81,6 +82,8 @@ class ModelConfig:
         check(self.patience >= 0, f"patience must be >= 0, got {self.patience}")
         if self.regime == "all":
             check(self.is_causal, "regime 'all' trains a target at every position and needs a causal encoder")
+        if self.recency_bias:
+            check(self.attention == "elastic", "recency_bias needs attention='elastic'")
         if self.use_memory:
             check(self.attention == "elastic", "use_memory needs attention='elastic'")
             check(not self.is_causal, "the interest memory is non-causal only (regime 'last')")

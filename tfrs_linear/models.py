@@ -66,6 +66,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         normalization="paper",
         chunk_size=64,
         num_interests=16,
+        recency_bias=False,
         use_memory=False,
         memory_keys=128,
         memory_top_m=8,
@@ -87,6 +88,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         self.normalization = normalization
         self.chunk_size = int(chunk_size)
         self.num_interests = int(num_interests)
+        self.recency_bias = bool(recency_bias)
         self.use_memory = bool(use_memory)
         self.memory_keys = int(memory_keys)
         self.memory_top_m = int(memory_top_m)
@@ -124,6 +126,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
                 # Non-causal ELASTIC hands P' from block to block (and the memory gives
                 # the first P): only a block that starts the chain has tokens of its own.
                 learned_interests=not hand_off or (i == 0 and not self.use_memory),
+                recency_bias=self.recency_bias,
                 name=f"block_{i}",
             )
             for i in range(self.num_layers)
@@ -178,7 +181,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         for name in (
             "vocab_size", "max_len", "d_model", "num_layers", "num_heads", "ffn_dim",
             "attention", "causal", "dropout", "attention_dropout", "layer_norm_epsilon",
-            "normalization", "chunk_size", "num_interests", "use_memory", "memory_keys",
+            "normalization", "chunk_size", "num_interests", "recency_bias", "use_memory", "memory_keys",
             "memory_top_m",
         ):
             config[name] = getattr(self, name)
@@ -241,6 +244,7 @@ class SequentialRetrievalModel(tfrs.Model):
             normalization=config.normalization,
             chunk_size=config.chunk_size,
             num_interests=config.num_interests,
+            recency_bias=config.recency_bias,
             use_memory=config.use_memory,
             memory_keys=config.memory_keys,
             memory_top_m=config.memory_top_m,

@@ -5,6 +5,8 @@ public code). This module is the library's reconstruction; the docstrings list e
 choice the paper leaves open.
 """
 
+import math
+
 import tensorflow as tf
 
 from tfrs_linear.ops import elastic as elastic_ops
@@ -37,6 +39,26 @@ def _fresh(initializer):
     if initializer is None:
         return None
     return initializer.__class__.from_config(initializer.get_config())
+
+
+# Recency slopes: ``slope = _MAX_SLOPE * sigmoid(raw)``, i.e. a half-life of at least one
+# item. The bound keeps the logits' rise inside a causal chunk (<= slope * chunk) small
+# enough for the ops' factorised fast path at the default chunk sizes (32-64).
+_MAX_SLOPE = 0.6931471805599453  # ln 2
+# Initial half-lives, in items: geometric from 2 to 1024 over the k interests.
+_HALF_LIFE_RANGE = (2.0, 1024.0)
+
+
+def _recency_raw_init(num_heads, num_interests):
+    """Raw slope parameters ``[heads, k]`` giving geometric half-lives over the interests."""
+    lo, hi = _HALF_LIFE_RANGE
+    steps = max(num_interests - 1, 1)
+    half_lives = [lo * (hi / lo) ** (i / steps) for i in range(num_interests)]
+    raws = []
+    for h in half_lives:
+        p = (0.6931471805599453 / h) / _MAX_SLOPE  # sigmoid(raw), in (0, 0.5]
+        raws.append(math.log(p / (1.0 - p)))
+    return [raws] * num_heads
 
 
 def _check_inputs(name, inputs):
@@ -109,6 +131,17 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         are compared with. (Keras' default "random_normal", stddev 0.05, leaves the
         aggregation logits ~16x flatter than a token's: on ml-100k the trained tokens
         stayed at rms 0.06 and every interest averaged its prefix almost uniformly.)
+      recency_bias: adds a learned recency bias to the aggregate logits of every
+        interest: ``slope[h, i] · (s - (N - 1))`` for the item at position ``s``. In a
+        softmax-weighted mean this is exactly an exponential decay of each weight with
+        the item's age ``t - s`` (the part depending on ``t`` cancels in the
+        normalisation), so the prefix sums of the causal form are unchanged in cost.
+        The paper has no such term (this library's addition, default off in the layer):
+        with static interest queries a causal interest cannot otherwise weigh the
+        *recent* items of a prefix more (positions are absolute), which softmax
+        attention does through its per-position queries. Slopes ``0.693 ·
+        sigmoid(raw)`` (a half-life of at least one item), initialised to half-lives
+        geometric from 2 to 1024 items over the interests, the same for every head.
       learned_interests: whether the layer has interest tokens of its own (default).
         ``False`` (non-causal only) for a layer that always receives ``interests`` (a
         block after the first in a hand-off stack, or the first behind an interest
@@ -145,6 +178,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         kernel_constraint=None,
         bias_constraint=None,
         learned_interests=True,
+        recency_bias=False,
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
@@ -154,6 +188,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
                 "tokens: learned_interests=False needs causal=False."
             )
         self.learned_interests = bool(learned_interests)
+        self.recency_bias = bool(recency_bias)
         for name, value in (
             ("num_heads", num_heads),
             ("key_dim", key_dim),
@@ -245,6 +280,16 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         self.value_2_bias = self._bias("value_2_bias", [h, dv])
         self.output_2_kernel = self._kernel("output_2_kernel", [h, dv, dim])
         self.output_2_bias = self._bias("output_2_bias", [dim])
+        self.recency_raw = None
+        if self.recency_bias:
+            # float32 even under mixed precision: the bias reaches slope * N.
+            self.recency_raw = self.add_weight(
+                name="recency_raw",
+                shape=[h, k],
+                initializer=_initializers.Constant(_recency_raw_init(h, k)),
+                trainable=True,
+                experimental_autocast=False,
+            )
         if self.causal:
             self.interest_norm = None
         else:
@@ -311,11 +356,12 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         q1 = self._heads(p, self.query_1_kernel, self.query_1_bias)  # [B,H,k,dk]
         k1 = self._heads(x, self.key_1_kernel, self.key_1_bias)  # [B,H,N,dk]
         v1 = self._heads(x, self.value_1_kernel, self.value_1_bias)  # [B,H,N,dv]
+        bias = self._recency(x.shape[1] if x.shape[1] is not None else tf.shape(x)[1])
         if last_only or not self.causal:
             # Every query sees the interests after all items: always so non-causally,
             # and for the newest position causally too (its prefix is the whole
             # sequence), so a last-only call is one dispatch query in both forms.
-            new_interests = self._interests_after_all(p, q1, k1, v1, mask)
+            new_interests = self._interests_after_all(p, q1, k1, v1, mask, bias)
             if last_only:
                 x = x[:, -1:, :]
                 mask = None if mask is None else mask[:, -1:]
@@ -344,14 +390,30 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
                 mask=mask,
                 causal=True,
                 chunk_size=self.chunk_size,
+                aggregate_bias=bias,
             )
-            new_interests = self._interests_after_all(p, q1, k1, v1, mask)
+            new_interests = self._interests_after_all(p, q1, k1, v1, mask, bias)
 
         return self._output(y, mask, training), new_interests
 
-    def _interests_after_all(self, p, q1, k1, v1, mask):
+    def recency_slopes(self):
+        """The recency slopes ``[heads, k]`` (the variable dtype: float32 under mixed
+        precision), or None without ``recency_bias``."""
+        if self.recency_raw is None:
+            return None
+        return _MAX_SLOPE * tf.sigmoid(self.recency_raw)
+
+    def _recency(self, length):
+        """The aggregate logits' recency bias ``[1, H, k, N]`` (variable dtype), or None."""
+        slopes = self.recency_slopes()
+        if slopes is None:
+            return None
+        age = tf.cast(tf.range(length) - (length - 1), slopes.dtype)  # <= 0, newest 0
+        return (slopes[:, :, tf.newaxis] * age)[tf.newaxis]
+
+    def _interests_after_all(self, p, q1, k1, v1, mask, bias):
         """``P'`` after every real item: ``P + (aggregate) W_o1``, LayerNorm'd non-causally."""
-        agg = elastic_ops.dispatcher_aggregate(q1, k1, v1, mask)  # [B,H,k,dv]
+        agg = elastic_ops.dispatcher_aggregate(q1, k1, v1, mask, aggregate_bias=bias)
         interests = p + tf.einsum("bhiv,hvd->bid", agg, self.output_1_kernel)
         return interests if self.causal else self.interest_norm(interests)
 
@@ -397,6 +459,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             kernel_constraint=_constraints.serialize(self.kernel_constraint),
             bias_constraint=_constraints.serialize(self.bias_constraint),
             learned_interests=self.learned_interests,
+            recency_bias=self.recency_bias,
         )
         return config
 

@@ -34,6 +34,8 @@ class TransformerBlock(tf.keras.layers.Layer):
       num_interests: ELASTIC's ``k``.
       learned_interests: ELASTIC only: the attention's own interest tokens (default);
         ``False`` for a non-causal block that always receives ``interests``.
+      recency_bias: ELASTIC only: learned per-interest recency slopes on the aggregate
+        logits (see :class:`LinearDispatcherAttention`).
 
     Call: ``block(inputs, mask=None, training=None, interests=None,
     return_interests=False, last_only=False)``; inputs ``[batch, length, d_model]``,
@@ -60,6 +62,7 @@ class TransformerBlock(tf.keras.layers.Layer):
         epsilon=1e-6,
         num_interests=16,
         learned_interests=True,
+        recency_bias=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -83,6 +86,7 @@ class TransformerBlock(tf.keras.layers.Layer):
         self.epsilon = float(epsilon)
         self.num_interests = int(num_interests)
         self.learned_interests = bool(learned_interests)
+        self.recency_bias = bool(recency_bias)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -119,6 +123,7 @@ class TransformerBlock(tf.keras.layers.Layer):
                 num_interests=self.num_interests,
                 causal=self.causal,
                 learned_interests=self.learned_interests,
+                recency_bias=self.recency_bias,
                 **common,
             )
         # Create the attention's variables now (MultiHeadAttention would otherwise make
@@ -230,5 +235,6 @@ class TransformerBlock(tf.keras.layers.Layer):
             epsilon=self.epsilon,
             num_interests=self.num_interests,
             learned_interests=self.learned_interests,
+            recency_bias=self.recency_bias,
         )
         return config

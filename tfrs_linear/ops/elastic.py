@@ -157,7 +157,31 @@ def _prepare_qkv(query, key, value, count_mismatch):
     return query, tf.cast(query, dtype), tf.cast(key, dtype), tf.cast(value, dtype), dtype
 
 
-def dispatcher_aggregate(query, key, value, mask=None):
+def _aggregate_logits(q1, k1, bias):
+    """The scaled aggregate logits ``q1 · k1 / sqrt(d_k) (+ bias)``, ``[B, H, k, N]``.
+
+    ``bias`` (or None) is broadcast to ``[B, H, k, N]``; it may differ per position ``s``
+    but not per query position, so the causal prefix sums stay prefix sums.
+    """
+    logits = tf.einsum("bhid,bhnd->bhin", q1, k1) * _inverse_sqrt_width(q1)
+    if bias is not None:
+        logits = logits + tf.cast(bias, logits.dtype)
+    return logits
+
+
+def _check_bias(bias):
+    if bias is None:
+        return None
+    bias = tf.convert_to_tensor(bias)
+    if bias.shape.rank is not None and bias.shape.rank > 4:
+        raise ValueError(
+            "`aggregate_bias` must broadcast to the aggregate logits [batch, heads, k, "
+            f"length], got shape {bias.shape}."
+        )
+    return bias
+
+
+def dispatcher_aggregate(query, key, value, mask=None, aggregate_bias=None):
     """The aggregate step (N -> k): ``A · value``, A a softmax over the real positions.
 
     ``A = softmax(query keyᵀ / sqrt(d_k))`` over the positions, per head, padded positions
@@ -169,12 +193,14 @@ def dispatcher_aggregate(query, key, value, mask=None):
       key: ``[B, H, N, d_k]``, the sequence keys (``X W_k1``).
       value: ``[B, H, N, d_v]``, the sequence values (``X W_v1``).
       mask: optional ``[B, N]`` padding mask (True/1 = real item).
+      aggregate_bias: optional additive bias of the scaled logits, broadcastable to
+        ``[B, H, k, N]`` (e.g. a recency bias ``slope · (s - (N - 1))``).
 
     Returns:
       ``[B, H, k, d_v]`` in the dtype of ``query``.
     """
     query, q, k, v, dtype = _prepare_qkv(query, key, value, "key and value lengths differ")
-    logits = tf.einsum("bhid,bhnd->bhin", q, k) * _inverse_sqrt_width(q)
+    logits = _aggregate_logits(q, k, _check_bias(aggregate_bias))
     m = None if mask is None else _float_mask(mask, dtype)[:, tf.newaxis, tf.newaxis, :]
     weights = masked_softmax_weights(logits, m)
     out = tf.einsum("bhin,bhnv->bhiv", weights, v)
@@ -228,6 +254,7 @@ def dispatcher_attention(
     mask=None,
     causal=False,
     chunk_size=64,
+    aggregate_bias=None,
 ):
     """Fused linear dispatcher attention with a linearly updated interest stream.
 
@@ -277,6 +304,11 @@ def dispatcher_attention(
         not averaged and output exactly 0.
       causal: prefix means (``s <= t``) instead of means over the whole sequence.
       chunk_size: chunk length of the causal computation.
+      aggregate_bias: optional additive bias of the scaled aggregate logits,
+        broadcastable to ``[B, H, k, N]``: a function of the key position ``s`` (and the
+        head and interest), the same for every query position ``t``. A recency bias
+        ``slope · s`` makes each interest's prefix mean decay with the items' age
+        ``t - s`` (the ``exp(-slope · t)`` factor cancels in the normalisation).
 
     Returns:
       ``[B, G, N, d_v]`` in the dtype of ``query``.
@@ -325,7 +357,8 @@ def dispatcher_attention(
     # Key contributions and value contributions share the weights: one feature axis F.
     values = tf.concat([vk, vv], axis=-1)  # [B, H, N, G, d_k + d_v]
     values = tf.reshape(values, [batch, heads, length, -1])  # [B, H, N, F]
-    logits = tf.einsum("bhid,bhnd->bhin", q1, k1) * _inverse_sqrt_width(q1)
+    bias = _check_bias(aggregate_bias)
+    logits = _aggregate_logits(q1, k1, bias)
 
     if not causal:
         weights = masked_softmax_weights(logits, m[:, tf.newaxis, tf.newaxis, :])
@@ -336,7 +369,7 @@ def dispatcher_attention(
         out = dispatcher_dispatch(q2, ik + means[..., :d_k], iv + means[..., d_k:], m)
         return tf.cast(out, query.dtype)
 
-    out = _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, int(chunk_size))
+    out = _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, int(chunk_size), bias=bias)
     return tf.cast(out, query.dtype)
 
 
@@ -510,7 +543,8 @@ def _causal_references(logits_c, mask_c, has_prefix):
     return valid, masked, run_max, prev_max, half_range, center
 
 
-def _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, chunk, path="auto", with_flag=False):
+def _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, chunk, path="auto", with_flag=False,
+                       bias=None):
     """The causal fused dispatcher attention, chunk-wise, without per-position interests.
 
     Shapes as in :func:`dispatcher_attention` (``m`` a float ``[B, N]`` mask). For
@@ -549,11 +583,15 @@ def _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, chunk, path="auto", with_f
     ``path`` forces an implementation for tests and benchmarks: ``"auto"`` (the above),
     ``"fast"`` (exact only where ``"auto"`` would take it) or ``"per_position"``;
     ``with_flag=True`` returns ``(output, fast_ok)`` with ``fast_ok`` the scalar boolean
-    that ``"auto"`` switches on.
+    that ``"auto"`` switches on. ``bias`` is the optional additive bias of the aggregate
+    logits (see :func:`dispatcher_attention`).
     """
     if path not in ("auto", "fast", "per_position"):
         raise ValueError(f"path must be 'auto', 'fast' or 'per_position', got {path!r}.")
-    logits = tf.einsum("bhid,bhnd->bhin", q1, k1) * _inverse_sqrt_width(q1)
+    if bias is not None:
+        # Materialised once so that the per-position form can take it row by row.
+        bias = tf.broadcast_to(tf.cast(bias, q1.dtype), _dims(q1)[:3] + _dims(k1)[2:3])
+    logits = _aggregate_logits(q1, k1, bias)
     chunk_, pad, n_chunks, mask_c, has_prefix = _causal_setup(k1, m, chunk)
     logits_c = _chunked(logits, 3, pad, n_chunks, chunk_)  # [B, H, k, n, C]
     half_range = _causal_references(logits_c, mask_c, has_prefix)[4]
@@ -561,19 +599,19 @@ def _causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, chunk, path="auto", with_f
     if path == "fast":
         out = _causal_dispatcher_fast(q2, logits, ik, iv, vk, vv, m, chunk)
     elif path == "per_position":
-        out = _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk)
+        out = _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk, bias)
     else:
         # Where the fast path is not safe it runs on zeroed logits (range 0), so that its
         # values and gradients stay finite; the tf.where then takes the fallback's
         # result instead and hands the fast path zero gradients.
         safe_logits = tf.where(fast_ok, logits, tf.zeros_like(logits))
         fast = _causal_dispatcher_fast(q2, safe_logits, ik, iv, vk, vv, m, chunk)
-        slow = _per_position_unless(fast_ok, q2, k1, q1, ik, iv, vk, vv, m, chunk)
+        slow = _per_position_unless(fast_ok, q2, k1, q1, ik, iv, vk, vv, m, chunk, bias)
         out = tf.where(fast_ok, fast, slow)
     return (out, fast_ok) if with_flag else out
 
 
-def _per_position_unless(skip, q2, k1, q1, ik, iv, vk, vv, m, chunk):
+def _per_position_unless(skip, q2, k1, q1, ik, iv, vk, vv, m, chunk, bias=None):
     """:func:`_causal_dispatcher_per_position`, or zeros (and zero gradients) if ``skip``.
 
     A ``tf.cond`` in a ``tf.custom_gradient``: the forward pass runs one branch; the
@@ -581,22 +619,29 @@ def _per_position_unless(skip, q2, k1, q1, ik, iv, vk, vv, m, chunk):
     tape) only when it was taken. Nothing of the untaken branch is ever materialised.
     The per-position form runs one batch row at a time (``tf.map_fn``), so that its
     ``[k, C, C]`` weights take ``1 / B`` of the memory they would: XLA reserves the
-    buffers of a branch whether it runs or not.
+    buffers of a branch whether it runs or not. ``bias`` (None or ``[B, H, k, N]``) is
+    the aggregate logits' additive bias; it gets its gradient like the other inputs.
     """
-    xs = (q2, k1, q1, ik, iv, vk, vv)
+    xs = (q2, k1, q1, ik, iv, vk, vv) + (() if bias is None else (bias,))
+    n_x = len(xs)
     out_spec = tf.TensorSpec([q2.shape[1], q2.shape[2], iv.shape[-1]], q2.dtype)
     in_specs = [tf.TensorSpec(x.shape[1:], x.dtype) for x in xs]
 
+    def per_position(x_row, m_row):
+        x_row = list(x_row)
+        row_bias = x_row.pop() if bias is not None else None
+        return _causal_dispatcher_per_position(*x_row, m_row, chunk, row_bias)
+
     def forward_row(row):
         row = [r[tf.newaxis] for r in row]
-        return _causal_dispatcher_per_position(*row, chunk)[0]
+        return per_position(row[:n_x], row[n_x])[0]
 
     def backward_row(row):
         row = [r[tf.newaxis] for r in row]
-        x_row, m_row, dy_row = row[:7], row[7], row[8]
+        x_row, m_row, dy_row = row[:n_x], row[n_x], row[n_x + 1]
         with tf.GradientTape() as tape:
             tape.watch(x_row)
-            y = _causal_dispatcher_per_position(*x_row, m_row, chunk)
+            y = per_position(x_row, m_row)
         grads = tape.gradient(
             y, x_row, output_gradients=dy_row,
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
@@ -714,7 +759,7 @@ def _causal_dispatcher_fast(q2, logits, ik, iv, vk, vv, m, chunk):
     return out * m[:, tf.newaxis, :, tf.newaxis]
 
 
-def _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk):
+def _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk, bias=None):
     """The causal fused dispatcher attention with per-position references (the fallback).
 
     Exact for every input (no exponent is ever positive), but it forms the ``C x C``
@@ -751,7 +796,7 @@ def _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk):
     n_g, d_k, d_v, scale = _dispatch_sizes(q2, ik, iv)
     chunked = _chunker(pad, n_chunks, chunk)
 
-    logits = tf.einsum("bhid,bhnd->bhin", q1, k1) * _inverse_sqrt_width(q1)
+    logits = _aggregate_logits(q1, k1, bias)
     logits_c = chunked(logits, 3)  # [B, H, k, n, C]
     valid = tf.broadcast_to(mask_c[:, tf.newaxis, tf.newaxis] > 0, _dims(logits_c))
     masked = tf.where(valid, logits_c, neg)
