@@ -88,16 +88,18 @@ def test_dispatcher_layer_last_only_gradients_match(causal):
                                    rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention,causal", CASES + [("elastic-memory", False)])
+@pytest.mark.parametrize("attention,causal", CASES + [
+    ("elastic-memory", False), ("elastic-recency", False), ("elastic-recency", True)])
 def test_encoder_last_only_eager_and_xla(attention, causal):
     tf.keras.utils.set_random_seed(8)
     memory = attention == "elastic-memory"
     encoder = SequenceEncoder(
         vocab_size=20, max_len=10, d_model=8, num_layers=2, num_heads=2, ffn_dim=16,
-        attention="elastic" if memory else attention, causal=causal, dropout=0.0,
+        attention=attention.split("-")[0], causal=causal, dropout=0.0,
         attention_dropout=0.0, num_interests=3, use_memory=memory, memory_keys=4,
-        memory_top_m=2, chunk_size=4,
+        memory_top_m=2, chunk_size=4, recency_bias=attention == "elastic-recency",
     )
+    assert encoder.get_config()["recency_bias"] == (attention == "elastic-recency")
     rng = np.random.default_rng(8)
     ids = rng.integers(2, 20, (4, 10)).astype(np.int32)
     ids[1, :4] = 0

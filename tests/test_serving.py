@@ -311,14 +311,14 @@ def test_check_serving_passes_on_good_exports(exports, capsys):
     assert main(["check-serving", str(exports["v2"])]) == 0
 
 
-@pytest.mark.parametrize("attention", ["softmax", "elastic"])
+@pytest.mark.parametrize("attention", ["softmax", "elastic", "elastic-recency"])
 def test_other_attentions_export_and_pass_check_serving(tmp_path, capsys, attention):
     """Causal softmax and causal ELASTIC (whose op holds a tf.cond fallback inside a custom
-    gradient) load and run in a TF1 session, with no op TF Serving lacks, and serve what
-    the Python model computes."""
-    config = ModelConfig(attention=attention, max_len=MAX_LEN, d_model=16, num_heads=2,
-                         ffn_dim=32, num_layers=1, num_interests=4, dropout=0.0,
-                         attention_dropout=0.0)
+    gradient; with and without the recency bias) load and run in a TF1 session, with no
+    op TF Serving lacks, and serve what the Python model computes."""
+    config = ModelConfig(attention=attention.split("-")[0], max_len=MAX_LEN, d_model=16,
+                         num_heads=2, ffn_dim=32, num_layers=1, num_interests=4, dropout=0.0,
+                         attention_dropout=0.0, recency_bias=attention == "elastic-recency")
     model = SequentialRetrievalModel(config, vocab_size=len(VOCAB)).build_all()
     save_model_dir(model, VOCAB, tmp_path / "model")
     version = serving.export_model_dir(tmp_path / "model", tmp_path / "saved" / "m", k=K)

@@ -157,6 +157,12 @@ def test_config_validation_and_file_errors(tmp_path):
         ModelConfig(regime="all", causal=False).validate()
     with pytest.raises(ValueError, match="interest memory is non-causal"):
         ModelConfig(attention="elastic", use_memory=True).validate()
+    with pytest.raises(ValueError, match="recency_bias needs attention='elastic'"):
+        ModelConfig(attention="linrec", recency_bias=True).validate()
+    # The recency bias is on by default for ELASTIC only, and can be turned off.
+    assert ModelConfig(attention="elastic").uses_recency_bias
+    assert not ModelConfig(attention="elastic", recency_bias=False).uses_recency_bias
+    assert not ModelConfig(attention="linrec").validate().uses_recency_bias
     bad = tmp_path / "bad.json"
     bad.write_text('{"attention": "linrec",\n "max_lenn": 5}')
     with pytest.raises(ValueError, match="unknown configuration keys"):
@@ -252,3 +258,27 @@ def test_mirrored_strategy_on_cpu_falls_back_from_xla(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "XLA is off for the train step" in result.stdout
     assert "NDCG" in result.stdout
+
+
+def test_model_dirs_saved_before_the_recency_option_load_without_it(tmp_path):
+    """An ELASTIC model directory whose config.json predates `recency_bias` (no such key)
+    was trained without the bias: it loads as such and serves the saved weights."""
+    import json
+
+    from tfrs_linear.models import save_model_dir
+
+    config = ModelConfig(attention="elastic", recency_bias=False, max_len=8, d_model=8,
+                         num_layers=1, num_heads=2, ffn_dim=16, num_interests=3)
+    vocab = ["[PAD]", "[OOV]"] + [str(i) for i in range(10)]
+    model = SequentialRetrievalModel(config, vocab_size=len(vocab)).build_all()
+    save_model_dir(model, vocab, tmp_path)
+    path = tmp_path / "config.json"
+    values = json.loads(path.read_text())
+    del values["recency_bias"]
+    path.write_text(json.dumps(values))
+    loaded, loaded_config, _ = load_model_dir(tmp_path)
+    assert loaded_config.recency_bias is False
+    ids = np.array([[0, 0, 3, 4, 5, 6, 7, 8]], np.int32)
+    np.testing.assert_allclose(loaded.encode(ids).numpy(), model.encode(ids).numpy(), rtol=1e-6)
+    # A configuration file without the key (a reference config) gets the default: on.
+    assert ModelConfig.load(path).uses_recency_bias

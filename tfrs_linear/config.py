@@ -39,7 +39,9 @@ class ModelConfig:
     layer_norm_epsilon: float = 1e-12
     chunk_size: int = 64
     num_interests: int = 16
-    recency_bias: bool = False
+    # ELASTIC's learned per-interest recency slopes on the aggregate logits (not in the
+    # paper; see LinearDispatcherAttention). None: on for attention "elastic".
+    recency_bias: bool | None = None
     use_memory: bool = False
     memory_keys: int = 128
     memory_top_m: int = 8
@@ -53,6 +55,12 @@ class ModelConfig:
     xla: bool = True
     exclude_history: bool = False
     eval_batch_size: int = 256
+
+    @property
+    def uses_recency_bias(self):
+        if self.recency_bias is None:
+            return self.attention == "elastic"
+        return bool(self.recency_bias)
 
     @property
     def is_causal(self):
@@ -83,7 +91,8 @@ class ModelConfig:
         if self.regime == "all":
             check(self.is_causal, "regime 'all' trains a target at every position and needs a causal encoder")
         if self.recency_bias:
-            check(self.attention == "elastic", "recency_bias needs attention='elastic'")
+            check(self.attention == "elastic",
+                  f"recency_bias needs attention='elastic', got attention={self.attention!r}")
         if self.use_memory:
             check(self.attention == "elastic", "use_memory needs attention='elastic'")
             check(not self.is_causal, "the interest memory is non-causal only (regime 'last')")

@@ -244,7 +244,7 @@ class SequentialRetrievalModel(tfrs.Model):
             normalization=config.normalization,
             chunk_size=config.chunk_size,
             num_interests=config.num_interests,
-            recency_bias=config.recency_bias,
+            recency_bias=config.uses_recency_bias,
             use_memory=config.use_memory,
             memory_keys=config.memory_keys,
             memory_top_m=config.memory_top_m,
@@ -398,6 +398,9 @@ def load_model_dir(directory):
                 "(train one with `tfrs-linear train --output DIR`)."
             )
     config = ModelConfig.load(directory / "config.json")
+    if config.recency_bias is None and "recency_bias" not in (directory / "config.json").read_text():
+        # Saved before the option existed: those ELASTIC models were trained without it.
+        config = config.replace(recency_bias=False)
     vocab = data_lib.load_vocabulary(directory / "vocab.txt")
     model = SequentialRetrievalModel(config, len(vocab)).build_all()
     weights = directory / "weights" / "model"
