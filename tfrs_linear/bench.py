@@ -60,12 +60,14 @@ GIB = float(1024**3)
 MIB = float(1024**2)
 
 
-def _config(attention, causal=False, normalization=None, num_interests=None):
+def _config(attention, causal=False, normalization=None, num_interests=None,
+            recency_bias=False):
     return {
         "attention": attention,
         "causal": causal,
         "normalization": normalization,
         "num_interests": num_interests,
+        "recency_bias": recency_bias,
     }
 
 
@@ -80,6 +82,8 @@ CONFIGS = {
     "elastic-k32": _config("elastic", num_interests=32),
     "elastic-k16-causal": _config("elastic", True, num_interests=16),
     "elastic-k32-causal": _config("elastic", True, num_interests=32),
+    # The causal form as SequentialRetrievalModel builds it by default (recency bias on).
+    "elastic-k16-causal-recency": _config("elastic", True, num_interests=16, recency_bias=True),
 }
 FAMILIES = ("softmax", "linrec", "elastic")
 # The configurations that also get the encoder in the default grid.
@@ -613,6 +617,7 @@ def _make_attention(cfg, spec):
         key_dim=key_dim,
         num_interests=cfg["num_interests"],
         causal=cfg["causal"],
+        recency_bias=cfg["recency_bias"],
     )
 
     def call(x):
@@ -629,7 +634,7 @@ def _make_encoder(cfg, spec):
     if cfg["attention"] == "linrec":
         kwargs.update(normalization=cfg["normalization"], chunk_size=spec["chunk_size"])
     if cfg["attention"] == "elastic":
-        kwargs.update(num_interests=cfg["num_interests"])
+        kwargs.update(num_interests=cfg["num_interests"], recency_bias=cfg["recency_bias"])
     blocks = [
         TransformerBlock(name=f"block_{i}", **kwargs) for i in range(spec["num_blocks"])
     ]
