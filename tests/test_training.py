@@ -180,6 +180,13 @@ def test_reference_configs_load(name):
     assert config.is_causal
 
 
+def test_paper_form_elastic_config_loads_non_causal_without_recency():
+    root = os.path.dirname(os.path.dirname(__file__))
+    config = ModelConfig.load(os.path.join(root, "models", "elastic-paper-ml100k.json"))
+    assert config.attention == "elastic" and not config.is_causal
+    assert not config.uses_recency_bias and config.learning_rate == 3e-4
+
+
 # ------------------------------------------------------------------------- training
 def test_train_xla_resume_and_reload(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
