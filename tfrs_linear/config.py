@@ -114,7 +114,9 @@ class ModelConfig:
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, missing=None):
+        """The configuration in JSON file ``path``; ``missing`` maps keys the file may lack
+        to the values to use then instead of the defaults."""
         path = Path(path)
         try:
             values = json.loads(path.read_text())
@@ -124,6 +126,8 @@ class ModelConfig:
             raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
         values.pop("_comment", None)
         values.pop("_reference", None)
+        for key, value in (missing or {}).items():
+            values.setdefault(key, value)
         return cls.from_dict(values, source=str(path))
 
     def replace(self, **overrides):

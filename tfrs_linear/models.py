@@ -397,10 +397,8 @@ def load_model_dir(directory):
                 f"{directory} is not a trained model directory: {name} is missing "
                 "(train one with `tfrs-linear train --output DIR`)."
             )
-    config = ModelConfig.load(directory / "config.json")
-    if config.recency_bias is None and "recency_bias" not in (directory / "config.json").read_text():
-        # Saved before the option existed: those ELASTIC models were trained without it.
-        config = config.replace(recency_bias=False)
+    # A config.json saved before `recency_bias` existed: that model was trained without it.
+    config = ModelConfig.load(directory / "config.json", missing={"recency_bias": False})
     vocab = data_lib.load_vocabulary(directory / "vocab.txt")
     model = SequentialRetrievalModel(config, len(vocab)).build_all()
     weights = directory / "weights" / "model"

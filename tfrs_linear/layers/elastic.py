@@ -44,7 +44,8 @@ def _fresh(initializer):
 # Recency slopes: ``slope = _MAX_SLOPE * sigmoid(raw)``, i.e. a half-life of at least one
 # item. The bound keeps the logits' rise inside a causal chunk (<= slope * chunk) small
 # enough for the ops' factorised fast path at the default chunk sizes (32-64).
-_MAX_SLOPE = 0.6931471805599453  # ln 2
+_LN2 = math.log(2.0)
+_MAX_SLOPE = _LN2
 # Initial half-lives, in items: geometric from 2 to 1024 over the k interests.
 _HALF_LIFE_RANGE = (2.0, 1024.0)
 
@@ -56,7 +57,7 @@ def _recency_raw_init(num_heads, num_interests):
     half_lives = [lo * (hi / lo) ** (i / steps) for i in range(num_interests)]
     raws = []
     for h in half_lives:
-        p = (0.6931471805599453 / h) / _MAX_SLOPE  # sigmoid(raw), in (0, 0.5]
+        p = (_LN2 / h) / _MAX_SLOPE  # sigmoid(raw), in (0, 0.5]
         raws.append(math.log(p / (1.0 - p)))
     return [raws] * num_heads
 
