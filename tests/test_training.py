@@ -206,7 +206,7 @@ def test_train_xla_resume_and_reload(tiny_data, tmp_path, capsys):
     assert metrics["test"] == second["test"]
     # The saved best weights reproduce the reported metrics.
     model, loaded_config, vocab = load_model_dir(out)
-    assert vocab == list(tiny_data.vocab) and loaded_config == config.replace(epochs=2)
+    assert vocab == list(tiny_data.vocab) and loaded_config == config.replace(epochs=2).resolved()
     from tfrs_linear.training import evaluate_model
 
     again = evaluate_model(model, tiny_data, "test", loaded_config)
@@ -287,5 +287,10 @@ def test_model_dirs_saved_before_the_recency_option_load_without_it(tmp_path):
     assert loaded_config.recency_bias is False
     ids = np.array([[0, 0, 3, 4, 5, 6, 7, 8]], np.int32)
     np.testing.assert_allclose(loaded.encode(ids).numpy(), model.encode(ids).numpy(), rtol=1e-6)
-    # A configuration file without the key (a reference config) gets the default: on.
+    # A configuration file without the key (a reference config) gets the default: on;
+    # a model records the value it was built with.
     assert ModelConfig.load(path).uses_recency_bias
+    built = SequentialRetrievalModel(ModelConfig.load(path), vocab_size=len(vocab))
+    assert built.config.recency_bias is True
+    save_model_dir(built.build_all(), vocab, tmp_path / "new")
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["recency_bias"] is True

@@ -15,6 +15,10 @@ LOSSES = ("full", "sampled")
 NORMALIZATIONS = ("paper", "token")
 
 
+# Values for keys a saved config.json may predate: what those models were trained with.
+_SAVED_BEFORE_THE_OPTION = {"recency_bias": False}
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """Everything needed to rebuild, train and serve a sequential retrieval model.
@@ -62,6 +66,11 @@ class ModelConfig:
             return self.attention == "elastic"
         return bool(self.recency_bias)
 
+    def resolved(self):
+        """This configuration with its defaults-by-attention made explicit (what a trained
+        model's ``config.json`` records, so that a later default cannot change it)."""
+        return self.replace(recency_bias=self.uses_recency_bias)
+
     @property
     def is_causal(self):
         return self.regime == "all" if self.causal is None else bool(self.causal)
@@ -108,6 +117,12 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"{source}: unknown configuration keys {unknown}; known keys: {sorted(known)}")
         return cls(**values).validate()
+
+    @classmethod
+    def load_saved(cls, path):
+        """The configuration a trained model saved (``OUTPUT/config.json``). Keys added
+        after that model was saved take the value that matches how it was trained."""
+        return cls.load(path, missing=_SAVED_BEFORE_THE_OPTION)
 
     def save(self, path):
         path = Path(path)

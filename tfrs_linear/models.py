@@ -218,7 +218,7 @@ class SequentialRetrievalModel(tfrs.Model):
 
     def __init__(self, config: ModelConfig, vocab_size: int, **kwargs):
         super().__init__(**kwargs)
-        config.validate()
+        config = config.validate().resolved()
         if vocab_size < 3:
             raise ValueError(f"vocab_size must be >= 3 (padding, OOV and an item), got {vocab_size}.")
         self.config = config
@@ -397,8 +397,7 @@ def load_model_dir(directory):
                 f"{directory} is not a trained model directory: {name} is missing "
                 "(train one with `tfrs-linear train --output DIR`)."
             )
-    # A config.json saved before `recency_bias` existed: that model was trained without it.
-    config = ModelConfig.load(directory / "config.json", missing={"recency_bias": False})
+    config = ModelConfig.load_saved(directory / "config.json")
     vocab = data_lib.load_vocabulary(directory / "vocab.txt")
     model = SequentialRetrievalModel(config, len(vocab)).build_all()
     weights = directory / "weights" / "model"

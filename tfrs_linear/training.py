@@ -108,7 +108,7 @@ class Trainer:
     """Trains a :class:`SequentialRetrievalModel` into an output directory (resumable)."""
 
     def __init__(self, config, data, output, strategy="default", verbose=None, steps_per_epoch=None):
-        self.config = config.validate()
+        self.config = config.validate().resolved()
         self.data = data
         self.output = Path(output)
         self.strategy = _strategy(strategy)
@@ -121,7 +121,7 @@ class Trainer:
         self.output.mkdir(parents=True, exist_ok=True)
         existing = self.output / "config.json"
         if existing.exists():
-            old = ModelConfig.load(existing).to_dict()
+            old = ModelConfig.load_saved(existing).to_dict()
             new = self.config.to_dict()
             diff = sorted(k for k in new if k not in _RESUMABLE and old.get(k) != new[k])
             if diff:
