@@ -294,3 +294,21 @@ def test_model_dirs_saved_before_the_recency_option_load_without_it(tmp_path):
     assert built.config.recency_bias is True
     save_model_dir(built.build_all(), vocab, tmp_path / "new")
     assert json.loads((tmp_path / "new" / "config.json").read_text())["recency_bias"] is True
+
+
+def test_cli_reports_bad_input_as_one_error_line(tmp_path, capsys, monkeypatch):
+    """Bad input through the CLI: exit status 2 and one line naming what is wrong, no
+    traceback (TFRS_LINEAR_TRACEBACK=1 re-raises)."""
+    monkeypatch.delenv("TFRS_LINEAR_TRACEBACK", raising=False)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"attention": "linrec",\n "max_len": }')
+    assert main(["train", "--config", str(bad), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tfrs-linear train: error: ") and "line 2" in err
+    assert "Traceback" not in err
+    assert main(["evaluate", "--model", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "tfrs-linear evaluate: error: " in err and "not a trained model directory" in err
+    monkeypatch.setenv("TFRS_LINEAR_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="line 2"):
+        main(["train", "--config", str(bad), "--output", str(tmp_path / "run")])

@@ -7,6 +7,7 @@ name becomes ``_``). Only the chosen subcommand's module is imported.
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -58,6 +59,14 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as e:
+        # Bad input (a file and line, an id, a shape, a configuration that differs from
+        # the run in --output, a missing file): the message says what; a traceback would
+        # only bury it. TFRS_LINEAR_TRACEBACK=1 shows it anyway.
+        if os.environ.get("TFRS_LINEAR_TRACEBACK"):
+            raise
+        print(f"tfrs-linear {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
