@@ -218,7 +218,7 @@ class SequentialRetrievalModel(tfrs.Model):
 
     def __init__(self, config: ModelConfig, vocab_size: int, **kwargs):
         super().__init__(**kwargs)
-        config = config.validate().resolved()
+        config = config.resolved()  # replace() validates
         if vocab_size < 3:
             raise ValueError(f"vocab_size must be >= 3 (padding, OOV and an item), got {vocab_size}.")
         self.config = config

@@ -108,7 +108,7 @@ class Trainer:
     """Trains a :class:`SequentialRetrievalModel` into an output directory (resumable)."""
 
     def __init__(self, config, data, output, strategy="default", verbose=None, steps_per_epoch=None):
-        self.config = config.validate().resolved()
+        self.config = config.resolved()  # replace() validates
         self.data = data
         self.output = Path(output)
         self.strategy = _strategy(strategy)

@@ -165,23 +165,6 @@ class TransformerBlock(tf.keras.layers.Layer):
             query, x, attention_mask=attention_mask, training=training, use_causal_mask=causal
         )
         return y, None
-        if self.attention == "softmax":
-            attention_mask = None
-            if mask is not None:
-                m = tf.cast(mask, tf.bool)
-                attention_mask = m[:, tf.newaxis, :] & m[:, :, tf.newaxis]
-            y = self.attention_layer(
-                x,
-                x,
-                attention_mask=attention_mask,
-                training=training,
-                use_causal_mask=self.causal,
-            )
-        else:
-            y = self.attention_layer(
-                x, x, attention_mask=mask, training=training, use_causal_mask=self.causal
-            )
-        return y, None
 
     def call(
         self,
