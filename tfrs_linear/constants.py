@@ -1,0 +1,29 @@
+"""Names shared by every layer of the package: the option lists and the reserved ids.
+
+Pure Python (no TensorFlow), so that configuration, argument parsing and help texts can
+use them without loading TensorFlow. Every other module imports these from here; none
+defines its own copy.
+"""
+
+# Attention mechanisms of TransformerBlock / SequenceEncoder / ModelConfig.
+ATTENTIONS = ("softmax", "linrec", "elastic")
+# LinRec's two L2 normalizations: "paper" (row/column-wise, the paper's) and "token"
+# (per position, the official code's).
+NORMALIZATIONS = ("paper", "token")
+# Training regimes: "all" (a target at every position, causal encoder) and "last"
+# (one target per prefix, the newest position only).
+REGIMES = ("all", "last")
+# Training losses: full cross-entropy over the catalogue, or sampled softmax.
+LOSSES = ("full", "sampled")
+# Leave-one-out splits.
+SPLITS = ("train", "valid", "test")
+# Evaluation protocols: full ranking, or 100 sampled negatives (by popularity, uniform).
+PROTOCOLS = ("full", "pop100", "uniform100")
+
+# Reserved vocabulary entries: index 0 pads, index 1 stands for any unknown item. Real
+# items start at NUM_RESERVED; neither reserved index is ever ranked or recommended.
+PAD = "[PAD]"
+OOV = "[OOV]"
+PAD_INDEX = 0
+OOV_INDEX = 1
+NUM_RESERVED = 2
