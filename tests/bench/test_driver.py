@@ -1,4 +1,8 @@
-"""Smoke test of ``tfrs-linear bench`` end to end on a tiny grid (no timing asserts)."""
+"""Smoke test of ``tfrs-linear bench`` (``run_bench``) end to end on a tiny grid (no timing asserts).
+
+One run through the CLI, in worker subprocesses, checked for its files, the ``bench.json``
+schema, the memory-limit skip, the fitted exponents and the markdown sections.
+"""
 
 import json
 import os
@@ -119,21 +123,3 @@ def test_markdown_sections(tiny_run):
                  "| N=32 | N=64 |", "linrec-paper", "softmax", "elastic-k16"):
         assert text in markdown
 
-
-def test_helpers():
-    assert bench.fit_exponent([1, 2, 4], [3, 12, 48]) == pytest.approx(2.0)
-    assert bench.fit_exponent([8], [1.0]) is None
-    s = bench.summarize([1.0, 2.0, 3.0, 4.0, 5.0])
-    assert s["median_s"] == 3.0 and s["iqr_s"] == 2.0 and s["repeats"] == 5
-    parser = __import__("argparse").ArgumentParser()
-    bench.add_bench_arguments(parser)
-    args = parser.parse_args(["--out", "x", "--attentions", "linrec,softmax"])
-    bench._resolve_options(args)
-    assert args.lengths == [256, 1024, 4096, 16384]
-    assert args.attentions == [
-        "softmax", "linrec-paper", "linrec-paper-causal", "linrec-token", "linrec-token-causal"
-    ]
-    plan = bench.build_plan(args)
-    assert plan["softmax"][0] == ("layer", "fwdbwd", "graph")
-    assert ("op", "fwdbwd", "xla") in plan["linrec-paper"]
-    assert not any(scope == "op" for scope, _, _ in plan["softmax"])
