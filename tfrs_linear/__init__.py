@@ -1,48 +1,32 @@
 """tfrs-linear: linear-cost attention (LinRec, ELASTIC) for TensorFlow Recommenders.
 
-Importing this package first sets ``TF_USE_LEGACY_KERAS=1`` (when unset) so that
-``tf.keras`` resolves to Keras 2 (tf-keras), which TensorFlow Recommenders needs.
-TensorFlow reads that variable lazily, at the first ``tf.keras`` access, so the
-package also works when ``tensorflow`` itself was imported earlier, as long as
-nothing touched ``tf.keras`` with Keras 3 before.
+Importing the package itself is cheap: it imports neither TensorFlow nor Keras. Each
+submodule is loaded on first use (``tfrs_linear.ops``, ``tfrs_linear.layers``, ...).
+
+Keras versions: the tf-keras layers, the TFRS models, training, serving and the CLI need
+Keras 2 behind ``tf.keras`` (TensorFlow Recommenders only works with it); importing them
+sets ``TF_USE_LEGACY_KERAS=1`` when it is unset (see :mod:`tfrs_linear.keras2`). The
+pure-TensorFlow ops (``tfrs_linear.ops``) never touch that variable.
 """
 
-import os as _os
+import importlib as _importlib
 
 __version__ = "0.1.0"
 
-_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-
-import tensorflow as _tf  # noqa: E402
-
-
-def _check_keras_2():
-    module = getattr(_tf.keras, "__name__", "")
-    if not module.startswith("tf_keras"):
-        raise ImportError(
-            "tfrs_linear needs Keras 2 (tf-keras) behind tf.keras, but tf.keras is "
-            f"{module or _tf.keras!r} (Keras 3). TensorFlow Recommenders only works "
-            "with Keras 2: set the environment variable TF_USE_LEGACY_KERAS=1 "
-            "before anything imports TensorFlow (for example `export "
-            "TF_USE_LEGACY_KERAS=1` in the shell, or os.environ['TF_USE_LEGACY_KERAS'] "
-            "= '1' at the very top of your program), and install tf-keras 2.21."
-        )
-
-
-_check_keras_2()
-
-from tfrs_linear import ops  # noqa: E402
-from tfrs_linear import layers  # noqa: E402
-
-_LAZY = ("models", "config", "data", "evaluation", "serving", "bench", "cli", "synthetic")
+# Submodules loaded on first attribute access; "synthetic" is the old home of
+# tfrs_linear.data.synthetic.
+_SUBMODULES = {
+    name: f"tfrs_linear.{name}"
+    for name in ("ops", "layers", "models", "config", "constants", "data", "evaluation",
+                 "serving", "training", "bench", "cli", "keras2")
+}
+_SUBMODULES["synthetic"] = "tfrs_linear.data.synthetic"
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return importlib.import_module(f"tfrs_linear.{name}")
+    if name in _SUBMODULES:
+        return _importlib.import_module(_SUBMODULES[name])
     raise AttributeError(f"module 'tfrs_linear' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "ops", "layers", *_LAZY]
+__all__ = ["__version__", *_SUBMODULES]

@@ -2,20 +2,35 @@
 
 import tensorflow as tf
 
-from tfrs_linear.ops import linrec as linrec_ops
+from tfrs_linear.constants import NORMALIZATIONS
+from tfrs_linear.ops.linrec import linrec_attention
+from tfrs_linear.ops.reference import linrec_attention_scores
 
 _MHA = tf.keras.layers.MultiHeadAttention
 
 
-class _Masks:
-    """The padding masks and causal flag handed from `call` to `_compute_attention`."""
+def _dense_inputs(query, key, value):
+    """Ragged inputs as dense tensors, as ``MultiHeadAttention.call`` converts them.
 
-    __slots__ = ("query_mask", "key_mask", "causal")
-
-    def __init__(self, query_mask, key_mask, causal):
-        self.query_mask = query_mask
-        self.key_mask = key_mask
-        self.causal = causal
+    Returns ``(query, key, value, query_lengths)``; ``query_lengths`` (None for a dense
+    query) turns the output back into a ragged tensor.
+    """
+    query_lengths = None
+    if isinstance(query, tf.RaggedTensor):
+        query_lengths = query.nested_row_lengths()
+        query = query.to_tensor()
+    key_is_ragged = isinstance(key, tf.RaggedTensor)
+    value_is_ragged = isinstance(value, tf.RaggedTensor)
+    if key_is_ragged and value_is_ragged:
+        # Ensure they have the same shape.
+        bounding_shape = tf.math.maximum(key.bounding_shape(), value.bounding_shape())
+        key = key.to_tensor(shape=bounding_shape)
+        value = value.to_tensor(shape=bounding_shape)
+    elif key_is_ragged:
+        key = key.to_tensor(shape=tf.shape(value))
+    elif value_is_ragged:
+        value = value.to_tensor(shape=tf.shape(key))
+    return query, key, value, query_lengths
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
@@ -47,6 +62,19 @@ class LinRecAttention(_MHA):
     A rank-3 pairwise mask is refused: linear attention takes padding and causal masks
     only. ``return_attention_scores=True`` also returns the implicit
     ``[batch, heads, T, S]`` matrix, which costs O(N²): for inspection only.
+
+    Hooks (as ``MultiHeadAttention.call`` is split into ``_compute_attention`` and
+    friends, so that a subclass overrides one step): ``call`` projects the inputs with the
+    parent's dense layers and runs two documented hooks, whose inputs are all explicit
+    arguments:
+
+    * :meth:`_compute_padding_masks` turns the Keras masks of the inputs, the
+      ``attention_mask`` argument and the causal flag into the ``[batch, T]`` query and
+      ``[batch, S]`` key padding masks (the parent's ``_compute_attention_mask`` builds a
+      ``[batch, T, S]`` mask instead, which linear attention never forms);
+    * :meth:`_compute_attention` runs :func:`tfrs_linear.ops.linrec_attention` on the
+      projected heads (and :func:`tfrs_linear.ops.linrec_attention_scores` when the
+      scores are asked for), then the head-output dropout.
     """
 
     def __init__(
@@ -64,9 +92,9 @@ class LinRecAttention(_MHA):
         epsilon=1e-6,
         **kwargs,
     ):
-        if normalization not in linrec_ops.NORMALIZATIONS:
+        if normalization not in NORMALIZATIONS:
             raise ValueError(
-                f"normalization must be one of {linrec_ops.NORMALIZATIONS}, got "
+                f"normalization must be one of {NORMALIZATIONS}, got "
                 f"{normalization!r}."
             )
         if attention_axes is not None:
@@ -98,8 +126,6 @@ class LinRecAttention(_MHA):
         self.causal = bool(causal)
         self.chunk_size = int(chunk_size)
         self.epsilon = float(epsilon)
-        self._return_scores = False
-        self._use_causal = self.causal
 
     def get_config(self):
         config = super().get_config()
@@ -135,22 +161,47 @@ class LinRecAttention(_MHA):
         training=None,
         use_causal_mask=False,
     ):
-        # Python-side flags read by the hooks below while this call traces.
-        self._return_scores = bool(return_attention_scores)
-        self._use_causal = self.causal or bool(use_causal_mask)
-        return super().call(
-            query,
-            value,
-            key=key,
-            attention_mask=attention_mask,
-            return_attention_scores=return_attention_scores,
-            training=training,
-            use_causal_mask=False,
+        causal = self.causal or bool(use_causal_mask)
+        if not self._built_from_signature:
+            self._build_from_signature(query=query, value=value, key=key)
+        if key is None:
+            key = value
+        query, key, value, query_lengths = _dense_inputs(query, key, value)
+        query_mask, key_mask = self._compute_padding_masks(
+            query, value, key=key, attention_mask=attention_mask, causal=causal
         )
+        # [B, T, N, H], [B, S, N, H], [B, S, N, H_v]
+        projected = (self._query_dense(query), self._key_dense(key), self._value_dense(value))
+        out, scores = self._compute_attention(
+            *projected,
+            training=training,
+            query_mask=query_mask,
+            key_mask=key_mask,
+            causal=causal,
+            return_attention_scores=return_attention_scores,
+        )
+        out = self._output_dense(out)
+        if query_lengths is not None:
+            out = tf.RaggedTensor.from_tensor(out, lengths=query_lengths)
+        if return_attention_scores:
+            return out, scores
+        return out
 
-    def _compute_attention_mask(
-        self, query, value, key=None, attention_mask=None, use_causal_mask=False
+    def _compute_padding_masks(
+        self, query, value, key=None, attention_mask=None, causal=False
     ):
+        """The ``(query_mask [B, T], key_mask [B, S])`` padding masks (bool, or None).
+
+        Args:
+          query, value, key: the layer's inputs (``key`` None or ``value`` in
+            self-attention); their Keras masks (``_keras_mask``) are honoured, the key
+            mask being that of ``value`` and ``key`` together.
+          attention_mask: None or a ``[B, S]`` padding mask of the keys (True = real
+            item), which also masks the queries when ``T == S`` or ``causal``. Any other
+            rank raises a ``ValueError``: a pairwise ``[B, T, S]`` mask cannot be applied
+            without forming the N x N matrix.
+          causal: causal self-attention, where one mask serves both sides.
+        """
         def keras_mask(x):
             m = getattr(x, "_keras_mask", None)
             return None if m is None else tf.cast(m, tf.bool)
@@ -176,9 +227,9 @@ class LinRecAttention(_MHA):
             padding = tf.cast(attention_mask, tf.bool)
             key_mask = padding if key_mask is None else key_mask & padding
             same_length = query.shape[1] is not None and query.shape[1] == value.shape[1]
-            if same_length or self._use_causal:
+            if same_length or causal:
                 query_mask = padding if query_mask is None else query_mask & padding
-        if self._use_causal:
+        if causal:
             # Causal self-attention: one mask for both sides.
             if query_mask is not None and key_mask is not None:
                 key_mask = query_mask = query_mask & key_mask
@@ -186,25 +237,46 @@ class LinRecAttention(_MHA):
                 key_mask = query_mask = (
                     query_mask if query_mask is not None else key_mask
                 )
-        return _Masks(query_mask, key_mask, self._use_causal)
+        return query_mask, key_mask
 
     def _compute_attention(
-        self, query, key, value, attention_mask=None, training=None
+        self,
+        query,
+        key,
+        value,
+        attention_mask=None,
+        training=None,
+        query_mask=None,
+        key_mask=None,
+        causal=None,
+        return_attention_scores=False,
     ):
-        masks = attention_mask if isinstance(attention_mask, _Masks) else None
-        if masks is None and attention_mask is not None:
+        """LinRec attention on the projected heads; returns ``(output, scores or None)``.
+
+        Args:
+          query: ``[B, T, N, key_dim]``; key: ``[B, S, N, key_dim]``; value:
+            ``[B, S, N, value_dim]`` (the parent's projections).
+          attention_mask: must be None (the parent's pairwise mask has no linear form);
+            padding goes through ``query_mask``/``key_mask``.
+          training: whether the head-output dropout is active.
+          query_mask, key_mask: ``[B, T]`` / ``[B, S]`` padding masks or None (see
+            :meth:`_compute_padding_masks`).
+          causal: the causal form; None means the layer's ``causal``.
+          return_attention_scores: also compute the implicit ``[B, N, T, S]`` matrix
+            (O(N²)); else the scores are None.
+        """
+        if attention_mask is not None:
             raise ValueError(
-                "LinRecAttention._compute_attention expects the masks built by its own "
-                "_compute_attention_mask."
+                "LinRecAttention._compute_attention takes the padding masks as "
+                "`query_mask`/`key_mask` (see _compute_padding_masks), not a pairwise "
+                f"`attention_mask` (got shape {tf.TensorShape(attention_mask.shape)})."
             )
-        query_mask = masks.query_mask if masks else None
-        key_mask = masks.key_mask if masks else None
-        causal = masks.causal if masks else self._use_causal
+        causal = self.causal if causal is None else bool(causal)
         # [B, T, N, H] -> [B, N, T, H]
         q = tf.transpose(query, [0, 2, 1, 3])
         k = tf.transpose(key, [0, 2, 1, 3])
         v = tf.transpose(value, [0, 2, 1, 3])
-        out = linrec_ops.linrec_attention(
+        out = linrec_attention(
             q,
             k,
             v,
@@ -216,8 +288,8 @@ class LinRecAttention(_MHA):
             query_mask=query_mask,
         )
         scores = None
-        if self._return_scores:
-            scores = linrec_ops.linrec_attention_scores(
+        if return_attention_scores:
+            scores = linrec_attention_scores(
                 q,
                 k,
                 mask=key_mask,

@@ -2,10 +2,9 @@
 
 import tensorflow as tf
 
-from tfrs_linear.layers.elastic import LinearDispatcherAttention
+from tfrs_linear.constants import ATTENTIONS
+from tfrs_linear.layers.dispatcher import LinearDispatcherAttention
 from tfrs_linear.layers.linrec import LinRecAttention
-
-ATTENTIONS = ("softmax", "linrec", "elastic")
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
@@ -43,7 +42,9 @@ class TransformerBlock(tf.keras.layers.Layer):
     output 0. ``last_only=True`` computes the last (newest) position only and returns
     ``[batch, 1, d_model]``, equal to ``block(...)[:, -1:]`` causal or not: the newest
     position's causal prefix is the whole sequence, so its attention is one query over
-    all keys (O(N) instead of the whole block's O(N²) or O(N)).
+    all keys (O(N) instead of the whole block's O(N²) or O(N)). The output's Keras mask
+    is computed with the output (as ``tf.keras.layers.Masking`` does): the input mask,
+    or its last column for a last-only call.
     """
 
     def __init__(
@@ -88,6 +89,9 @@ class TransformerBlock(tf.keras.layers.Layer):
         self.learned_interests = bool(learned_interests)
         self.recency_bias = bool(recency_bias)
         self.supports_masking = True
+        # `call` attaches the output's Keras mask itself (it depends on `last_only`,
+        # which `compute_mask` is not given).
+        self._compute_output_and_mask_jointly = True
 
     def build(self, input_shape):
         d_model = int(input_shape[-1])
@@ -180,9 +184,6 @@ class TransformerBlock(tf.keras.layers.Layer):
                 f"`interests` are only used by attention='elastic', not {self.attention!r}."
             )
         x = inputs
-        # Read by compute_mask, which Keras calls right after this call with the input
-        # mask only: a last-only output's mask is the input mask's last column.
-        self._last_only_call = bool(last_only)
         y, interests = self._attend(x, mask, training, interests, last_only)
         if last_only:
             x = x[:, -1:, :]
@@ -192,13 +193,14 @@ class TransformerBlock(tf.keras.layers.Layer):
         x = self.ffn_norm(x + self.ffn_dropout(y, training=training))
         if mask is not None:
             x = x * tf.cast(mask, x.dtype)[:, :, tf.newaxis]
+            # The output's Keras mask: the input mask (its last column if last_only).
+            x._keras_mask = mask
         if return_interests:
             return x, interests
         return x
 
     def compute_mask(self, inputs, mask=None):
-        if mask is not None and getattr(self, "_last_only_call", False):
-            return mask[:, -1:]
+        """The output mask of a full call (a last-only call attaches ``mask[:, -1:]``)."""
         return mask
 
     def get_config(self):

@@ -1,15 +1,36 @@
 """Pure TensorFlow attention math (no Keras): the layers are thin wrappers around these.
 
-Keeping this module free of Keras lets the same functions serve Keras 3 users later.
+Keeping this package free of Keras lets the same functions serve Keras 3 users later.
+One concept per module, each opening with its numerics contract:
+
+* :mod:`~tfrs_linear.ops.linrec`: LinRec, chunked causal linear attention.
+* :mod:`~tfrs_linear.ops.dispatcher`: ELASTIC's linear dispatcher attention (aggregate,
+  dispatch, the fused form) and its masked softmax.
+* :mod:`~tfrs_linear.ops.dispatcher_causal`: the causal dispatcher's fast path, exact
+  fallback and scans (``causal_path``).
+* :mod:`~tfrs_linear.ops.product_keys`: product-key top-m lookup.
+* :mod:`~tfrs_linear.ops.reference`: dense O(N²) references of LinRec and the
+  dispatcher, for inspection and tests.
 """
 
+from tfrs_linear.constants import NORMALIZATIONS  # noqa: F401
+from tfrs_linear.ops.dispatcher import (  # noqa: F401
+    dispatcher_aggregate,
+    dispatcher_attention,
+    dispatcher_dispatch,
+    masked_softmax_weights,
+)
+from tfrs_linear.ops.dispatcher_causal import CAUSAL_PATHS, causal_fast_path_ok  # noqa: F401
 from tfrs_linear.ops.linrec import (  # noqa: F401
-    NORMALIZATIONS,
     causal_linear_attention,
     linrec_attention,
-    linrec_attention_scores,
     linrec_features,
     safe_norm,
 )
-
-from tfrs_linear.ops.elastic import *  # noqa: F401,F403,E402
+from tfrs_linear.ops.product_keys import product_key_lookup  # noqa: F401
+from tfrs_linear.ops.reference import (  # noqa: F401
+    dispatcher_aggregate_weights,
+    dispatcher_attention_reference,
+    linrec_attention_reference,
+    linrec_attention_scores,
+)

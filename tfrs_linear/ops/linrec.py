@@ -1,6 +1,8 @@
 """LinRec: L2-normalized linear attention as pure TensorFlow functions (no Keras).
 
-Specification: ``shared/docs/linrec.md`` (Liu et al., SIGIR 2023, arXiv 2411.01537).
+Specification: ``docs/linrec.md`` (Liu et al., SIGIR 2023, arXiv 2411.01537). The dense
+O(N²) form of the same attention (its implicit matrix, for inspection and tests) is in
+:mod:`tfrs_linear.ops.reference`; this module never forms an N x N matrix.
 
 All functions take per-head tensors shaped ``[batch, heads, length, dim]`` that are
 already projected (the multi-head Q/K/V projections live in the Keras layer) and apply
@@ -26,7 +28,10 @@ never a state per position and never an N x N matrix.
 
 import tensorflow as tf
 
-NORMALIZATIONS = ("paper", "token")
+from tfrs_linear.constants import NORMALIZATIONS
+from tfrs_linear.ops._common import (
+    check_rank, chunk_layout, chunked, compute_dtype, dims, float_mask,
+)
 
 
 def safe_norm(x, axis, epsilon):
@@ -35,31 +40,11 @@ def safe_norm(x, axis, epsilon):
     return tf.sqrt(tf.maximum(squared, tf.cast(epsilon, x.dtype) ** 2))
 
 
-def _compute_dtype(dtype):
-    return tf.float64 if dtype == tf.float64 else tf.float32
-
-
-def _as_float_mask(mask, dtype, name):
-    mask = tf.convert_to_tensor(mask)
-    if mask.shape.rank is not None and mask.shape.rank != 2:
-        raise ValueError(
-            f"`{name}` must be a [batch, length] padding mask, got shape {mask.shape}."
-        )
-    return tf.cast(tf.cast(mask, tf.bool), dtype)
-
-
-def _check_rank4(name, x):
-    if x.shape.rank is not None and x.shape.rank != 4:
-        raise ValueError(
-            f"`{name}` must be shaped [batch, heads, length, dim], got shape {x.shape}."
-        )
-
-
 def _resolve_masks(mask, query_mask, t_len, s_len, causal, dtype):
     """Returns (key_mask, query_mask) as float tensors or None."""
-    key_mask = None if mask is None else _as_float_mask(mask, dtype, "mask")
+    key_mask = None if mask is None else float_mask(mask, dtype, "mask")
     if query_mask is not None:
-        query_mask = _as_float_mask(query_mask, dtype, "query_mask")
+        query_mask = float_mask(query_mask, dtype, "query_mask")
     elif key_mask is not None and (causal or (t_len is not None and t_len == s_len)):
         query_mask = key_mask
     return key_mask, query_mask
@@ -79,7 +64,8 @@ def linrec_features(
 
     The attention output is ``q_eff k_effᵀ v_eff`` (lower-triangular in causal mode), times
     the query mask. Shared by :func:`linrec_attention` and
-    :func:`linrec_attention_scores`; computed in float32 (float64 for float64 inputs).
+    :func:`tfrs_linear.ops.reference.linrec_attention_scores`; computed in float32
+    (float64 for float64 inputs).
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(
@@ -89,8 +75,8 @@ def linrec_features(
     key = tf.convert_to_tensor(key, dtype_hint=query.dtype)
     value = tf.convert_to_tensor(value, dtype_hint=query.dtype)
     for name, x in (("query", query), ("key", key), ("value", value)):
-        _check_rank4(name, x)
-    dtype = _compute_dtype(query.dtype)
+        check_rank(name, x, 4, "[batch, heads, length, dim]")
+    dtype = compute_dtype(query.dtype)
     q = tf.cast(query, dtype)
     k = tf.cast(key, dtype)
     v = tf.cast(value, dtype)
@@ -146,23 +132,12 @@ def causal_linear_attention(query, key, value, chunk_size=64):
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    n_static = query.shape[2]
-    chunk = int(chunk_size)
-    if n_static is not None and n_static <= chunk:
-        chunk = max(int(n_static), 1)
-    shape = tf.shape(query)
-    batch, heads, length = shape[0], shape[1], shape[2]
-    d_k = query.shape[-1] if query.shape[-1] is not None else shape[3]
-    d_v = value.shape[-1] if value.shape[-1] is not None else tf.shape(value)[3]
-    pad = (-length) % chunk
-    paddings = [[0, 0], [0, 0], [0, pad], [0, 0]]
-    q = tf.pad(query, paddings)
-    k = tf.pad(key, paddings)
-    v = tf.pad(value, paddings)
-    n_chunks = (length + pad) // chunk
-    q = tf.reshape(q, [batch, heads, n_chunks, chunk, d_k])
-    k = tf.reshape(k, [batch, heads, n_chunks, chunk, d_k])
-    v = tf.reshape(v, [batch, heads, n_chunks, chunk, d_v])
+    batch, heads, length = dims(query)[:3]
+    d_v = dims(value)[3]
+    chunk, pad, n_chunks = chunk_layout(length, chunk_size)
+    q = chunked(query, 2, pad, n_chunks, chunk)  # [B, H, n, C, d_k]
+    k = chunked(key, 2, pad, n_chunks, chunk)
+    v = chunked(value, 2, pad, n_chunks, chunk)  # [B, H, n, C, d_v]
     tril = tf.linalg.band_part(tf.ones([chunk, chunk], query.dtype), -1, 0)
     scores = tf.einsum("bhncd,bhnsd->bhncs", q, k) * tril
     intra = tf.einsum("bhncs,bhnse->bhnce", scores, v)
@@ -219,42 +194,10 @@ def linrec_attention(
     return tf.cast(out, query.dtype)
 
 
-def linrec_attention_scores(
-    query,
-    key,
-    mask=None,
-    causal=False,
-    normalization="paper",
-    epsilon=1e-6,
-    query_mask=None,
-):
-    """The implicit ``[B, H, T, S]`` attention matrix of :func:`linrec_attention`.
-
-    For inspection only: it is O(N²) in time and memory, which the attention itself never
-    is. ``linrec_attention(q, k, v, ...) == scores @ v`` (up to rounding).
-    """
-    query = tf.convert_to_tensor(query)
-    key = tf.convert_to_tensor(key, dtype_hint=query.dtype)
-    value = key[..., :1]
-    q, k, _, q_mask = linrec_features(
-        query, key, value, mask, causal, normalization, epsilon, query_mask
-    )
-    scores = tf.einsum("bhtd,bhsd->bhts", q, k)
-    if causal:
-        length = tf.shape(scores)[-1]
-        scores = scores * tf.linalg.band_part(
-            tf.ones([length, length], scores.dtype), -1, 0
-        )
-    if q_mask is not None:
-        scores = scores * q_mask[:, tf.newaxis, :, tf.newaxis]
-    return tf.cast(scores, query.dtype)
-
-
 __all__ = [
     "NORMALIZATIONS",
     "causal_linear_attention",
     "linrec_attention",
-    "linrec_attention_scores",
     "linrec_features",
     "safe_norm",
 ]

@@ -1,51 +1,32 @@
-"""ELASTIC layers: `LinearDispatcherAttention` and `InterestMemory`.
+"""`LinearDispatcherAttention`: ELASTIC's linear dispatcher attention as a tf-keras layer.
 
-Specification: ``shared/docs/elastic.md`` (Deng et al., arXiv 2408.09380, withdrawn, no
-public code). This module is the library's reconstruction; the docstrings list every
-choice the paper leaves open.
+Specification: ``docs/elastic.md`` (Deng et al., arXiv 2408.09380, withdrawn, no public
+code). This module is the library's reconstruction; the docstrings list every choice the
+paper leaves open. The math is :mod:`tfrs_linear.ops.dispatcher`.
 """
 
 import math
 
 import tensorflow as tf
 
-from tfrs_linear.ops import elastic as elastic_ops
+from tfrs_linear.layers._common import check_inputs, fresh, input_dim, keras_mask_or
+from tfrs_linear.ops.dispatcher import (
+    dispatcher_aggregate,
+    dispatcher_attention,
+    dispatcher_dispatch,
+)
+from tfrs_linear.ops.dispatcher_causal import check_causal_path
 
 _initializers = tf.keras.initializers
 _regularizers = tf.keras.regularizers
 _constraints = tf.keras.constraints
 
-
-def _keras_mask_or(inputs, mask):
-    if mask is None:
-        mask = getattr(inputs, "_keras_mask", None)
-    if mask is None:
-        return None
-    mask = tf.convert_to_tensor(mask)
-    if mask.shape.rank is not None and mask.shape.rank != 2:
-        raise ValueError(
-            f"`mask` must be a [batch, length] padding mask, got shape {mask.shape} "
-            f"for inputs of shape {inputs.shape}."
-        )
-    return tf.cast(mask, tf.bool)
-
-
-def _fresh(initializer):
-    """A new instance of ``initializer`` for each weight.
-
-    tf-keras initializers that are called twice return the same values (and warn), so
-    each weight gets its own copy, as ``MultiHeadAttention`` does for its sublayers.
-    """
-    if initializer is None:
-        return None
-    return initializer.__class__.from_config(initializer.get_config())
-
-
-# Recency slopes: ``slope = _MAX_SLOPE * sigmoid(raw)``, i.e. a half-life of at least one
-# item. The bound keeps the logits' rise inside a causal chunk (<= slope * chunk) small
-# enough for the ops' factorised fast path at the default chunk sizes (32-64).
 _LN2 = math.log(2.0)
-_MAX_SLOPE = _LN2
+# The largest recency slope: ``slope = MAX_RECENCY_SLOPE * sigmoid(raw)`` (``recency_bias``
+# of LinearDispatcherAttention), i.e. ln 2, a half-life of at least one item. The bound
+# keeps the logits' rise inside a causal chunk (<= slope * chunk) small enough for the
+# ops' factorised fast path at the default chunk sizes (32-64).
+MAX_RECENCY_SLOPE = _LN2
 # Initial half-lives, in items: geometric from 2 to 1024 over the k interests.
 _HALF_LIFE_RANGE = (2.0, 1024.0)
 
@@ -57,16 +38,9 @@ def _recency_raw_init(num_heads, num_interests):
     half_lives = [lo * (hi / lo) ** (i / steps) for i in range(num_interests)]
     raws = []
     for h in half_lives:
-        p = (_LN2 / h) / _MAX_SLOPE  # sigmoid(raw), in (0, 0.5]
+        p = (_LN2 / h) / MAX_RECENCY_SLOPE  # sigmoid(raw), in (0, 0.5]
         raws.append(math.log(p / (1.0 - p)))
     return [raws] * num_heads
-
-
-def _check_inputs(name, inputs):
-    if inputs.shape.rank is not None and inputs.shape.rank != 3:
-        raise ValueError(
-            f"{name} expects inputs shaped [batch, length, dim], got shape {inputs.shape}."
-        )
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
@@ -90,10 +64,10 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
     :class:`InterestMemory`), else the layer's learned tokens. With an all-padding input
     ``A = 0`` and ``P' = LayerNorm(P)`` (finite).
 
-    Causal (``causal=True``, per-position training): elastic.md's design. ``P`` is always
-    the layer's learned tokens (passing ``interests`` raises); no LayerNorm on the interest
-    stream; ``P'_t = P + concat_h(mean_{s<=t} of X_s W_v1^h under A_h) W_o1``, computed by
-    :func:`tfrs_linear.ops.elastic.dispatcher_attention` with ``W_o1 W_k2`` and
+    Causal (``causal=True``, per-position training): docs/elastic.md's design. ``P`` is
+    always the layer's learned tokens (passing ``interests`` raises); no LayerNorm on the
+    interest stream; ``P'_t = P + concat_h(mean_{s<=t} of X_s W_v1^h under A_h) W_o1``,
+    computed by :func:`tfrs_linear.ops.dispatcher_attention` with ``W_o1 W_k2`` and
     ``W_o1 W_v2`` folded into the values, chunk-wise. Returned interests are ``P'`` at the
     last position (= over all real items), ``[batch, k, dim]``.
 
@@ -104,7 +78,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
       aggregated heads back to the model width so that the residual ``P + ...`` is
       defined, ``W_o2`` maps the dispatched heads to the output.
     * ``W_o1`` has no bias, so an all-padding input gives exactly ``P' = LayerNorm(P)``
-      as elastic.md states (a bias would be redundant with the learned tokens anyway).
+      as docs/elastic.md states (a bias would be redundant with the learned tokens anyway).
       All other projections have a bias when ``use_bias``.
     * ``dropout`` drops the dispatch output of each head (``[batch, heads, N, value_dim]``)
       before ``W_o2``, as in the library's LinRec layer: no N x k attention matrix is
@@ -140,14 +114,21 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         The paper has no such term (this library's addition, default off in the layer):
         with static interest queries a causal interest cannot otherwise weigh the
         *recent* items of a prefix more (positions are absolute), which softmax
-        attention does through its per-position queries. Slopes ``0.693 ·
-        sigmoid(raw)`` (a half-life of at least one item), initialised to half-lives
-        geometric from 2 to 1024 items over the interests, the same for every head.
+        attention does through its per-position queries. Slopes
+        ``MAX_RECENCY_SLOPE · sigmoid(raw)`` (``MAX_RECENCY_SLOPE = ln 2 = 0.693``: a
+        half-life of at least one item), initialised to half-lives geometric from 2 to
+        1024 items over the interests, the same for every head.
       learned_interests: whether the layer has interest tokens of its own (default).
         ``False`` (non-causal only) for a layer that always receives ``interests`` (a
         block after the first in a hand-off stack, or the first behind an interest
         memory): no unused ``[k, dim]`` variable, and calling it without ``interests``
         raises.
+      causal_path: which implementation of the causal form runs (see
+        :func:`tfrs_linear.ops.dispatcher_attention`): ``"auto"`` (default) the
+        factorised fast path whenever it is exact for the call, else the exact
+        per-position fallback; ``"fast"`` or ``"exact"`` to force one (benchmarks,
+        debugging). Ignored non-causally and by ``last_only`` calls (which need no prefix
+        sums).
 
     Call: ``layer(inputs, mask=None, interests=None, training=None, last_only=False)``
     with ``inputs`` ``[batch, length, dim]``, ``mask`` a ``[batch, length]`` padding mask
@@ -180,9 +161,11 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         bias_constraint=None,
         learned_interests=True,
         recency_bias=False,
+        causal_path="auto",
         **kwargs,
     ):
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        check_causal_path(causal_path)
         if causal and not learned_interests:
             raise ValueError(
                 "LinearDispatcherAttention(causal=True) always uses its own learned interest "
@@ -190,6 +173,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             )
         self.learned_interests = bool(learned_interests)
         self.recency_bias = bool(recency_bias)
+        self.causal_path = causal_path
         for name, value in (
             ("num_heads", num_heads),
             ("key_dim", key_dim),
@@ -228,7 +212,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         return self.add_weight(
             name=name,
             shape=shape,
-            initializer=_fresh(self.kernel_initializer),
+            initializer=fresh(self.kernel_initializer),
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
             trainable=True,
@@ -240,7 +224,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         return self.add_weight(
             name=name,
             shape=shape,
-            initializer=_fresh(self.bias_initializer),
+            initializer=fresh(self.bias_initializer),
             regularizer=self.bias_regularizer,
             constraint=self.bias_constraint,
             trainable=True,
@@ -248,12 +232,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
 
     def build(self, input_shape):
         input_shape = tf.TensorShape(input_shape)
-        if input_shape.rank != 3 or input_shape[-1] is None:
-            raise ValueError(
-                "LinearDispatcherAttention expects inputs shaped [batch, length, dim] "
-                f"with a known dim, got shape {input_shape}."
-            )
-        dim = int(input_shape[-1])
+        dim = input_dim("LinearDispatcherAttention", input_shape)
         self.model_dim = dim
         h, dk, dv, k = self.num_heads, self.key_dim, self.value_dim, self.num_interests
         self.interest_tokens = None
@@ -261,7 +240,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             self.interest_tokens = self.add_weight(
                 name="interest_tokens",
                 shape=[k, dim],
-                initializer=_fresh(self.interest_initializer),
+                initializer=fresh(self.interest_initializer),
                 trainable=True,
             )
         # Aggregate (N -> k).
@@ -330,7 +309,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         return tf.cast(interests, self.compute_dtype)
 
     def call(self, inputs, mask=None, interests=None, training=None, last_only=False):
-        _check_inputs("LinearDispatcherAttention", inputs)
+        check_inputs("LinearDispatcherAttention", inputs)
         if interests is not None and self.causal:
             raise ValueError(
                 "LinearDispatcherAttention(causal=True) uses its own learned interest "
@@ -338,22 +317,9 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
                 "`interests` must be None; got a tensor of shape "
                 f"{tf.TensorShape(interests.shape)}."
             )
-        mask = _keras_mask_or(inputs, mask)
+        mask = keras_mask_or(inputs, mask)
         x = inputs
-        batch = tf.shape(x)[0]
-        dtype = x.dtype
-        if interests is None:
-            if self.interest_tokens is None:
-                raise ValueError(
-                    "LinearDispatcherAttention(learned_interests=False) has no interest "
-                    "tokens of its own: pass `interests` [batch, num_interests, dim] (the "
-                    "previous block's or the interest memory's)."
-                )
-            p = tf.tile(
-                tf.cast(self.interest_tokens, dtype)[tf.newaxis], [batch, 1, 1]
-            )
-        else:
-            p = self._check_interests(interests, inputs)
+        p = self._initial_interests(x, interests)
         q1 = self._heads(p, self.query_1_kernel, self.query_1_bias)  # [B,H,k,dk]
         k1 = self._heads(x, self.key_1_kernel, self.key_1_bias)  # [B,H,N,dk]
         v1 = self._heads(x, self.value_1_kernel, self.value_1_bias)  # [B,H,N,dv]
@@ -366,43 +332,65 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             if last_only:
                 x = x[:, -1:, :]
                 mask = None if mask is None else mask[:, -1:]
-            q2 = self._heads(x, self.query_2_kernel, self.query_2_bias)  # [B,H,N,dk]
-            k2 = self._heads(new_interests, self.key_2_kernel, self.key_2_bias)
-            v2 = self._heads(new_interests, self.value_2_kernel, self.value_2_bias)
-            y = elastic_ops.dispatcher_dispatch(q2, k2, v2, mask)  # [B,H,N,dv]
+            y = self._dispatch(x, new_interests, mask)
         else:
-            q2 = self._heads(x, self.query_2_kernel, self.query_2_bias)  # [B,H,N,dk]
-            # Fold W_o1 W_k2 and W_o1 W_v2 into the per-position values (elastic.md):
-            # value_key[b, h, n, g, :] = (X W_v1 + b_v1)^h W_o1^h W_k2^g.
-            fold_k = tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.key_2_kernel)
-            fold_v = tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.value_2_kernel)
-            value_key = tf.einsum("bhnv,hvge->bhnge", v1, fold_k)
-            value_value = tf.einsum("bhnv,hvge->bhnge", v1, fold_v)
-            k2 = self._heads(p, self.key_2_kernel, self.key_2_bias)  # P W_k2 + b_k2
-            v2 = self._heads(p, self.value_2_kernel, self.value_2_bias)
-            y = elastic_ops.dispatcher_attention(
-                q2,
-                k1,
-                q1,
-                k2,
-                v2,
-                value_key,
-                value_value,
-                mask=mask,
-                causal=True,
-                chunk_size=self.chunk_size,
-                aggregate_bias=bias,
-            )
+            y = self._causal_attention(x, p, q1, k1, v1, mask, bias)
             new_interests = self._interests_after_all(p, q1, k1, v1, mask, bias)
 
         return self._output(y, mask, training), new_interests
+
+    def _initial_interests(self, x, interests):
+        """``P [batch, k, dim]``: ``interests`` (checked) or the learned tokens, tiled."""
+        if interests is not None:
+            return self._check_interests(interests, x)
+        if self.interest_tokens is None:
+            raise ValueError(
+                "LinearDispatcherAttention(learned_interests=False) has no interest "
+                "tokens of its own: pass `interests` [batch, num_interests, dim] (the "
+                "previous block's or the interest memory's)."
+            )
+        batch = tf.shape(x)[0]
+        return tf.tile(tf.cast(self.interest_tokens, x.dtype)[tf.newaxis], [batch, 1, 1])
+
+    def _dispatch(self, x, interests, mask):
+        """The dispatch step (k -> N) of every position of ``x`` over ``interests``."""
+        q2 = self._heads(x, self.query_2_kernel, self.query_2_bias)  # [B,H,N,dk]
+        k2 = self._heads(interests, self.key_2_kernel, self.key_2_bias)
+        v2 = self._heads(interests, self.value_2_kernel, self.value_2_bias)
+        return dispatcher_dispatch(q2, k2, v2, mask)  # [B,H,N,dv]
+
+    def _causal_attention(self, x, p, q1, k1, v1, mask, bias):
+        """The causal fused attention ``[B, H, N, dv]``: prefix means of folded values."""
+        q2 = self._heads(x, self.query_2_kernel, self.query_2_bias)  # [B,H,N,dk]
+        # Fold W_o1 W_k2 and W_o1 W_v2 into the per-position values (docs/elastic.md):
+        # value_key[b, h, n, g, :] = (X W_v1 + b_v1)^h W_o1^h W_k2^g.
+        fold_k = tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.key_2_kernel)
+        fold_v = tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.value_2_kernel)
+        value_key = tf.einsum("bhnv,hvge->bhnge", v1, fold_k)
+        value_value = tf.einsum("bhnv,hvge->bhnge", v1, fold_v)
+        k2 = self._heads(p, self.key_2_kernel, self.key_2_bias)  # P W_k2 + b_k2
+        v2 = self._heads(p, self.value_2_kernel, self.value_2_bias)
+        return dispatcher_attention(
+            q2,
+            k1,
+            q1,
+            k2,
+            v2,
+            value_key,
+            value_value,
+            mask=mask,
+            causal=True,
+            chunk_size=self.chunk_size,
+            aggregate_bias=bias,
+            causal_path=self.causal_path,
+        )
 
     def recency_slopes(self):
         """The recency slopes ``[heads, k]`` (the variable dtype: float32 under mixed
         precision), or None without ``recency_bias``."""
         if self.recency_raw is None:
             return None
-        return _MAX_SLOPE * tf.sigmoid(self.recency_raw)
+        return MAX_RECENCY_SLOPE * tf.sigmoid(self.recency_raw)
 
     def _recency(self, length):
         """The aggregate logits' recency bias ``[1, H, k, N]`` (variable dtype), or None."""
@@ -414,7 +402,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
 
     def _interests_after_all(self, p, q1, k1, v1, mask, bias):
         """``P'`` after every real item: ``P + (aggregate) W_o1``, LayerNorm'd non-causally."""
-        agg = elastic_ops.dispatcher_aggregate(q1, k1, v1, mask, aggregate_bias=bias)
+        agg = dispatcher_aggregate(q1, k1, v1, mask, aggregate_bias=bias)
         interests = p + tf.einsum("bhiv,hvd->bid", agg, self.output_1_kernel)
         return interests if self.causal else self.interest_norm(interests)
 
@@ -461,200 +449,6 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             bias_constraint=_constraints.serialize(self.bias_constraint),
             learned_interests=self.learned_interests,
             recency_bias=self.recency_bias,
-        )
-        return config
-
-
-@tf.keras.utils.register_keras_serializable(package="tfrs_linear")
-class InterestMemory(tf.keras.layers.Layer):
-    """ELASTIC's interest memory retrieval (IMR): a product-key memory that yields ``P₀``.
-
-    Reconstruction (elastic.md) with a product-key memory (Lample et al. 2019):
-
-    * query: the masked mean of the sequence (``[batch, dim]``; 0 for an all-padding
-      row, whose count is floored at 1) -> ``Dense(k · query_dim)`` -> ``k`` queries of
-      width ``query_dim``;
-    * keys: two sets of ``num_keys`` sub-keys of width ``query_dim / 2``; slot
-      ``(i1, i2)`` (index ``i1 * num_keys + i2``) scores ``q1·K1[i1] + q2·K2[i2]``;
-      :func:`tfrs_linear.ops.elastic.product_key_lookup` returns the exact top-m slots;
-    * values: ``num_keys²`` memory rows of width ``dim``; the retrieved interest is the
-      softmax (over the ``m`` scores) weighted sum of the ``m`` selected rows, gathered
-      with ``tf.gather`` so that the memory's gradient is an ``IndexedSlices`` touching
-      the ``m·k`` selected rows per user only;
-    * ``P₀ = base tokens (k x dim, learned) + retrieved interests``.
-
-    Choices the paper leaves open: no query BatchNorm and a single memory head (PKM's
-    paper uses both; the mean query is already a smooth summary); the sub-keys and the
-    memory are float32 variables that are not autocast under mixed precision, and the
-    scores, softmax and weighted sum are computed in float32 (float64 for a float64
-    layer), the output is cast to the compute dtype. Memory rows are initialised
-    ``N(0, 1/dim)`` and sub-keys ``U(-1/sqrt(query_dim/2), +)`` (PKM's choices) unless
-    initialisers are given. Cost ``O(N·dim + k·(num_keys·query_dim + top_m²) +
-    k·top_m·dim)``, independent of the memory size beyond the sub-keys.
-
-    Args:
-      num_interests: ``k``.
-      num_keys: ``n``, sub-keys per half (``n²`` slots).
-      top_m: rows retrieved per interest (``<= num_keys``).
-      query_dim: query width ``d_q`` (even).
-      kernel_initializer, bias_initializer: of the query Dense.
-      key_initializer, memory_initializer, base_initializer: of the sub-keys, the memory
-        rows and the base tokens (``None`` = the defaults above; base tokens N(0, 1), the
-        scale of :class:`LinearDispatcherAttention`'s own interest tokens).
-
-    Call: ``memory(inputs, mask=None)`` with ``inputs [batch, length, dim]`` and a
-    ``[batch, length]`` padding mask (or the Keras mask); returns ``[batch, k, dim]``.
-    """
-
-    def __init__(
-        self,
-        num_interests,
-        num_keys=128,
-        top_m=8,
-        query_dim=32,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        key_initializer=None,
-        memory_initializer=None,
-        base_initializer=None,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if int(num_interests) < 1 or int(num_keys) < 1:
-            raise ValueError(
-                f"num_interests and num_keys must be >= 1, got {num_interests} and "
-                f"{num_keys}."
-            )
-        if not 1 <= int(top_m) <= int(num_keys):
-            raise ValueError(f"top_m must be in [1, num_keys={num_keys}], got {top_m}.")
-        if int(query_dim) < 2 or int(query_dim) % 2:
-            raise ValueError(
-                f"query_dim must be even and >= 2 (two halves), got {query_dim}."
-            )
-        self.num_interests = int(num_interests)
-        self.num_keys = int(num_keys)
-        self.top_m = int(top_m)
-        self.query_dim = int(query_dim)
-        self.kernel_initializer = _initializers.get(kernel_initializer)
-        self.bias_initializer = _initializers.get(bias_initializer)
-        self.key_initializer = (
-            None if key_initializer is None else _initializers.get(key_initializer)
-        )
-        self.memory_initializer = (
-            None if memory_initializer is None else _initializers.get(memory_initializer)
-        )
-        if base_initializer is None:
-            # The scale of the tokens they meet in the first aggregate (as the dispatcher's
-            # own interest tokens): a stddev-0.05 start leaves its logits ~16x flatter.
-            base_initializer = _initializers.RandomNormal(stddev=1.0)
-        self.base_initializer = _initializers.get(base_initializer)
-        self.supports_masking = True
-
-    def build(self, input_shape):
-        input_shape = tf.TensorShape(input_shape)
-        if input_shape.rank != 3 or input_shape[-1] is None:
-            raise ValueError(
-                "InterestMemory expects inputs shaped [batch, length, dim] with a known "
-                f"dim, got shape {input_shape}."
-            )
-        dim = int(input_shape[-1])
-        k, dq, n = self.num_interests, self.query_dim, self.num_keys
-        half = dq // 2
-        # Variables that feed the float32 lookup are not autocast (mixed precision).
-        var_dtype = tf.float64 if self.dtype == "float64" else tf.float32
-        key_init = self.key_initializer or _initializers.RandomUniform(
-            -(half**-0.5), half**-0.5
-        )
-        memory_init = self.memory_initializer or _initializers.RandomNormal(
-            stddev=dim**-0.5
-        )
-        self.query_kernel = self.add_weight(
-            name="query_kernel",
-            shape=[dim, k * dq],
-            initializer=_fresh(self.kernel_initializer),
-        )
-        self.query_bias = self.add_weight(
-            name="query_bias", shape=[k * dq], initializer=_fresh(self.bias_initializer)
-        )
-        self.sub_keys_1 = self.add_weight(
-            name="sub_keys_1",
-            shape=[n, half],
-            initializer=_fresh(key_init),
-            dtype=var_dtype,
-            experimental_autocast=False,
-        )
-        self.sub_keys_2 = self.add_weight(
-            name="sub_keys_2",
-            shape=[n, half],
-            initializer=_fresh(key_init),
-            dtype=var_dtype,
-            experimental_autocast=False,
-        )
-        self.memory = self.add_weight(
-            name="memory",
-            shape=[n * n, dim],
-            initializer=_fresh(memory_init),
-            dtype=var_dtype,
-            experimental_autocast=False,
-        )
-        self.base_tokens = self.add_weight(
-            name="base_tokens", shape=[k, dim], initializer=_fresh(self.base_initializer)
-        )
-        super().build(input_shape)
-
-    def lookup(self, inputs, mask=None):
-        """``(scores, indices)`` of the selected slots, ``[batch, k, top_m]`` each."""
-        queries = self._queries(inputs, mask)
-        return elastic_ops.product_key_lookup(
-            queries, self.sub_keys_1, self.sub_keys_2, self.top_m
-        )
-
-    def _queries(self, inputs, mask):
-        _check_inputs("InterestMemory", inputs)
-        mask = _keras_mask_or(inputs, mask)
-        work = self.memory.dtype
-        x = tf.cast(inputs, work)
-        if mask is None:
-            mean = tf.reduce_mean(x, axis=1)
-        else:
-            m = tf.cast(mask, work)[:, :, tf.newaxis]
-            count = tf.maximum(tf.reduce_sum(m, axis=1), tf.ones([], work))
-            mean = tf.reduce_sum(x * m, axis=1) / count
-        q = tf.matmul(mean, tf.cast(self.query_kernel, work)) + tf.cast(
-            self.query_bias, work
-        )
-        return tf.reshape(q, [-1, self.num_interests, self.query_dim])
-
-    def call(self, inputs, mask=None):
-        scores, indices = self.lookup(inputs, mask)
-        weights = tf.nn.softmax(scores, axis=-1)  # [B, k, m], float32/float64
-        rows = tf.gather(self.memory, indices)  # [B, k, m, dim], sparse gradient
-        retrieved = tf.einsum("bkm,bkmd->bkd", weights, rows)
-        p0 = tf.cast(self.base_tokens, retrieved.dtype)[tf.newaxis] + retrieved
-        return tf.cast(p0, self.compute_dtype)
-
-    def compute_mask(self, inputs, mask=None):
-        return None
-
-    def compute_output_shape(self, input_shape):
-        input_shape = tf.TensorShape(input_shape)
-        return tf.TensorShape([input_shape[0], self.num_interests, input_shape[-1]])
-
-    def get_config(self):
-        config = super().get_config()
-
-        def ser(init):
-            return None if init is None else _initializers.serialize(init)
-
-        config.update(
-            num_interests=self.num_interests,
-            num_keys=self.num_keys,
-            top_m=self.top_m,
-            query_dim=self.query_dim,
-            kernel_initializer=ser(self.kernel_initializer),
-            bias_initializer=ser(self.bias_initializer),
-            key_initializer=ser(self.key_initializer),
-            memory_initializer=ser(self.memory_initializer),
-            base_initializer=ser(self.base_initializer),
+            causal_path=self.causal_path,
         )
         return config
