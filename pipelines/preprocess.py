@@ -11,7 +11,7 @@ same command scales out on Dataflow, Flink or Spark::
 The output directory is what ``tfrs_linear.data.load_preprocessed`` reads (and
 ``tfrs-linear train --data DIR`` / ``evaluate --data DIR``): it gives the SAME
 ``SequenceData`` as ``build_sequences`` on the raw files read in the same order
-(``shared/docs/protocol.md``):
+(``docs/protocol.md``):
 
 * Input: every ``--input`` is a file or a glob (Beam file systems: local, ``gs://``, ...);
   the files are taken in the order of the ``--input`` flags, each glob's matches in path
@@ -61,8 +61,14 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import uuid
+
+# tfrs_linear first (it sets up Keras 2 before TensorFlow loads). Beam needs no deferral: its
+# pickler refers to modules by name and a worker imports them again (install the package there
+# with --setup_file). Beam, tf.Transform, tfx-bsl, pyarrow are optional: imported where used.
+import tfrs_linear
+from tfrs_linear import data as data_lib
+from tfrs_linear.constants import NUM_RESERVED, OOV, PAD
 
 NAMESPACE = "tfrs_linear.preprocess"
 TRAIN_VOCAB = "train_item_frequency"
@@ -137,8 +143,6 @@ def _read_file(element, format):
     from apache_beam.io.filesystems import CompressionTypes, FileSystems
     from apache_beam.metrics import Metrics
 
-    from tfrs_linear import data as data_lib
-
     index, path = element
     try:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -146,7 +150,7 @@ def _read_file(element, format):
     except Exception as e:  # noqa: BLE001 - any file system's error
         raise data_lib.DataError(f"{path}: cannot read the file: {e}") from None
     inter, lines = data_lib.parse_interactions(raw, path, format)
-    for reserved in (data_lib.PAD, data_lib.OOV):
+    for reserved in (PAD, OOV):
         bad = inter.items == reserved
         if bad.any():
             line = int(lines[bad.argmax()])
@@ -241,8 +245,6 @@ def _read_frequencies(path):
 
 def _ordered_vocabulary(transform_fn_dir, totals):
     """The protocol's vocabulary from tft's counts: (-training frequency, raw id)."""
-    from tfrs_linear import data as data_lib
-
     users, interactions = totals
     if users == 0:
         raise data_lib.DataError("no user has enough events: nothing to preprocess")
@@ -259,8 +261,8 @@ def _ordered_vocabulary(transform_fn_dir, totals):
         raise RuntimeError("tf.Transform's training vocabulary is not within the kept items")
     items = sorted(kept, key=lambda token: (-train.get(token, 0), token))
     return {
-        "vocab": [data_lib.PAD, data_lib.OOV] + items,
-        "popularity": [0] * data_lib.NUM_RESERVED + [train.get(token, 0) for token in items],
+        "vocab": [PAD, OOV] + items,
+        "popularity": [0] * NUM_RESERVED + [train.get(token, 0) for token in items],
     }
 
 
@@ -275,10 +277,8 @@ class _ToExample:
         from tensorflow.core.example import example_pb2
 
         if self._key != id(vocabulary):
-            self._lookup = {raw: i for i, raw in enumerate(vocabulary["vocab"])}
+            self._lookup = data_lib.vocabulary_lookup(vocabulary["vocab"])
             self._key = id(vocabulary)
-        from tfrs_linear import data as data_lib
-
         user, items = element
         ex = example_pb2.Example()
         feats = ex.features.feature
@@ -297,17 +297,9 @@ def _write_bytes(path, payload):
 
 def _write_outputs(_, out_dir, vocabulary, totals, dropped, files, shards, options):
     """vocab.txt, item_popularity.txt, then metadata.json (last: it marks completion)."""
-    from tfrs_linear import __version__
-    from tfrs_linear import data as data_lib
-
-    scratch = tempfile.mkdtemp(prefix="tfrs-linear-vocab-")
-    try:  # exactly save_vocabulary's bytes (and its checks)
-        local = os.path.join(scratch, data_lib.VOCAB_FILE)
-        data_lib.save_vocabulary(vocabulary["vocab"], local)
-        with open(local, "rb") as f:
-            _write_bytes(_join(out_dir, data_lib.VOCAB_FILE), f.read())
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    vocab_path = _join(out_dir, data_lib.VOCAB_FILE)
+    vocab_text = data_lib.vocabulary_text(vocabulary["vocab"], vocab_path)  # save_vocabulary's
+    _write_bytes(vocab_path, vocab_text.encode("utf-8"))
     _write_bytes(_join(out_dir, data_lib.POPULARITY_FILE),
                  "".join(f"{c}\n" for c in vocabulary["popularity"]).encode("ascii"))
     users, interactions = totals
@@ -317,7 +309,7 @@ def _write_outputs(_, out_dir, vocabulary, totals, dropped, files, shards, optio
         "kind": data_lib.PREPROCESSED_KIND,
         "format_version": data_lib.PREPROCESSED_VERSION,
         "created_by": "pipelines/preprocess.py",
-        "tfrs_linear": __version__,
+        "tfrs_linear": tfrs_linear.__version__,
         "sources": files,
         "num_source_files": len(files),
         "events_read": int(sum(f["events"] for f in files)),
@@ -326,7 +318,7 @@ def _write_outputs(_, out_dir, vocabulary, totals, dropped, files, shards, optio
         "num_interactions": int(interactions),
         "dropped_users": int(dropped_users),
         "dropped_interactions": int(dropped_interactions),
-        "num_items": len(vocabulary["vocab"]) - data_lib.NUM_RESERVED,
+        "num_items": len(vocabulary["vocab"]) - NUM_RESERVED,
         "vocab_size": len(vocabulary["vocab"]),
         "vocabulary": data_lib.VOCAB_FILE,
         "item_popularity": data_lib.POPULARITY_FILE,
@@ -474,12 +466,10 @@ def _cleanup(path):
 
 def _data_error_in(exc):
     """The DataError behind a runner's wrapped exception, if any (message preserved)."""
-    from tfrs_linear.data import DataError
-
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, DataError):
+        if isinstance(exc, data_lib.DataError):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
@@ -503,9 +493,6 @@ def preprocess(inputs, output, format="auto", min_events=3, overwrite=False, num
       PreprocessError: bad arguments or a non-empty output without ``overwrite``.
       tfrs_linear.data.DataError: a bad input file (the message names file and line).
     """
-    import tfrs_linear  # noqa: F401  (first: Keras 2 set-up before TensorFlow loads)
-    from tfrs_linear import data as data_lib
-
     import apache_beam as beam
     import tensorflow_transform.beam as tft_beam
     from apache_beam.metrics.metric import MetricsFilter
@@ -565,7 +552,7 @@ def build_parser():
             "Beam + tf.Transform preprocessing: interaction files -> per-user sequences "
             "(TFRecord), vocab.txt, item popularity and metadata.json, which "
             "`tfrs-linear train --data DIR` reads. Same sorting, dropping and vocabulary "
-            "as the in-memory loader (shared/docs/protocol.md)."
+            "as the in-memory loader (docs/protocol.md)."
         ),
         epilog=(
             "Every other option goes to Beam, e.g. --runner DataflowRunner --project P "
@@ -578,8 +565,7 @@ def build_parser():
     parser.add_argument("--input", action="append", required=True, metavar="FILE_OR_GLOB",
                         help="interaction file or glob; repeat for more (order: flags in order, "
                              "each glob's matches by path)")
-    parser.add_argument("--format", default="auto",
-                        choices=("auto", "recbole", "movielens", "udata", "sasrec", "csv"),
+    parser.add_argument("--format", default="auto", choices=("auto",) + data_lib.FILE_FORMATS,
                         help="input format (default: guessed per file, as the in-memory loader)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="output directory (local or e.g. gs://...); must be empty or absent")
@@ -596,15 +582,12 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    import tfrs_linear  # noqa: F401  (Keras 2 set-up before TensorFlow is imported)
-    from tfrs_linear.data import DataError
-
     try:
         meta = preprocess(args.input, args.output, format=args.format,
                           min_events=args.min_events, overwrite=args.overwrite,
                           num_shards=args.num_shards, compression=args.compression,
                           beam_args=beam_args)
-    except (PreprocessError, DataError) as e:
+    except (PreprocessError, data_lib.DataError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}: {meta['num_users']} users, {meta['num_items']} items, "

@@ -1,4 +1,4 @@
-"""Ranking metrics by ``shared/docs/protocol.md``: full ranking, pessimistic ties, HR/NDCG/MRR@K.
+"""Ranking metrics by ``docs/protocol.md``: full ranking, pessimistic ties, HR/NDCG/MRR@K.
 
 * :func:`ranks` — the rank of each target among the catalogue (TensorFlow ops, batched);
   rank = 1 + (#items scoring strictly higher) + (#other items scoring exactly equal),
@@ -19,9 +19,10 @@
 import numpy as np
 import tensorflow as tf
 
-PROTOCOLS = ("full", "pop100", "uniform100")
+# Also importable from here, as before. Indices below NUM_RESERVED ([PAD], [OOV]) are never ranked.
+from tfrs_linear.constants import NUM_RESERVED, PROTOCOLS
+
 KS = (5, 10, 20)
-NUM_RESERVED = 2  # 0 = [PAD], 1 = [OOV]: never ranked
 
 
 def _competitors(num_items, targets, exclude):
@@ -189,7 +190,7 @@ def _scores_fn(item_embeddings):
 
 def evaluate(encode_fn, item_embeddings, batches, protocol="full", exclude_history=False,
              popularity=None, num_negatives=100, seed=0, ks=KS):
-    """Ranks every user's target and averages the metrics (``shared/docs/protocol.md``).
+    """Ranks every user's target and averages the metrics (``docs/protocol.md``).
 
     Args:
       encode_fn: ``int32 inputs [B, max_len] -> user embeddings [B, d]`` (a model's

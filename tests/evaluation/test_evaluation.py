@@ -234,3 +234,9 @@ def test_evaluate_argument_errors():
         ev.evaluate(encode, items, [batch], protocol="pop100")
     with pytest.raises(ValueError, match="history"):
         ev.evaluate(encode, items, [batch], exclude_history=True)
+
+
+def test_protocols_and_reserved_ids_are_the_shared_constants():
+    from tfrs_linear import constants
+
+    assert ev.PROTOCOLS is constants.PROTOCOLS and ev.NUM_RESERVED == constants.NUM_RESERVED == 2

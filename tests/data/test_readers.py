@@ -1,0 +1,128 @@
+"""The interaction file readers of ``tfrs_linear.data.readers``: formats, the guess, errors with file:line."""
+
+import numpy as np
+import pytest
+
+import tfrs_linear  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is touched)
+from tfrs_linear import data
+from tfrs_linear.data import DataError
+from tests.data.common import as_lists, write
+
+
+RECBOLE = (
+    "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+    "196\t242\t3\t881250949\n"
+    "186\t302\t3\t891717742\n"
+)
+
+
+def test_recbole_reader(tmp_path):
+    path = write(tmp_path, "x.inter", RECBOLE)
+    inter = data.load_interactions(path)
+    assert inter.format == "recbole"
+    assert inter.source == str(path)
+    assert as_lists(inter) == (["196", "186"], ["242", "302"], [881250949.0, 891717742.0])
+    assert inter.timestamps.dtype == np.float64
+
+
+def test_recbole_reader_finds_columns_by_name(tmp_path):
+    text = "timestamp:float\trating:float\titem_id:token\tuser_id:token\n5\t1\tA\tu1\n"
+    inter = data.load_interactions(write(tmp_path, "y.inter", text))
+    assert as_lists(inter) == (["u1"], ["A"], [5.0])
+
+
+def test_movielens_reader(tmp_path):
+    path = write(tmp_path, "ratings.dat", "1::1193::5::978300760\r\n1::661::3::978302109\r\n")
+    inter = data.load_interactions(path)
+    assert inter.format == "movielens"
+    assert as_lists(inter) == (["1", "1"], ["1193", "661"], [978300760.0, 978302109.0])
+
+
+def test_udata_reader(tmp_path):
+    path = write(tmp_path, "u.data", "196\t242\t3\t881250949\n\n186\t302\t3\t891717742\n")
+    inter = data.load_interactions(path)
+    assert inter.format == "udata"
+    assert as_lists(inter) == (["196", "186"], ["242", "302"], [881250949.0, 891717742.0])
+
+
+def test_sasrec_reader_uses_line_order_as_time(tmp_path):
+    path = write(tmp_path, "seq.txt", "1 10\n1  11\n2\t10\n")
+    inter = data.load_interactions(path)
+    assert inter.format == "sasrec"
+    assert as_lists(inter) == (["1", "1", "2"], ["10", "11", "10"], [1.0, 2.0, 3.0])
+
+
+def test_csv_reader_accepts_common_column_names(tmp_path):
+    path = write(tmp_path, "log.csv", "ts,Item,user,extra\n7,i1,u1,x\n3,\"i,2\",u2,y\n")
+    inter = data.load_interactions(path)
+    assert inter.format == "csv"
+    assert as_lists(inter) == (["u1", "u2"], ["i1", "i,2"], [7.0, 3.0])
+    path = write(tmp_path, "other.csv", "user_id,item_id,timestamp\na,b,1.5\n")
+    assert as_lists(data.load_interactions(path)) == (["a"], ["b"], [1.5])
+
+
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("data.txt", "user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3\n", "recbole"),
+        ("data.txt", "1::2::3::4\n", "movielens"),
+        ("data.txt", "1\t2\t3\t4\n", "udata"),
+        ("data.txt", "user,item,time\n1,2,3\n", "csv"),
+        ("data.txt", "1 2\n", "sasrec"),
+    ],
+)
+def test_auto_format_from_first_line(tmp_path, name, text, expected):
+    assert data.load_interactions(write(tmp_path, name, text)).format == expected
+
+
+def test_explicit_format_overrides_the_name(tmp_path):
+    path = write(tmp_path, "weird.inter", "1 2\n3 4\n")
+    assert data.load_interactions(path, format="sasrec").items.tolist() == ["2", "4"]
+
+
+@pytest.mark.parametrize(
+    "name, fmt, text, line, words",
+    [
+        ("a.inter", "recbole", RECBOLE + "1\t2\t3\n", 4, "expected 4"),
+        ("a.inter", "recbole", RECBOLE + "1\t2\t3\tyesterday\n", 4, "not a number"),
+        ("a.inter", "recbole", RECBOLE + "\t2\t3\t4\n", 4, "empty user id"),
+        ("a.inter", "recbole", "user_id\titem_id\n1\t2\n", 1, "not a RecBole header"),
+        ("a.inter", "recbole", "user_id:token\trating:float\n1\t2\n", 1, "'item_id'"),
+        ("ratings.dat", "movielens", "1::2::3::4\n1::2::3\n", 2, "expected 4"),
+        ("ratings.dat", "movielens", "1::2::3::nan\n", 1, "not a finite"),
+        ("u.data", "udata", "1\t2\t3\t4\n\n1 2 3 4\n", 3, "expected 4"),
+        ("u.data", "udata", "1\t\t3\t4\n", 1, "empty item id"),
+        ("seq.txt", "sasrec", "1 2\n1 2 3\n", 2, "expected 2"),
+        ("log.csv", "csv", "user,item,timestamp\n1,2,3\n1,2\n", 3, "expected 3"),
+        ("log.csv", "csv", "user,item,timestamp\n1,,3\n", 2, "empty item id"),
+        ("log.csv", "csv", "user,item,timestamp\n1,2,2024-01-01\n", 2, "not a number"),
+        ("log.csv", "csv", "user,product,timestamp\n1,2,3\n", 1, "no item column"),
+    ],
+)
+def test_bad_line_names_file_and_line(tmp_path, name, fmt, text, line, words):
+    path = write(tmp_path, name, text)
+    for format in (fmt, "auto"):
+        with pytest.raises(DataError) as info:
+            data.load_interactions(path, format=format)
+        message = str(info.value)
+        assert str(path) in message
+        assert f"line {line}:" in message
+        assert words in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_file_level_errors(tmp_path):
+    missing = tmp_path / "nope.inter"
+    with pytest.raises(DataError, match="nope.inter: file not found"):
+        data.load_interactions(missing)
+    with pytest.raises(DataError, match="unknown format 'parquet'"):
+        data.load_interactions(write(tmp_path, "a.txt", "1 2\n"), format="parquet")
+    with pytest.raises(DataError, match="empty file"):
+        data.load_interactions(write(tmp_path, "empty.txt", "\n\n"))
+    with pytest.raises(DataError, match="no interactions"):
+        data.load_interactions(write(tmp_path, "h.inter", "user_id:token\titem_id:token\ttimestamp:float\n"))
+    with pytest.raises(DataError, match="cannot guess the format"):
+        data.load_interactions(write(tmp_path, "odd.txt", "a b c\n"))
+    (tmp_path / "bad.txt").write_bytes(b"1 2\n1 \xff\n")
+    with pytest.raises(DataError, match=r"bad.txt: line 2: not valid UTF-8"):
+        data.load_interactions(tmp_path / "bad.txt")

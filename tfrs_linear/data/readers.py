@@ -1,0 +1,405 @@
+"""Interaction files: the formats, the format guess, and errors that name the file and line.
+
+:func:`load_interactions` reads one interaction file into :class:`Interactions`
+(parallel arrays of raw user ids, raw item ids and timestamps, in file order). Formats:
+
+``recbole``
+    RecBole atomic ``.inter``: tab-separated, a header of ``name:type`` fields (for
+    example ``user_id:token item_id:token rating:float timestamp:float``); the columns
+    are found by the name before the colon (``user_id``, ``item_id``, ``timestamp``).
+``movielens``
+    MovieLens ``ratings.dat`` (ML-1M, ML-10M): ``user::item::rating::timestamp``.
+``udata``
+    MovieLens-100K ``u.data``: tab-separated ``user item rating timestamp``, no header.
+``sasrec``
+    SASRec's text format: ``user item`` per line, whitespace-separated, already in time
+    order; the timestamp of an event is its 1-based line number.
+``csv``
+    Comma-separated with a header naming the columns (case-insensitive): the user is
+    ``user_id``/``user``/``userid``/``uid``, the item ``item_id``/``item``/``itemid``/
+    ``iid``/``movie_id``/``movieid``, the time ``timestamp``/``time``/``ts``.
+``auto``
+    Guessed from the file name (``*.inter``, ``*.csv``, ``u.data``, ``*.dat``), else from
+    the first line (:func:`guess_format`).
+``preprocessed``
+    Not a file: the output directory of ``pipelines/preprocess.py``, read by
+    :func:`tfrs_linear.data.load_preprocessed` (``tfrs_linear.data.preprocessed``);
+    :func:`tfrs_linear.data.load_dataset` also picks it with ``auto`` for a directory
+    holding ``metadata.json``.
+
+:func:`parse_interactions` parses the content of one file (bytes read elsewhere, as
+the Beam pipeline does) with the same rules and errors, and returns line numbers too.
+
+Files are UTF-8 (a leading byte-order mark is ignored; ``\\r\\n`` line ends are fine).
+Blank lines are skipped; every other line must be a complete, valid record: a wrong
+number of fields, an empty id or a timestamp that is not a finite number raises
+:class:`DataError` naming the file and the 1-based line number (:func:`line_error`).
+Nothing is silently dropped or truncated. Timestamps must be numbers (for example Unix
+seconds).
+"""
+
+import csv
+import dataclasses
+import io
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+PREPROCESSED = "preprocessed"
+# The interaction file formats (what parse_interactions reads).
+FILE_FORMATS = ("recbole", "movielens", "udata", "sasrec", "csv")
+FORMATS = ("auto",) + FILE_FORMATS + (PREPROCESSED,)
+
+_CSV_COLUMNS = {
+    "user": ("user_id", "user", "userid", "uid"),
+    "item": ("item_id", "item", "itemid", "iid", "movie_id", "movieid"),
+    "timestamp": ("timestamp", "time", "ts"),
+}
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file (and line) and what is wrong."""
+
+
+@dataclasses.dataclass
+class Interactions:
+    """Raw interactions in file order: parallel arrays, one entry per event.
+
+    Attributes:
+      users: raw user ids (NumPy unicode array).
+      items: raw item ids (NumPy unicode array; always strings, e.g. ``"242"``).
+      timestamps: float64 timestamps.
+      source: where the events came from (a path, or a description).
+      format: the format they were read with.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    timestamps: np.ndarray
+    source: str = ""
+    format: str = ""
+
+    def __post_init__(self):
+        self.users = _as_str_array(self.users)
+        self.items = _as_str_array(self.items)
+        self.timestamps = np.asarray(self.timestamps, dtype=np.float64).reshape(-1)
+        n = len(self.users)
+        if len(self.items) != n or len(self.timestamps) != n:
+            raise DataError(
+                f"{self.source or 'interactions'}: users, items and timestamps must have the "
+                f"same length, got {n}, {len(self.items)} and {len(self.timestamps)}"
+            )
+
+    def __len__(self):
+        return len(self.users)
+
+
+def _as_str_array(values):
+    values = np.asarray(values)
+    if values.dtype.kind != "U":
+        values = np.asarray([str(v) for v in values.reshape(-1)], dtype=str)
+    return values.reshape(-1)
+
+
+def line_error(path, lineno, message):
+    """The :class:`DataError` ``"PATH: line N: message"`` (``"PATH: message"`` if ``lineno`` is None).
+
+    Returned, not raised, so that callers write ``raise line_error(...)``.
+
+    Args:
+      path: the file (a path or a name), as the user gave it.
+      lineno: the 1-based line number, or None for the whole file.
+      message: what is wrong (and, where possible, the fix).
+    """
+    where = f"{path}: line {lineno}" if lineno is not None else f"{path}"
+    return DataError(f"{where}: {message}")
+
+
+def read_text(path):
+    """The text of a local file (:func:`decode_text`); a missing or unreadable file is a :class:`DataError`.
+
+    Args:
+      path: a :class:`pathlib.Path`.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file: {e.strerror or e}") from None
+    return decode_text(path, raw)
+
+
+def decode_text(path, raw):
+    """Decodes a file's bytes as UTF-8 without a leading byte-order mark.
+
+    Args:
+      path: the file, named in the error.
+      raw: its bytes (or text, whose byte-order mark is dropped).
+
+    Raises:
+      DataError: invalid UTF-8, naming the line of the first bad byte.
+    """
+    if isinstance(raw, str):
+        return raw[1:] if raw.startswith("\ufeff") else raw
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise line_error(path, line, f"not valid UTF-8 (byte {e.start} of the file)") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text
+
+
+def _lines(text):
+    """(1-based line number, line without its end) for every non-blank line."""
+    for lineno, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
+        if line.strip():
+            yield lineno, line
+
+
+def _timestamp(path, lineno, value):
+    try:
+        t = float(value)
+    except ValueError:
+        raise line_error(path, lineno, f"timestamp {value!r} is not a number") from None
+    if not math.isfinite(t):
+        raise line_error(path, lineno, f"timestamp {value!r} is not a finite number")
+    return t
+
+
+def _record(path, lineno, user, item, ts, out):
+    user = user.strip()
+    item = item.strip()
+    if not user:
+        raise line_error(path, lineno, "empty user id")
+    if not item:
+        raise line_error(path, lineno, "empty item id")
+    out[0].append(user)
+    out[1].append(item)
+    out[2].append(ts if isinstance(ts, float) else _timestamp(path, lineno, ts.strip()))
+    out[3].append(lineno)
+
+
+def _read_delimited(path, text, sep, expected, describe, positions):
+    out = ([], [], [], [])  # users, items, timestamps, line numbers
+    u, i, t = positions
+    for lineno, line in _lines(text):
+        fields = line.split(sep)
+        if len(fields) != expected:
+            raise line_error(
+                path, lineno,
+                f"expected {expected} fields ({describe}), got {len(fields)}: {line[:80]!r}",
+            )
+        _record(path, lineno, fields[u], fields[i], fields[t], out)
+    return out
+
+
+def _read_recbole(path, text):
+    lines = _lines(text)
+    try:
+        header_line, header = next(lines)
+    except StopIteration:
+        raise DataError(f"{path}: empty file (expected a RecBole header)") from None
+    fields = header.split("\t")
+    names = []
+    for f in fields:
+        if ":" not in f:
+            raise line_error(
+                path, header_line,
+                f"not a RecBole header: field {f!r} is not 'name:type' "
+                "(expected e.g. 'user_id:token<TAB>item_id:token<TAB>timestamp:float')",
+            )
+        names.append(f.split(":", 1)[0].strip())
+    cols = []
+    for name in ("user_id", "item_id", "timestamp"):
+        if name not in names:
+            raise line_error(path, header_line, f"the header has no {name!r} column (columns: {names})")
+        cols.append(names.index(name))
+    out = ([], [], [], [])  # users, items, timestamps, line numbers
+    u, i, t = cols
+    for lineno, line in lines:
+        parts = line.split("\t")
+        if len(parts) != len(names):
+            raise line_error(
+                path, lineno,
+                f"expected {len(names)} tab-separated fields as in the header, got "
+                f"{len(parts)}: {line[:80]!r}",
+            )
+        _record(path, lineno, parts[u], parts[i], parts[t], out)
+    return out
+
+
+def _read_sasrec(path, text):
+    out = ([], [], [], [])  # users, items, timestamps, line numbers
+    for lineno, line in _lines(text):
+        parts = line.split()
+        if len(parts) != 2:
+            raise line_error(
+                path, lineno,
+                f"expected 2 whitespace-separated fields (user item), got {len(parts)}: "
+                f"{line[:80]!r}",
+            )
+        _record(path, lineno, parts[0], parts[1], float(lineno), out)
+    return out
+
+
+def _csv_column(names, role, path, lineno):
+    for candidate in _CSV_COLUMNS[role]:
+        if candidate in names:
+            return names.index(candidate)
+    raise line_error(
+        path, lineno,
+        f"the CSV header has no {role} column (one of {list(_CSV_COLUMNS[role])}); "
+        f"columns: {names}",
+    )
+
+
+def _read_csv(path, text):
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = None
+    out = ([], [], [], [])  # users, items, timestamps, line numbers
+    try:
+        for row in reader:
+            lineno = reader.line_num
+            if not row or not any(c.strip() for c in row):
+                continue
+            if header is None:
+                header = [c.strip().split(":", 1)[0].lower() for c in row]
+                cols = [_csv_column(header, r, path, lineno) for r in ("user", "item", "timestamp")]
+                continue
+            if len(row) != len(header):
+                raise line_error(
+                    path, lineno,
+                    f"expected {len(header)} comma-separated fields as in the header, got "
+                    f"{len(row)}: {','.join(row)[:80]!r}",
+                )
+            _record(path, lineno, row[cols[0]], row[cols[1]], row[cols[2]], out)
+    except csv.Error as e:
+        raise line_error(path, reader.line_num, f"malformed CSV: {e}") from None
+    if header is None:
+        raise DataError(f"{path}: empty file (expected a CSV header)")
+    return out
+
+
+def _is_number(s):
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def guess_format(path, first_line=None):
+    """The format ``auto`` picks for ``path`` (from its name, else its first line)."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(".inter"):
+        return "recbole"
+    if name.endswith(".csv"):
+        return "csv"
+    if re.fullmatch(r"u\d?\.(data|base|test)|ua\.(base|test)|ub\.(base|test)", name):
+        return "udata"
+    if name.endswith(".dat"):
+        return "movielens"
+    if first_line is None:
+        text = read_text(path)
+        first_line = next((line for _, line in _lines(text)), "")
+    line = first_line
+    tabbed = line.split("\t")
+    if "::" in line:
+        return "movielens"
+    if len(tabbed) > 1 and all(":" in f for f in tabbed):
+        return "recbole"
+    if len(tabbed) == 4 and all(_is_number(f) for f in tabbed[2:]):
+        return "udata"
+    if "," in line:
+        return "csv"
+    if len(line.split()) == 2:
+        return "sasrec"
+    raise DataError(
+        f"{path}: cannot guess the format from the name or the first line {line[:80]!r}; "
+        f"pass format= one of {FILE_FORMATS}"
+    )
+
+
+def load_interactions(path, format="auto"):
+    """Reads an interaction file into :class:`Interactions` (events in file order).
+
+    Args:
+      path: the file.
+      format: one of :data:`FORMATS` (see the module docstring); ``"auto"`` guesses.
+
+    Raises:
+      DataError: missing file, unknown format, or a bad line (the message names the file
+        and the 1-based line number).
+    """
+    path = Path(path)
+    if format not in FORMATS:
+        raise DataError(f"{path}: unknown format {format!r}; expected one of {FORMATS}")
+    if format == PREPROCESSED:
+        raise DataError(
+            f"{path}: a {PREPROCESSED!r} directory holds sequences, not interactions; "
+            "read it with load_dataset(path) or load_preprocessed(path)"
+        )
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected an interaction file")
+    return _parse(path, read_text(path), format)[0]
+
+
+def parse_interactions(content, source, format="auto"):
+    """Parses the content of ONE interaction file, exactly as :func:`load_interactions`.
+
+    For readers that fetch the bytes themselves (``pipelines/preprocess.py`` reads them
+    through Beam's file systems, one whole file per worker). Errors are the same
+    :class:`DataError` s, naming ``source`` and the 1-based line.
+
+    Args:
+      content: the file's bytes (decoded as UTF-8, a leading byte-order mark ignored)
+        or its text.
+      source: the file's name, used in error messages, in ``Interactions.source`` and, for
+        ``format="auto"``, to guess the format (as :func:`guess_format`).
+      format: one of :data:`FORMATS` except ``"preprocessed"``.
+
+    Returns:
+      ``(interactions, lines)``: :class:`Interactions` in file order and ``np.int64``
+      1-based line numbers of its events (the last line of a multi-line CSV record).
+    """
+    if format != "auto" and format not in FILE_FORMATS:
+        raise DataError(
+            f"{source}: unknown format {format!r}; expected one of {('auto',) + FILE_FORMATS}"
+        )
+    return _parse(source, decode_text(source, content), format)
+
+
+def _parse(path, text, format):
+    if format == "auto":
+        first = next((line for _, line in _lines(text)), None)
+        if first is None:
+            raise DataError(f"{path}: empty file, no interactions")
+        format = guess_format(path, first)
+    if format == "recbole":
+        out = _read_recbole(path, text)
+    elif format == "movielens":
+        out = _read_delimited(path, text, "::", 4, "user::item::rating::timestamp", (0, 1, 3))
+    elif format == "udata":
+        out = _read_delimited(path, text, "\t", 4, "tab-separated user item rating timestamp", (0, 1, 3))
+    elif format == "sasrec":
+        out = _read_sasrec(path, text)
+    else:
+        out = _read_csv(path, text)
+    if not out[0]:
+        raise DataError(f"{path}: no interactions in the file ({format} format)")
+    interactions = Interactions(
+        users=np.asarray(out[0], dtype=str),
+        items=np.asarray(out[1], dtype=str),
+        timestamps=np.asarray(out[2], dtype=np.float64),
+        source=str(path),
+        format=format,
+    )
+    return interactions, np.asarray(out[3], dtype=np.int64)
+
