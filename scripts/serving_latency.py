@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from tfrs_linear import serving
 from tfrs_linear.config import ModelConfig
+from tfrs_linear.constants import NUM_RESERVED, OOV, PAD
 from tfrs_linear.models import SequentialRetrievalModel
 
 
@@ -40,7 +41,7 @@ ALL_POSITIONS = "/all-positions"
 def build_export(name, max_len, items, root):
     attention = name.split("/")[0]
     config = ModelConfig(attention=attention, max_len=max_len)
-    vocab = ["[PAD]", "[OOV]"] + [str(i) for i in range(1, items + 1)]
+    vocab = [PAD, OOV] + [str(i) for i in range(1, items + 1)]
     model = SequentialRetrievalModel(config, len(vocab)).build_all()
     if name.endswith(ALL_POSITIONS):
         model.encode = functools.partial(SequentialRetrievalModel.encode, model, last_only=False)
@@ -86,7 +87,8 @@ def main(argv=None):
                 export_dir, vocab = build_export(attention, max_len, args.items, root)
                 sessions[attention] = Session(export_dir)
             for batch_size in batches:
-                batch = rng.choice(np.array(vocab[2:], dtype=object), size=(batch_size, max_len))
+                catalogue = np.array(vocab[NUM_RESERVED:], dtype=object)
+                batch = rng.choice(catalogue, size=(batch_size, max_len))
                 batch = batch.astype(bytes)
                 times = {a: [] for a in attentions}
                 for s in sessions.values():  # warm-up

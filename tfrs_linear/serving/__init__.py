@@ -1,0 +1,102 @@
+"""TF Serving deployment: versioned SavedModel export, a TF1-style check, a client.
+
+One module per concept:
+
+* ``wire``: what export, check and client agree on: the signature and file names, how
+  rows of raw ids become request tensors and a ``PredictRequest``, :class:`ServingError`.
+* ``signatures``: the SavedModel's three signatures (``serving_default``, ``encode``,
+  ``serving_tf_example``), built by :class:`ServingSignatures`.
+* ``warmup``: the ``PredictionLog`` warmup records written into every export.
+* ``export``: the versioned export (``tfrs-linear export``): versions, atomic rename,
+  ``models.config``, the export info ``tfrs_linear.json``.
+* ``check``: ``tfrs-linear check-serving``: load as TF Serving does → scan ops → replay
+  the warmup → compare with the Python model.
+* ``client``: :class:`Client`, REST or gRPC calls to a running TF Serving.
+
+Every name is importable from ``tfrs_linear.serving`` (the CLI finds
+``add_export_arguments``/``run_export`` and ``add_check_serving_arguments``/
+``run_check_serving`` here).
+"""
+
+from tfrs_linear.constants import NUM_RESERVED, OOV_INDEX, PAD_INDEX
+from tfrs_linear.serving.check import (
+    PYTHON_OPS,
+    add_check_serving_arguments,
+    check_serving,
+    reference_outputs,
+    run_check_serving,
+    scan_graph,
+)
+from tfrs_linear.serving.client import Client
+from tfrs_linear.serving.export import (
+    CONTAINER_MODELS_ROOT,
+    MODELS_CONFIG,
+    TMP_PREFIX,
+    add_export_arguments,
+    export_model,
+    export_model_dir,
+    models_config_text,
+    next_version,
+    numeric_versions,
+    run_export,
+    write_models_config,
+)
+from tfrs_linear.serving.signatures import ServingSignatures, checked_rank
+from tfrs_linear.serving.warmup import (
+    UNKNOWN_WARMUP_ID,
+    read_warmup,
+    warmup_requests,
+    write_warmup,
+)
+from tfrs_linear.serving.wire import (
+    EXPORT_INFO_FILE,
+    SIGNATURES,
+    TOPK_OUTPUTS,
+    WARMUP_FILE,
+    ServingError,
+    decode_strings,
+    pad_rows,
+    predict_request,
+    serialize_examples,
+    string_matrix,
+)
+
+__all__ = [
+    "CONTAINER_MODELS_ROOT",
+    "EXPORT_INFO_FILE",
+    "MODELS_CONFIG",
+    "NUM_RESERVED",
+    "OOV_INDEX",
+    "PAD_INDEX",
+    "PYTHON_OPS",
+    "SIGNATURES",
+    "TMP_PREFIX",
+    "TOPK_OUTPUTS",
+    "UNKNOWN_WARMUP_ID",
+    "WARMUP_FILE",
+    "Client",
+    "ServingError",
+    "ServingSignatures",
+    "add_check_serving_arguments",
+    "add_export_arguments",
+    "check_serving",
+    "checked_rank",
+    "decode_strings",
+    "export_model",
+    "export_model_dir",
+    "models_config_text",
+    "next_version",
+    "numeric_versions",
+    "pad_rows",
+    "predict_request",
+    "read_warmup",
+    "reference_outputs",
+    "run_check_serving",
+    "run_export",
+    "scan_graph",
+    "serialize_examples",
+    "string_matrix",
+    "warmup_requests",
+    "write_models_config",
+    "write_warmup",
+]

@@ -1,0 +1,228 @@
+"""The SavedModel's signatures: raw item ids in, exact top-k raw ids and scores out.
+
+* ``serving_default``: ``item_ids`` string ``[batch, length]`` (raw ids, oldest first,
+  right-padded with ``""``; any length, the newest ``max_len`` are used; unknown ids
+  and the reserved ``[PAD]``/``[OOV]`` tokens map to the OOV index) →
+  ``item_ids`` string ``[batch, k]`` and ``scores`` float32 ``[batch, k]``: exact
+  brute-force top-k over the catalogue (indices 2..V-1; padding and OOV are never
+  returned). With ``exclude_history`` every item of the request's history (all of it,
+  not only the newest ``max_len``) scores ``-inf``; they only appear at the tail when
+  ``k`` exceeds the catalogue minus the history.
+* ``encode``: ``item_ids`` as above → ``user_embedding`` float32 ``[batch, d]``.
+* ``serving_tf_example``: ``examples`` string ``[batch]`` of serialized ``tf.Example``
+  with a bytes feature ``item_ids`` (variable length) → the outputs of
+  ``serving_default``.
+
+Plain TF ops only: no ``jit_compile`` (stock TF Serving runs without XLA), no
+``py_function``. A wrong input dtype is rejected by the signature itself ("expected to
+be a string tensor"); a wrong rank fails a run-time check whose message names the
+signature, the input and the expected shape (TF Serving does not check ranks against
+the TensorSpec).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from tfrs_linear.constants import NUM_RESERVED, OOV_INDEX
+
+_IDS_WHAT = ("a string matrix [batch, length] of raw item ids, oldest first, right-padded "
+             "with empty strings")
+_EXAMPLES_WHAT = "a string vector [batch] of serialized tf.Example with a bytes feature item_ids"
+
+
+def checked_rank(tensor, rank, signature, name, what):
+    """``tensor`` after a run-time rank check with a readable message.
+
+    The signature's TensorSpec fixes the static rank, so TF Serving (and a loaded
+    signature) feed a wrong-rank tensor unchecked and a later op fails cryptically. The
+    rank is counted from the run-time shape values (``Shape >= -1`` summed), which graph
+    optimizations cannot fold away the way they fold ``tf.rank``.
+
+    Args:
+      tensor: the signature's input.
+      rank: the rank it must have.
+      signature: the signature's name, for the message.
+      name: the input's name, for the message.
+      what: what the input must be, for the message.
+    """
+    actual = tf.reduce_sum(tf.cast(tf.greater_equal(tf.shape(tensor), -1), tf.int32))
+    check = tf.debugging.Assert(
+        tf.equal(actual, rank),
+        # No quotes: the Assert op's message escapes them.
+        [f"{signature}: input {name} must be {what} (rank {rank}); got a tensor of shape",
+         tf.shape(tensor)],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(tensor)
+
+
+def _vocabulary_tables(vocab_asset):
+    """(raw id → index, default OOV; index → raw id, default "") from the asset file."""
+    index_table = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(
+            vocab_asset,
+            key_dtype=tf.string,
+            key_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+            value_dtype=tf.int64,
+            value_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+        ),
+        default_value=OOV_INDEX,
+        name="item_index",
+    )
+    id_table = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(
+            vocab_asset,
+            key_dtype=tf.int64,
+            key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+            value_dtype=tf.string,
+            value_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+        ),
+        default_value="",
+        name="item_id",
+    )
+    return index_table, id_table
+
+
+class ServingSignatures:
+    """Builds the ``tf.Module`` that an export saves, and its three signatures.
+
+    The module holds the model's variables, the vocabulary asset and two lookup tables
+    built from it (raw id ↔ index). Its signature functions are ``tf.function`` s of
+    this object's methods :meth:`serving_default`, :meth:`encode` and
+    :meth:`serving_tf_example`, which share the steps :meth:`prepare` (raw ids → the
+    model's left-padded indices and the history mask), :meth:`encode_raw` and
+    :meth:`top_k`. The Keras model is only used by those methods when they are traced,
+    never tracked by the module, so the SavedModel holds plain variables and functions
+    (no Keras metadata). The functions are never compiled with XLA (no ``jit_compile``):
+    stock TF Serving runs without it.
+
+    Args:
+      model: a built ``SequentialRetrievalModel``.
+      vocab_path: the vocabulary file (line ``i`` holds the raw id of index ``i``); it
+        becomes the SavedModel's asset ``assets/vocab.txt``.
+      k: recommendations per request, capped at the catalogue size (``>= 1``).
+      exclude_history: whether the items of a request's history score ``-inf``.
+
+    Attributes:
+      module: the ``tf.Module`` to save.
+      k: the effective ``k`` (``min(k, catalogue size)``).
+      max_len, d_model: from the model's configuration.
+      vocab_size: the model's vocabulary size (reserved ids included).
+      exclude_history: as given, a bool.
+
+    Raises:
+      ValueError: the vocabulary has no catalogue item, or ``k < 1``.
+    """
+
+    def __init__(self, model, vocab_path, k, exclude_history):
+        vocab_size = int(model.vocab_size)
+        catalogue = vocab_size - NUM_RESERVED
+        if catalogue < 1:
+            raise ValueError("the vocabulary has no catalogue items (indices 2..V-1)")
+        if int(k) < 1:
+            raise ValueError(f"--k must be >= 1, got {k}")
+        self.k = min(int(k), catalogue)
+        # The export's only reads of the model configuration.
+        self.max_len = int(model.config.max_len)
+        self.d_model = int(model.config.d_model)
+        self.vocab_size = vocab_size
+        self.exclude_history = bool(exclude_history)
+        self._model = model
+
+        module = tf.Module(name="tfrs_linear_serving")
+        module.model_variables = list(model.variables)
+        module.vocab_asset = tf.saved_model.Asset(str(vocab_path))
+        module.index_table, module.id_table = _vocabulary_tables(module.vocab_asset)
+        ids_spec = [tf.TensorSpec([None, None], tf.string, name="item_ids")]
+        examples_spec = [tf.TensorSpec([None], tf.string, name="examples")]
+        module.serving_default = tf.function(self.serving_default, input_signature=ids_spec)
+        module.encode = tf.function(self.encode, input_signature=ids_spec)
+        module.serving_tf_example = tf.function(self.serving_tf_example,
+                                                input_signature=examples_spec)
+        self.module = module
+
+    def signatures(self):
+        """``{name: concrete function}`` for ``tf.saved_model.save(signatures=...)``."""
+        m = self.module
+        return {
+            "serving_default": m.serving_default.get_concrete_function(),
+            "encode": m.encode.get_concrete_function(),
+            "serving_tf_example": m.serving_tf_example.get_concrete_function(),
+        }
+
+    # -- the signatures --------------------------------------------------------------
+
+    def serving_default(self, item_ids):
+        """Raw ids ``[B, L]`` → ``{"item_ids": [B, k], "scores": [B, k]}``."""
+        item_ids = checked_rank(item_ids, 2, "serving_default", "item_ids", _IDS_WHAT)
+        return self.top_k(item_ids)
+
+    def encode(self, item_ids):
+        """Raw ids ``[B, L]`` → ``{"user_embedding": [B, d]}``."""
+        item_ids = checked_rank(item_ids, 2, "encode", "item_ids", _IDS_WHAT)
+        user, _ = self.encode_raw(item_ids)
+        return {"user_embedding": user}
+
+    def serving_tf_example(self, examples):
+        """Serialized ``tf.Example`` s ``[B]`` → the outputs of :meth:`serving_default`."""
+        examples = checked_rank(examples, 1, "serving_tf_example", "examples", _EXAMPLES_WHAT)
+        parsed = tf.io.parse_example(
+            examples, {"item_ids": tf.io.RaggedFeature(tf.string)}
+        )
+        item_ids = parsed["item_ids"].to_tensor(default_value="")
+        item_ids = tf.reshape(item_ids, [tf.shape(examples)[0], -1])
+        return self.top_k(item_ids)
+
+    # -- the shared steps ------------------------------------------------------------
+
+    def prepare(self, item_ids):
+        """Raw ids [B, L] → (left-padded indices [B, max_len] int32, history mask [B, V]).
+
+        The mask is ``None`` without ``exclude_history``. Empty strings are padding;
+        unknown ids and the reserved tokens become the OOV index.
+        """
+        max_len = self.max_len
+        valid = tf.not_equal(item_ids, "")
+        ids = tf.maximum(self.module.index_table.lookup(item_ids), OOV_INDEX)  # reserved → OOV
+        valid_i = tf.cast(valid, tf.int64)
+        count = tf.reduce_sum(valid_i, axis=1, keepdims=True)
+        from_end = count - tf.cumsum(valid_i, axis=1)  # 0 = the newest real item
+        keep = tf.logical_and(valid, from_end < max_len)
+        kept = tf.where(keep)  # [n, 2]: (row, position)
+        cols = (max_len - 1) - tf.gather_nd(from_end, kept)
+        batch = tf.shape(item_ids, out_type=tf.int64)[0]
+        padded = tf.scatter_nd(
+            tf.stack([kept[:, 0], cols], axis=1),
+            tf.cast(tf.gather_nd(ids, kept), tf.int32),
+            tf.stack([batch, tf.constant(max_len, tf.int64)]),
+        )
+        padded = tf.reshape(padded, [-1, max_len])
+        history = None
+        if self.exclude_history:
+            seen = tf.where(valid)
+            hits = tf.scatter_nd(
+                tf.stack([seen[:, 0], tf.gather_nd(ids, seen)], axis=1),
+                tf.ones(tf.shape(seen)[:1], tf.float32),
+                tf.stack([batch, tf.constant(self.vocab_size, tf.int64)]),
+            )
+            history = hits > 0.0
+        return padded, history
+
+    def encode_raw(self, item_ids):
+        """Raw ids [B, L] → (user embeddings [B, d] float32, history mask or ``None``)."""
+        padded, history = self.prepare(item_ids)
+        user = tf.cast(self._model.encode(padded, training=False), tf.float32)
+        return user, history
+
+    def top_k(self, item_ids):
+        """Raw ids [B, L] → exact top-k raw ids and scores over the catalogue."""
+        user, history = self.encode_raw(item_ids)
+        items = tf.cast(self._model.item_embeddings(), tf.float32)
+        scores = tf.matmul(user, items, transpose_b=True)[:, NUM_RESERVED:]
+        if history is not None:
+            scores = tf.where(
+                history[:, NUM_RESERVED:], tf.constant(-np.inf, tf.float32), scores
+            )
+        values, indices = tf.math.top_k(scores, k=self.k, sorted=True)
+        ids = self.module.id_table.lookup(tf.cast(indices, tf.int64) + NUM_RESERVED)
+        return {"item_ids": ids, "scores": values}
