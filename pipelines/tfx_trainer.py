@@ -15,7 +15,7 @@ over its TFRecord shards, or by passing the directory)::
         eval_args=trainer_pb2.EvalArgs(num_steps=0),       # not used (full ranking)
         custom_config={
             "preprocessed_dir": "/data/prep",  # vocab.txt + metadata.json, if not found
-            "attention": "linrec",             # any ModelConfig field
+            "attention": "linrec",             # any configuration key
             "epochs": 3,
         },
     )
@@ -43,9 +43,10 @@ over its TFRecord shards, or by passing the directory)::
 * ``train_steps`` (optional): a cap on the total training steps, spread over the epochs
   (``ceil(train_steps / epochs)`` batches per epoch at most).
 * ``eval_steps``: ignored; validation and test are full-ranking over every user.
-* ``custom_config`` (optional dict): ``ModelConfig`` fields (``attention``, ``epochs``,
-  ``max_len``, ``xla``, ...) over the defaults or over ``"config_file"`` (a JSON of
-  ``models/``); plus ``"k"`` (top-k of the export, default 100), ``"model_name"``
+* ``custom_config`` (optional dict): configuration keys, the flat ones of
+  ``tfrs_linear.config`` (``ModelConfig`` and ``TrainConfig`` fields: ``attention``,
+  ``epochs``, ``max_len``, ``xla``, ...) over the defaults or over ``"config_file"`` (a
+  JSON of ``models/``); plus ``"k"`` (top-k of the export, default 100), ``"model_name"``
   (recorded in the warmup requests, default ``"tfrs_linear"``), ``"strategy"``
   (``"default"`` or ``"mirrored"``) and ``"preprocessed_dir"``.
 """
@@ -56,6 +57,24 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
+
+from tfrs_linear.keras2 import require_keras2
+
+require_keras2()  # first: tf-keras behind tf.keras before TFRS is imported
+
+import tensorflow as tf  # noqa: E402
+
+from tfrs_linear import data as data_lib  # noqa: E402
+from tfrs_linear import serving  # noqa: E402
+from tfrs_linear.config import (  # noqa: E402
+    ModelConfig,
+    TrainConfig,
+    config_from_dict,
+    load_config,
+    to_flat_dict,
+)
+from tfrs_linear.models import load_model_dir  # noqa: E402
+from tfrs_linear.training import train  # noqa: E402
 
 _EXTRA_KEYS = ("config_file", "k", "model_name", "strategy", "preprocessed_dir")
 
@@ -73,10 +92,6 @@ def _patterns(value):
 
 def resolve_data(fn_args, preprocessed_dir=None):
     """The :class:`~tfrs_linear.data.SequenceData` named by ``fn_args`` (module docstring)."""
-    import tensorflow as tf
-
-    from tfrs_linear import data as data_lib
-
     patterns = _patterns(_field(fn_args, "train_files")) + _patterns(_field(fn_args, "eval_files"))
     directory = None
     for candidate in (_field(fn_args, "transform_output"), preprocessed_dir):
@@ -116,8 +131,6 @@ def resolve_data(fn_args, preprocessed_dir=None):
 
 
 def _copy_tree(src, dst):
-    import tensorflow as tf
-
     for root, _, names in os.walk(src):
         rel = os.path.relpath(root, src)
         target = dst if rel == "." else dst.rstrip("/") + "/" + rel.replace(os.sep, "/")
@@ -133,10 +146,7 @@ def export_to(model_run_dir, serving_model_dir, k=100, model_name="tfrs_linear")
     here ``BASE`` is a scratch folder beside ``serving_model_dir``, and the finished version
     folder is renamed to ``serving_model_dir`` (any previous content is replaced).
     """
-    from tfrs_linear import serving
-    from tfrs_linear.models import load_model_dir
-
-    model, _, vocab = load_model_dir(model_run_dir)
+    model, train_config, vocab = load_model_dir(model_run_dir)
     target = str(serving_model_dir)
     remote = "://" in target
     parent = tempfile.gettempdir() if remote else os.path.dirname(os.path.abspath(target))
@@ -144,6 +154,7 @@ def export_to(model_run_dir, serving_model_dir, k=100, model_name="tfrs_linear")
     scratch = Path(tempfile.mkdtemp(prefix=".tfrs-linear-export-", dir=parent))
     try:
         version = serving.export_model(model, vocab, scratch / model_name, k=k,
+                                       exclude_history=train_config.exclude_history,
                                        model_dir=model_run_dir)
         if remote:
             _copy_tree(str(version), target)
@@ -169,14 +180,14 @@ def run_fn(fn_args):
 
     Returns ``{"metrics": ..., "serving_model_dir": ...}`` (TFX ignores it).
     """
-    import tfrs_linear  # noqa: F401  (Keras 2 set-up before tf.keras is touched)
-    from tfrs_linear import training
-    from tfrs_linear.config import ModelConfig
-
     custom = dict(_field(fn_args, "custom_config", {}) or {})
     extras = {key: custom.pop(key) for key in _EXTRA_KEYS if key in custom}
-    base = ModelConfig.load(extras["config_file"]) if "config_file" in extras else ModelConfig()
-    config = ModelConfig.from_dict({**base.to_dict(), **custom}, source="custom_config")
+    if "config_file" in extras:
+        base = load_config(extras["config_file"])
+    else:
+        base = (ModelConfig(), TrainConfig())
+    model_config, train_config = config_from_dict({**to_flat_dict(*base), **custom},
+                                                  source="custom_config")
 
     run_dir = _field(fn_args, "model_run_dir")
     serving_dir = _field(fn_args, "serving_model_dir")
@@ -187,9 +198,9 @@ def run_fn(fn_args):
     steps_per_epoch = None
     train_steps = _field(fn_args, "train_steps")
     if train_steps:
-        steps_per_epoch = max(1, math.ceil(int(train_steps) / config.epochs))
-    metrics = training.train(config, data, run_dir, strategy=extras.get("strategy", "default"),
-                             steps_per_epoch=steps_per_epoch)
+        steps_per_epoch = max(1, math.ceil(int(train_steps) / train_config.epochs))
+    metrics = train(model_config, train_config, data, run_dir,
+                    strategy=extras.get("strategy", "default"), steps_per_epoch=steps_per_epoch)
     exported = export_to(run_dir, serving_dir, k=int(extras.get("k", 100)),
                          model_name=str(extras.get("model_name", "tfrs_linear")))
     return {"metrics": metrics, "serving_model_dir": exported}

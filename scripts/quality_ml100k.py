@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Quality bar of issue #4 on MovieLens-100K: softmax vs LinRec vs ELASTIC.
 
-What it does (``shared/docs/protocol.md`` is the protocol):
+What it does (``docs/protocol.md`` is the protocol):
 
 1. Trains, for every attention in ``--attentions`` and every seed in ``--seeds``, one
-   model in the project's DEFAULT regime (``ModelConfig`` defaults: regime "all" — a
-   next-item target at every position of a causal encoder —, full cross-entropy over the
-   catalogue, hidden 64, 2 layers, 2 heads, FFN 256, dropout 0.2, Adam 1e-3, patience 5 on
-   validation NDCG@10) at ``--max-len`` (200) and ``--batch-size`` (128), at most
-   ``--epochs`` (60) epochs, each into ``OUT/<attention>-seed<seed>/`` through
-   :class:`tfrs_linear.training.Trainer` (so an interrupted run resumes where it stopped).
+   model in the project's DEFAULT regime (``ModelConfig``/``TrainConfig`` defaults:
+   regime "all" — a next-item target at every position of a causal encoder —, full
+   cross-entropy over the catalogue, hidden 64, 2 layers, 2 heads, FFN 256, dropout 0.2,
+   Adam 1e-3, patience 5 on validation NDCG@10) at ``--max-len`` (200) and
+   ``--batch-size`` (128), at most ``--epochs`` (60) epochs, each into
+   ``OUT/<attention>-seed<seed>/`` through :class:`tfrs_linear.training.Trainer` (so an
+   interrupted run resumes where it stopped).
    Attentions: ``softmax``, ``linrec`` (paper normalization), ``linrec-token`` (the
    official code's token normalization), ``elastic`` (k = 16 interests), ``elastic-k32`` (k = 32).
    ``--base-config models/sasrec-ml100k.json`` trains in a reference configuration
@@ -69,14 +70,17 @@ from pathlib import Path
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tfrs_linear  # noqa: E402  (sets TF_USE_LEGACY_KERAS=1 before tf.keras is touched)
+from tfrs_linear.keras2 import require_keras2  # noqa: E402
+
+require_keras2()  # sets TF_USE_LEGACY_KERAS=1 before tf.keras is touched
+
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfrs_linear import data as data_lib  # noqa: E402
 from tfrs_linear import evaluation  # noqa: E402
 from tfrs_linear import training  # noqa: E402
-from tfrs_linear.config import ModelConfig  # noqa: E402
+from tfrs_linear.config import ModelConfig, TrainConfig, load_config, replace_config, to_flat_dict  # noqa: E402
 from tfrs_linear.models import SequentialRetrievalModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +88,7 @@ DEFAULT_DATA = (REPO.parent / "shared" / "data" / "ml-100k" / "ml-100k.inter")
 if not DEFAULT_DATA.exists():
     DEFAULT_DATA = Path("/work/shared/data/ml-100k/ml-100k.inter")
 
-# RecBole 1.2.1 on this machine, full ranking, no exclusion (shared/docs/protocol.md).
+# RecBole 1.2.1 on this machine, full ranking, no exclusion (docs/protocol.md).
 ANCHORS = {
     "sasrec": {"label": "RecBole SASRec (anchor)", "hr@10": 0.1188, "ndcg@10": 0.0526,
                "mrr@10": 0.0327, "best_valid_ndcg@10": 0.0655, "best_epoch": 6,
@@ -137,34 +141,37 @@ def log(msg):
 
 
 class TimedTrainer(training.Trainer):
-    """A Trainer that also records the training seconds of every epoch.
+    """A Trainer that also records the training seconds of every epoch, through the
+    Trainer's epoch hooks.
 
     ``OUT/<run>/epoch_times.json`` maps epoch -> seconds from the end of the previous
     epoch's bookkeeping (or from the start of training) to this epoch's end, i.e. the
     training epoch alone; it survives a resume like the checkpoints do.
     """
 
-    def _restore(self):
-        super()._restore()
+    def on_train_begin(self, state):
         self._times_path = self.output / "epoch_times.json"
         self._times = {}
         if self._times_path.exists():
             self._times = {int(k): v for k, v in json.loads(self._times_path.read_text()).items()}
         self._mark = time.perf_counter()
 
-    def end_epoch(self, epoch, logs):
+    def on_epoch_end(self, epoch, logs):
         seconds = time.perf_counter() - self._mark
-        self._times[epoch + 1] = round(seconds, 3)
+        self._times[epoch] = round(seconds, 3)
         tmp = self._times_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({str(k): v for k, v in sorted(self._times.items())}, indent=1))
         os.replace(tmp, self._times_path)
-        log(f"  epoch {epoch + 1}: training {seconds:.1f} s")
-        super().end_epoch(epoch, logs)
+        log(f"  epoch {epoch}: training {seconds:.1f} s")
+
+    def on_epoch_saved(self, epoch, record):
         self._mark = time.perf_counter()
 
 
 def make_config(variant, seed, args, base=None):
-    config = base if base is not None else ModelConfig()
+    """``(ModelConfig, TrainConfig)`` of one run: ``base`` (a loaded ``--base-config``, or
+    the defaults) with the variant, the seed and the flags applied."""
+    model_config, train_config = base if base is not None else (ModelConfig(), TrainConfig())
     overrides = dict(VARIANTS[variant])
     overrides.update(seed=seed, epochs=args.epochs)
     if base is None:
@@ -174,7 +181,7 @@ def make_config(variant, seed, args, base=None):
             overrides["max_len"] = args.max_len
         if args.batch_size:
             overrides["batch_size"] = args.batch_size
-    return config.replace(**overrides)
+    return replace_config(model_config, train_config, **overrides)
 
 
 def setting_name(args):
@@ -186,8 +193,10 @@ def run_name(variant, seed, args):
     return f"{variant}{tag}-seed{seed}"
 
 
-def summarize_run(name, variant, setting, config, out_dir, wall_seconds=None):
-    """Everything the report needs about one finished run, from its directory."""
+def summarize_run(name, variant, setting, configs, out_dir, wall_seconds=None):
+    """Everything the report needs about one finished run, from its directory;
+    ``configs`` is the run's ``(ModelConfig, TrainConfig)``."""
+    model_config, train_config = configs
     metrics = json.loads((out_dir / "metrics.json").read_text())
     state = json.loads((out_dir / "checkpoints" / "state.json").read_text())
     times_path = out_dir / "epoch_times.json"
@@ -209,11 +218,11 @@ def summarize_run(name, variant, setting, config, out_dir, wall_seconds=None):
             train_to_best = cumulative
     train_total = sum(times.get(r["epoch"], float("nan")) for r in history)
     epochs_run = state["epoch"]
-    stopped = "early-stopped" if state["wait"] > config.patience else (
-        "epoch cap" if epochs_run >= config.epochs else "incomplete")
+    stopped = "early-stopped" if state["wait"] > train_config.patience else (
+        "epoch cap" if epochs_run >= train_config.epochs else "incomplete")
     record = {
-        "run": name, "variant": variant, "setting": setting, "seed": config.seed,
-        "config": config.to_dict(),
+        "run": name, "variant": variant, "setting": setting, "seed": train_config.seed,
+        "config": to_flat_dict(model_config, train_config),
         "test": {k: metrics["test"][k] for k in metrics["test"]},
         "valid": {k: metrics["valid"][k] for k in metrics["valid"]},
         "best_epoch": state["best_epoch"], "epochs_run": epochs_run, "stopped_by": stopped,
@@ -234,24 +243,27 @@ def summarize_run(name, variant, setting, config, out_dir, wall_seconds=None):
 
 
 def train_runs(args, data, results):
-    base = ModelConfig.load(args.base_config) if args.base_config else None
+    base = load_config(args.base_config) if args.base_config else None
     setting = setting_name(args)
     out = Path(args.out)
     for seed in args.seeds:
         for variant in args.attentions:
             name = run_name(variant, seed, args)
-            config = make_config(variant, seed, args, base)
+            configs = make_config(variant, seed, args, base)
+            model_config, train_config = configs
             run_dir = out / name
-            n_ex = data_lib.num_training_examples(data, config.max_len, config.regime)
-            log(f"=== {name}: {variant} ({config.attention}/{config.normalization}, k={config.num_interests}), "
-                f"regime {config.regime}, loss {config.loss}, causal {config.is_causal}, "
-                f"max_len {config.max_len}, batch {config.batch_size}, lr {config.learning_rate}, "
-                f"<= {config.epochs} epochs, patience {config.patience}; {n_ex} training sequences "
-                f"-> {n_ex // config.batch_size} steps/epoch")
+            n_ex = data_lib.num_training_examples(data, model_config.max_len, model_config.regime)
+            log(f"=== {name}: {variant} ({model_config.attention}/{model_config.normalization}, "
+                f"k={model_config.num_interests}), regime {model_config.regime}, loss "
+                f"{model_config.loss}, causal {model_config.is_causal}, max_len {model_config.max_len}, "
+                f"batch {train_config.batch_size}, lr {train_config.learning_rate}, <= "
+                f"{train_config.epochs} epochs, patience {train_config.patience}; {n_ex} training "
+                f"sequences -> {n_ex // train_config.batch_size} steps/epoch")
             tf.keras.backend.clear_session()
             t0 = time.perf_counter()
             try:
-                TimedTrainer(config, data, run_dir, verbose=2 if args.keras_verbose else 0).run()
+                TimedTrainer(model_config, train_config, data, run_dir,
+                             verbose=2 if args.keras_verbose else 0).run()
             except Exception as e:  # keep going with the other runs; the error is reported
                 log(f"!!! {name} failed: {type(e).__name__}: {e}")
                 traceback.print_exc()
@@ -260,7 +272,7 @@ def train_runs(args, data, results):
                 write_outputs(results, out)
                 continue
             wall = time.perf_counter() - t0
-            rec = summarize_run(name, variant, setting, config, run_dir, wall)
+            rec = summarize_run(name, variant, setting, configs, run_dir, wall)
             results["runs"][name] = rec
             log(f"=== {name} done in {wall:.0f} s: test ndcg@10 {rec['test']['ndcg@10']:.4f} "
                 f"hr@10 {rec['test']['hr@10']:.4f} mrr@10 {rec['test']['mrr@10']:.4f}; best epoch "
@@ -327,9 +339,9 @@ def throughput(args, data):
         batches = ds.take(4).cache().repeat()
         models = {}
         for v in variants:
-            config = ModelConfig().replace(**VARIANTS[v], max_len=n, batch_size=bs, xla=True)
+            config = ModelConfig().replace(**VARIANTS[v], max_len=n)
             model = SequentialRetrievalModel(config, data.num_items).build_all()
-            model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate), jit_compile=True)
+            model.compile(optimizer=tf.keras.optimizers.Adam(TrainConfig().learning_rate), jit_compile=True)
             t0 = time.perf_counter()
             try:
                 step = model.make_train_function()
@@ -535,14 +547,15 @@ def _secs(values):
     return ", ".join(one(v) for v in values)
 
 
-def render_markdown(results):
+def _md_header(results):
+    """The title and the settings of the report."""
     s = results.get("settings", {})
     lines = ["# Quality on ml-100k: softmax vs LinRec vs ELASTIC (issue #4)", ""]
     lines.append(f"- updated {results.get('updated')}; data `{s.get('data')}`; "
                  f"machine: {s.get('machine')}")
     lines.append("- protocol: leave-one-out, full ranking over the catalogue, no history exclusion, "
                  "pessimistic ties; model selected on validation NDCG@10 (patience 5); test at the best epoch "
-                 "(shared/docs/protocol.md).")
+                 "(docs/protocol.md).")
     lines.append("- `default` setting: ModelConfig defaults — regime `all` (causal encoder, next-item CE "
                  "over all items at every position), hidden 64, 2 layers, 2 heads, FFN 256, dropout 0.2, "
                  "Adam 1e-3 — at the max_len / batch / epoch cap given in the per-run table. Other settings "
@@ -560,6 +573,12 @@ def render_markdown(results):
                  "augmentation, max_len 50, batch 512, patience 5), loaded from the reference configuration "
                  "of each attention; those files differ only in the attention.")
     lines.append("")
+    return lines
+
+
+def _md_test_metrics(results):
+    """The test metrics table (mean ± sd over seeds), anchors first."""
+    lines = []
     summary = results.get("summary", [])
     lines.append("## Test metrics (mean ± sd over seeds)")
     lines.append("")
@@ -600,6 +619,12 @@ def render_markdown(results):
                  "training-time criterion). The RecBole figures in that column are epochs × the protocol's "
                  "per-epoch time. Wall times on 2 shared cores are noisy.")
     lines.append("")
+    return lines
+
+
+def _md_checks(results):
+    """The issue's checks and their verdicts."""
+    lines = []
     chk = results.get("checks", [])
     if chk:
         lines.append("## Checks")
@@ -615,6 +640,12 @@ def render_markdown(results):
             lines.append("Fewer than 3 seeds: the protocol asks for mean ± sd over at least 3 seeds before "
                          "an accuracy claim; these verdicts are provisional.")
         lines.append("")
+    return lines
+
+
+def _md_paired(results):
+    """Per-seed differences to softmax."""
+    lines = []
     pairs = results.get("paired", [])
     if pairs:
         lines.append("## Paired per seed: difference to softmax")
@@ -632,6 +663,12 @@ def render_markdown(results):
                 f"{r['hr@10_diff_mean']:+.4f} ± {r['hr@10_diff_se']:.4f} | {r['hr@10_diff_relative']:+.1%} | "
                 f"{' '.join(f'{x:+.4f}' for x in r['ndcg@10_diffs'])} |")
         lines.append("")
+    return lines
+
+
+def _md_runs(results):
+    """One row per run, then the validation curves."""
+    lines = []
     runs = [r for r in results.get("runs", {}).values()]
     if runs:
         lines.append("## Runs")
@@ -660,6 +697,12 @@ def render_markdown(results):
             curve = " ".join(f"{p['valid_ndcg@10']:.4f}" for p in r["curve"])
             lines.append(f"- {r['run']}: {curve}")
         lines.append("")
+    return lines
+
+
+def _md_throughput(results):
+    """The training throughput table."""
+    lines = []
     tp = results.get("throughput")
     if tp:
         lines.append("## Training throughput")
@@ -693,6 +736,14 @@ def render_markdown(results):
                               "–" if p["ratio_vs_softmax_median"] is None else f"{p['ratio_vs_softmax_median']:.2f}x"]
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
         lines.append("")
+    return lines
+
+
+def render_markdown(results):
+    """``results.md``: the report's sections in order (each empty when it has no data)."""
+    lines = []
+    for section in (_md_header, _md_test_metrics, _md_checks, _md_paired, _md_runs, _md_throughput):
+        lines += section(results)
     return "\n".join(lines) + "\n"
 
 
@@ -762,7 +813,7 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=60, help="epoch cap (early stopping may end sooner; default 60)")
     p.add_argument("--max-len", type=int, default=None, help="default 200 (or the --base-config's)")
     p.add_argument("--batch-size", type=int, default=None, help="default 128 (or the --base-config's)")
-    p.add_argument("--base-config", help="train in this models/*.json setting instead of the ModelConfig defaults")
+    p.add_argument("--base-config", help="train in this models/*.json setting instead of the default configuration")
     p.add_argument("--out", default="runs/quality", help="output folder (default runs/quality)")
     p.add_argument("--throughput-only", action="store_true", help="only the throughput measurement")
     p.add_argument("--skip-throughput", action="store_true", help="no throughput measurement")
@@ -795,8 +846,8 @@ def main(argv=None):
         for name, rec in list(results["runs"].items()):
             run_dir = Path(rec.get("dir", out / name))
             if "error" not in rec and (run_dir / "metrics.json").exists():
-                config = ModelConfig.load(run_dir / "config.json")
-                results["runs"][name] = summarize_run(name, rec["variant"], rec["setting"], config, run_dir,
+                configs = load_config(run_dir / "config.json")
+                results["runs"][name] = summarize_run(name, rec["variant"], rec["setting"], configs, run_dir,
                                                       rec.get("wall_seconds_this_invocation"))
         write_outputs(results, out)
         print_summary(results)

@@ -40,15 +40,18 @@ def run_bench(args):
       args: the parsed flags (see ``add_bench_arguments``).
 
     Returns:
-      0, or 2 for bad options or a GPU asked for and not seen (the message on stderr).
+      0 once the report is written.
+
+    Raises:
+      ValueError: bad options, or a GPU asked for and not seen (the CLI prints it as
+        ``tfrs-linear bench: error: ...`` and exits 2).
     """
     wall0 = time.perf_counter()
+    resolve_options(args)
     try:
-        resolve_options(args)
         device, gpu_name = resolve_device(args.device)
-    except (ValueError, RuntimeError) as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 2
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
     if args.peak_matmul_size is None:
         args.peak_matmul_size = 8192 if device == "gpu" else 2048
     os.makedirs(args.out, exist_ok=True)

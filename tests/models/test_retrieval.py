@@ -1,0 +1,151 @@
+"""SequentialRetrievalModel: its two losses against numpy oracles, the log-uniform sampler,
+the query tower (the newest position) and XLA training."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrs_linear import data as data_lib
+from tfrs_linear.config import ModelConfig
+from tfrs_linear.models import SequentialRetrievalModel, log_uniform_probability, sample_log_uniform
+from tfrs_linear.models import retrieval
+from tests.models.common import TINY_MODEL, TINY_TRAIN, tiny_sequences
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return tiny_sequences()
+
+
+# --------------------------------------------------------------------------- losses
+def _numpy_softmax_ce(logits, target):
+    logits = logits - logits.max()
+    return -(logits[target] - np.log(np.exp(logits).sum()))
+
+
+@pytest.mark.parametrize("regime", ["all", "last"])
+def test_full_loss_equals_cross_entropy_over_the_catalogue(regime):
+    config = ModelConfig(attention="linrec", regime=regime, loss="full", dropout=0.0,
+                         attention_dropout=0.0, **TINY_MODEL)
+    model = SequentialRetrievalModel(config, vocab_size=9).build_all()
+    rng = np.random.default_rng(0)
+    inputs = np.concatenate([np.zeros((3, 5), np.int32), rng.integers(2, 9, (3, 7), dtype=np.int32)], 1)
+    targets = (np.concatenate([np.zeros((3, 6), np.int32), rng.integers(2, 9, (3, 6), dtype=np.int32)], 1)
+               if regime == "all" else rng.integers(2, 9, (3,), dtype=np.int32))
+    loss = model.compute_loss({"inputs": inputs, "targets": targets}).numpy()
+    seq = model.encoder(inputs, training=False).numpy().astype(np.float64)
+    table = model.item_embeddings().numpy().astype(np.float64)
+    queries = seq.reshape(-1, 16) if regime == "all" else seq[:, -1]
+    flat_targets = targets.reshape(-1)
+    losses = [_numpy_softmax_ce((q @ table.T)[2:], t - 2) for q, t in zip(queries, flat_targets) if t > 1]
+    np.testing.assert_allclose(loss, np.mean(losses), rtol=1e-5)
+
+
+def _numpy_sampled_block(q, targets, negatives, table, catalogue):
+    """Oracle of one Retrieval block: rows = queries, candidates = [targets; negatives]."""
+    ids = np.concatenate([targets, negatives])
+    p = lambda rank: np.log((rank + 2) / (rank + 1)) / np.log(catalogue + 1)  # noqa: E731
+    losses, weights = [], []
+    for row, target in enumerate(targets):
+        if target <= 1:  # padding / OOV target: weight 0
+            continue
+        logits, label = [], None
+        for col, cid in enumerate(ids):
+            if cid <= 1:
+                continue  # padding / OOV never compete
+            if cid == target and col != row:
+                continue  # accidental hit: the row's own target in another column
+            if col == row:
+                label = len(logits)
+            logits.append(q[row] @ table[cid] - np.log(p(cid - 2)))
+        losses.append(_numpy_softmax_ce(np.array(logits), label))
+    return losses
+
+
+@pytest.mark.parametrize("regime", ["last", "all"])
+def test_sampled_loss_is_tfrs_retrieval_with_in_batch_and_shared_negatives(monkeypatch, regime):
+    config = ModelConfig(attention="softmax", regime=regime, loss="sampled", dropout=0.0,
+                         attention_dropout=0.0, **{**TINY_MODEL, "num_negatives": 4})
+    model = SequentialRetrievalModel(config, vocab_size=12).build_all()
+    assert isinstance(model.task, tfrs.tasks.Retrieval)
+    negatives = np.array([0, 3, 5, 9], np.int32)  # ranks; ids = ranks + 2
+    # The loss draws its shared negatives with the retrieval module's sampler.
+    monkeypatch.setattr(retrieval, "sample_log_uniform", lambda n, r, seed=None: tf.constant(negatives))
+    inputs = np.array([[0] * 8 + [2, 3, 4, 5], [0] * 10 + [6, 7], [0] * 9 + [8, 9, 5]], np.int32)
+    if regime == "last":
+        # target 5 is also sampled (rank 3): an accidental hit; row 2's target repeats row 0's.
+        targets = np.array([5, 9, 5], np.int32)
+    else:
+        targets = np.zeros((3, 12), np.int32)
+        targets[0, 8:] = [3, 4, 5, 11]
+        targets[1, 10:] = [7, 5]
+        targets[2, 9:] = [9, 5, 1]  # an OOV target: weight 0
+    loss = model.compute_loss({"inputs": inputs, "targets": targets}).numpy()
+    table = model.item_embeddings().numpy().astype(np.float64)
+    seq = model.encoder(inputs).numpy().astype(np.float64)
+    want = []
+    if regime == "last":
+        want += _numpy_sampled_block(seq[:, -1], targets, negatives + 2, table, 10)
+    else:
+        for n in range(12):
+            want += _numpy_sampled_block(seq[:, n], targets[:, n], negatives + 2, table, 10)
+    assert len(want) == (3 if regime == "last" else 8)
+    np.testing.assert_allclose(loss, np.mean(want), rtol=1e-5)
+
+
+def test_sampled_loss_trains_xla_compiled_in_regime_all(tiny_data):
+    """Sampled-loss steps (XLA, per-position Retrieval blocks) lower the FULL cross-entropy."""
+    tf.random.set_seed(0)
+    config = ModelConfig(attention="linrec", regime="all", loss="sampled", dropout=0.0,
+                         attention_dropout=0.0, **TINY_MODEL)
+    model = SequentialRetrievalModel(config, vocab_size=tiny_data.num_items).build_all()
+    ds = data_lib.training_dataset(tiny_data, config.max_len, TINY_TRAIN["batch_size"], seed=0)
+    batch = next(iter(ds))
+    full = SequentialRetrievalModel(config.replace(loss="full"), vocab_size=tiny_data.num_items)
+    full.build_all()
+
+    def full_loss():
+        full.set_weights(model.get_weights())
+        return float(full.compute_loss(batch))
+
+    before = full_loss()
+    model.compile(optimizer=tf.keras.optimizers.Adam(1e-2), jit_compile=True)
+    history = model.fit(ds.take(4), epochs=5, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert full_loss() < before - 0.1
+
+
+def test_log_uniform_sampler_matches_its_probabilities():
+    draws = sample_log_uniform(200_000, 10).numpy()
+    freq = np.bincount(draws, minlength=10) / len(draws)
+    np.testing.assert_allclose(freq, log_uniform_probability(np.arange(10), 10).numpy(), atol=5e-3)
+    assert draws.min() >= 0 and draws.max() <= 9
+
+
+# ------------------------------------------------------------------------- towers
+@pytest.mark.parametrize("attention", ["softmax", "linrec", "elastic"])
+def test_model_encode_uses_the_newest_position(attention):
+    config = ModelConfig(attention=attention, max_len=8, d_model=8, num_layers=2, num_heads=2,
+                         ffn_dim=16, num_interests=3, dropout=0.0, attention_dropout=0.0)
+    model = SequentialRetrievalModel(config, vocab_size=12).build_all()
+    ids = np.array([[0, 0, 0, 4, 5, 6, 7, 8], [2, 3, 4, 5, 6, 7, 8, 9]], np.int32)
+    want = model.encoder(ids).numpy()[:, -1]
+    np.testing.assert_allclose(model.encode(ids).numpy(), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model(ids).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_model_builds_its_encoder_from_the_config_and_ties_the_candidates():
+    config = ModelConfig(attention="elastic", regime="last", max_len=8, d_model=8, num_heads=2,
+                         ffn_dim=16, num_interests=3, chunk_size=4)
+    model = SequentialRetrievalModel(config, vocab_size=12)
+    encoder_config = model.encoder.get_config()
+    for name, value in config.encoder_kwargs().items():
+        assert encoder_config[name] == value, name
+    assert encoder_config["causal"] is False and encoder_config["recency_bias"] is True
+    assert model.config.recency_bias is True  # the model keeps its resolved configuration
+    assert model.candidate_embedding is model.item_embedding is model.encoder.item_embedding
+    untied = SequentialRetrievalModel(config.replace(tie_embeddings=False), vocab_size=12)
+    assert untied.candidate_embedding is not untied.item_embedding
+    with pytest.raises(ValueError, match="vocab_size must be >= 3"):
+        SequentialRetrievalModel(config, vocab_size=2)

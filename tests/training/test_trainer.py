@@ -1,0 +1,140 @@
+"""The Trainer: XLA training, resuming, the saved best weights, the strategies, and its
+epoch hooks."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tfrs_linear.config import ModelConfig, TrainConfig
+from tfrs_linear.models import load_model_dir
+from tfrs_linear.training import Evaluator, Trainer, train
+from tests.models.common import TINY_MODEL, TINY_TRAIN, tiny_sequences
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    return tiny_sequences()
+
+
+def test_train_xla_resume_and_reload(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    model_config = ModelConfig(attention="linrec", **TINY_MODEL)
+    train_config = TrainConfig(**{**TINY_TRAIN, "epochs": 1})
+    first = train(model_config, train_config, tiny_data, out, verbose=0)
+    assert set(first["valid"]) == {f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in (5, 10, 20)}
+    assert first["protocol"] == "full" and first["exclude_history"] is False
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] == 1
+    # "Interrupted" after epoch 1: the same command with more epochs resumes at epoch 2.
+    second = train(model_config, train_config.replace(epochs=2), tiny_data, out, verbose=0)
+    assert "resuming" in capsys.readouterr().out
+    state = json.loads((out / "checkpoints" / "state.json").read_text())
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    assert second["epochs_run"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"] == second["test"]
+    # The saved best weights reproduce the reported metrics.
+    model, loaded_train_config, vocab = load_model_dir(out)
+    assert vocab == list(tiny_data.vocab) and model.config == model_config.resolved()
+    assert loaded_train_config == train_config.replace(epochs=2)
+    again = Evaluator(model, loaded_train_config).evaluate(tiny_data, "test")
+    assert again["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"], abs=1e-6)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(model_config.replace(d_model=32), train_config, tiny_data, out, verbose=0)
+
+
+@pytest.mark.parametrize("attention,regime,loss", [("softmax", "last", "sampled"),
+                                                   ("elastic", "all", "full")])
+def test_other_attentions_regimes_and_losses_train(tiny_data, tmp_path, attention, regime, loss):
+    model_config = ModelConfig(attention=attention, regime=regime, loss=loss, **TINY_MODEL)
+    train_config = TrainConfig(**{**TINY_TRAIN, "epochs": 1})
+    metrics = train(model_config, train_config, tiny_data, tmp_path / "run", verbose=0,
+                    steps_per_epoch=3)
+    assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
+    history = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["history"]
+    assert np.isfinite(history[0]["loss"])
+
+
+def test_mirrored_strategy_on_cpu_falls_back_from_xla(tmp_path):
+    """Two logical CPU devices, MirroredStrategy: the train step runs without XLA (tf-keras
+    cannot compile merge_call) and training still completes."""
+    code = textwrap.dedent(f"""
+        import tfrs_linear, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from tfrs_linear import data as data_lib
+        from tfrs_linear.data import synthetic
+        from tfrs_linear.config import ModelConfig, TrainConfig
+        from tfrs_linear.training import train
+        data = data_lib.build_sequences(synthetic.generate(num_users=30, num_items=20, num_interests=4,
+                                        median_length=15, min_length=6, max_length=30, seed=1))
+        model_config = ModelConfig(attention="linrec", max_len=8, d_model=8, num_layers=1,
+                                   num_heads=2, ffn_dim=16)
+        m = train(model_config, TrainConfig(batch_size=8, epochs=1), data, r"{tmp_path / 'run'}",
+                  strategy="mirrored", verbose=0)
+        print("NDCG", m["test"]["ndcg@10"])
+    """)
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "XLA is off for the train step" in result.stdout
+    assert "NDCG" in result.stdout
+
+
+def test_the_configuration_comes_as_two_objects_in_order(tiny_data, tmp_path):
+    with pytest.raises(TypeError, match="takes a ModelConfig and a TrainConfig"):
+        Trainer(TrainConfig(), ModelConfig(), tiny_data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------- hooks
+class RecordingTrainer(Trainer):
+    """Records every hook call, in order, with what the run directory held then."""
+
+    def on_train_begin(self, state):
+        self.calls = [("begin", state["epoch"])]
+
+    def on_epoch_end(self, epoch, logs):
+        saved = json.loads((self.output / "checkpoints" / "state.json").read_text()) if epoch > 1 else None
+        self.calls.append(("end", epoch, np.isfinite(logs["loss"]), saved and saved["epoch"]))
+
+    def on_epoch_saved(self, epoch, record):
+        saved = json.loads((self.output / "checkpoints" / "state.json").read_text())
+        self.calls.append(("saved", epoch, record["epoch"], saved["epoch"], "ndcg@10" in record["valid"]))
+
+
+def test_epoch_hooks_run_around_each_epochs_bookkeeping_and_across_a_resume(tiny_data, tmp_path):
+    model_config = ModelConfig(attention="linrec", **TINY_MODEL)
+    train_config = TrainConfig(**{**TINY_TRAIN, "epochs": 2})
+    first = RecordingTrainer(model_config, train_config, tiny_data, tmp_path / "run", verbose=0,
+                             steps_per_epoch=2)
+    first.run()
+    # on_epoch_end comes before the epoch's state.json (it still says the epoch before),
+    # on_epoch_saved after it.
+    assert first.calls == [("begin", 0),
+                           ("end", 1, True, None), ("saved", 1, 1, 1, True),
+                           ("end", 2, True, 1), ("saved", 2, 2, 2, True)]
+    resumed = RecordingTrainer(model_config, train_config.replace(epochs=3), tiny_data,
+                               tmp_path / "run", verbose=0, steps_per_epoch=2)
+    resumed.run()
+    assert resumed.calls == [("begin", 2), ("end", 3, True, 2), ("saved", 3, 3, 3, True)]
+    done = RecordingTrainer(model_config, train_config.replace(epochs=3), tiny_data,
+                            tmp_path / "run", verbose=0, steps_per_epoch=2)
+    done.run()
+    assert done.calls == [("begin", 3)]  # nothing left to train: no epoch hook
+
+
+def test_the_trainer_compiles_its_query_tower_once(tiny_data, tmp_path):
+    """Every validation and the final scores reuse one compiled encode function."""
+    model_config = ModelConfig(attention="linrec", **TINY_MODEL)
+    trainer = Trainer(model_config, TrainConfig(**{**TINY_TRAIN, "epochs": 2}), tiny_data,
+                      tmp_path / "run", verbose=0, steps_per_epoch=2)
+    trainer.run()
+    assert trainer.evaluator.encode_fn.experimental_get_tracing_count() == 1
+    assert "_tfrs_linear_encode_fns" not in vars(trainer.model)

@@ -1,0 +1,211 @@
+"""The sequential retrieval model: a ``tfrs.Model`` whose query tower encodes the user's
+item sequence, and its two losses.
+
+Regimes: ``all`` (default): a causal encoder and a next-item target at every position
+(SASRec); ``last``: one target after the sequence (RecBole's prefix-augmented training;
+the encoder may be non-causal). Losses: ``full`` cross-entropy over the whole catalogue
+(RecBole's CE) or ``sampled``: ``tfrs.tasks.Retrieval`` (softmax over candidates with
+log-Q correction and accidental hits removed) whose candidates are the batch's own
+targets (in-batch negatives) plus ``S`` negatives shared by the batch, drawn from a
+log-uniform distribution over the popularity-sorted vocabulary ("mixed negative
+sampling"). In regime ``all`` the task runs once per position over the ``B`` sequences'
+targets at that position, so the logits are ``N`` blocks of ``[B, B + S]`` — never one
+``[B·N, B·N]`` matrix.
+"""
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrs_linear.config import ModelConfig
+from tfrs_linear.constants import NUM_RESERVED, OOV_INDEX, PAD_INDEX
+from tfrs_linear.layers.encoder import SequenceEncoder, embedding_initializer
+
+# The logit bias that keeps padding and OOV out of the full softmax.
+_NEG = -1e9
+
+
+def _embedding_table(vocab_size, d_model, name):
+    return tf.keras.layers.Embedding(
+        vocab_size, d_model, embeddings_initializer=embedding_initializer(), name=name
+    )
+
+
+def log_uniform_probability(ids, range_max):
+    """P(k) of a log-uniform (Zipfian) draw of ranks ``k`` in ``[0, range_max)``."""
+    k = tf.cast(ids, tf.float32)
+    return (tf.math.log(k + 2.0) - tf.math.log(k + 1.0)) / tf.math.log(
+        tf.cast(range_max, tf.float32) + 1.0
+    )
+
+
+def sample_log_uniform(num_samples, range_max, seed=None):
+    """Ranks in ``[0, range_max)`` with P(k) ∝ log((k+2)/(k+1)) — XLA-friendly.
+
+    The vocabulary is sorted by training popularity, so rank sampling approximates
+    popularity sampling, as TF's log-uniform candidate sampler does.
+    """
+    u = tf.random.uniform([num_samples], dtype=tf.float32, seed=seed)
+    k = tf.floor(tf.exp(u * tf.math.log(tf.cast(range_max, tf.float32) + 1.0))) - 1.0
+    return tf.clip_by_value(tf.cast(k, tf.int32), 0, range_max - 1)
+
+
+class SequentialRetrievalModel(tfrs.Model):
+    """A TFRS retrieval model whose query tower encodes the user's item sequence.
+
+    Query tower: a :class:`~tfrs_linear.layers.SequenceEncoder` (item embedding + learned
+    positions + ``num_layers`` blocks) read at the newest position. Candidate tower: the
+    item embeddings, tied to the encoder's input embeddings unless
+    ``config.tie_embeddings`` is false. The loss (:meth:`compute_loss`) is the
+    configuration's: ``full`` or ``sampled``, in regime ``all`` or ``last`` (module
+    docstring).
+
+    Inputs are dicts ``{"inputs": int [B, max_len], "targets": int [B, max_len] or [B]}``
+    of vocabulary indices (0 = padding, 1 = out of vocabulary, catalogue = 2..V-1).
+    ``model(inputs)`` returns the user embeddings ``[B, d]`` (the newest position);
+    :meth:`item_embeddings` the candidate tower's ``[V, d]`` table.
+
+    Args:
+        config: the :class:`~tfrs_linear.config.ModelConfig`; the model keeps its
+            resolved form as ``model.config``.
+        vocab_size: the vocabulary size ``V`` (padding, OOV and at least one item).
+        **kwargs: ``tfrs.Model`` arguments.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int, **kwargs):
+        super().__init__(**kwargs)
+        config = config.resolved()  # replace() validates
+        if vocab_size < NUM_RESERVED + 1:
+            raise ValueError(f"vocab_size must be >= 3 (padding, OOV and an item), got {vocab_size}.")
+        self.config = config
+        self.vocab_size = int(vocab_size)
+        # Attribute names are the checkpoints' keys; the item embedding comes first.
+        self.item_embedding = _embedding_table(self.vocab_size, config.d_model, "item_embedding")
+        self.encoder = SequenceEncoder(
+            vocab_size=self.vocab_size,
+            item_embedding=self.item_embedding,
+            name="encoder",
+            **config.encoder_kwargs(),
+        )
+        self.candidate_embedding = (
+            self.item_embedding
+            if config.tie_embeddings
+            else _embedding_table(self.vocab_size, config.d_model, "candidate_embedding")
+        )
+        # The sampled loss (see _sampled_loss); no metrics: evaluation is the full ranking
+        # of tfrs_linear.evaluation, exact and batched.
+        self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True, name="retrieval")
+        # Pad and OOV never compete as candidates.
+        bias = np.zeros([self.vocab_size], np.float32)
+        bias[[PAD_INDEX, OOV_INDEX]] = _NEG
+        self._candidate_bias = tf.constant(bias)
+
+    # -- towers ---------------------------------------------------------------------
+    def build_all(self):
+        """Creates every variable (for restoring weights or exporting)."""
+        self.encode(tf.zeros([1, self.config.max_len], tf.int32))
+        self.item_embeddings()
+        return self
+
+    def encode(self, item_ids, training=False, last_only=True):
+        """User embeddings ``[B, d]`` (float32) from left-padded item ids ``[B, max_len]``.
+
+        The last block computes the newest position only; ``last_only=False`` computes
+        every position and slices (the same values; kept for comparisons).
+        """
+        sequence = self.encoder(item_ids, training=training, last_only=last_only)
+        return tf.cast(sequence[:, -1, :], tf.float32)
+
+    def item_embeddings(self):
+        """The candidate tower: ``[V, d]`` float32, row i = vocabulary index i."""
+        if not self.candidate_embedding.built:
+            self.candidate_embedding(tf.zeros([1], tf.int32))
+        return tf.cast(self.candidate_embedding.embeddings, tf.float32)
+
+    def call(self, inputs, training=False):
+        if isinstance(inputs, dict):
+            inputs = inputs["inputs"]
+        return self.encode(inputs, training=training)
+
+    # -- loss -----------------------------------------------------------------------
+    def compute_loss(self, inputs, training=False):
+        """The configured loss (``full`` or ``sampled``), averaged over the real targets
+        (a padding/OOV target weighs 0)."""
+        item_ids = inputs["inputs"]
+        targets = tf.cast(inputs["targets"], tf.int32)
+        # Regime "last" needs the newest position only: the last block runs one query.
+        last_only = self.config.regime != "all"
+        sequence = tf.cast(
+            self.encoder(item_ids, training=training, last_only=last_only), tf.float32
+        )
+        weights = tf.cast(targets > OOV_INDEX, tf.float32)
+        denominator = tf.maximum(tf.reduce_sum(weights), 1.0)
+        if self.config.loss == "sampled":
+            queries = sequence if self.config.regime == "all" else sequence[:, -1, :]
+            return self._sampled_loss(queries, targets, weights) / denominator
+        if self.config.regime == "all":
+            queries = tf.reshape(sequence, [-1, self.config.d_model])
+            targets = tf.reshape(targets, [-1])
+            weights = tf.reshape(weights, [-1])
+        else:
+            queries = sequence[:, -1, :]
+        per_example = self._full_loss(queries, targets)
+        return tf.reduce_sum(per_example * weights) / denominator
+
+    def _full_loss(self, queries, targets):
+        logits = tf.matmul(queries, self.item_embeddings(), transpose_b=True)
+        logits = logits + self._candidate_bias
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+
+    def _sampled_loss(self, queries, targets, weights):
+        """Sum of the weighted sampled-softmax losses, via ``tfrs.tasks.Retrieval``.
+
+        ``queries [B, d]`` with ``targets``/``weights [B]`` (regime ``last``: one block), or
+        ``[B, N, d]`` with ``[B, N]`` (regime ``all``: one block per position, run with
+        ``tf.map_fn`` so the graph does not grow with ``N``). In a block the candidates are
+        the block's targets (row ``i``'s positive is column ``i``; the others are in-batch
+        negatives) followed by the ``S`` shared log-uniform negatives. Log-Q correction
+        (the task's ``candidate_sampling_probability``): every candidate column, in-batch
+        or sampled, is corrected by the log-uniform probability of its rank. Both kinds of
+        draw follow the same popularity-ranked (Zipf-like) distribution, so one proposal
+        serves both. The probabilities are divided by the rank-0 probability (a constant
+        factor, which the softmax ignores) so that TFRS's clip to ``[1e-6, 1]`` only bites
+        for catalogues above ~1.4 M items. Accidental hits (a candidate with the row's
+        target id in another column) are removed by the task; padding/OOV candidates
+        never compete (``score_mask``); rows with a padding/OOV target weigh 0.
+        """
+        table = self.item_embeddings()
+        catalogue = self.vocab_size - NUM_RESERVED
+        num = min(self.config.num_negatives, catalogue)
+        negatives = sample_log_uniform(num, catalogue) + NUM_RESERVED  # shared by the batch
+        negative_embeddings = tf.gather(table, negatives)
+        top = log_uniform_probability(0, catalogue)
+
+        def block(args):
+            q, t, w = args
+            ids = tf.concat([t, negatives], axis=0)
+            candidates = tf.concat([tf.gather(table, t), negative_embeddings], axis=0)
+            probability = log_uniform_probability(tf.maximum(ids - NUM_RESERVED, 0), catalogue) / top
+            real = tf.broadcast_to(ids[tf.newaxis, :] > OOV_INDEX, [tf.shape(q)[0], tf.shape(ids)[0]])
+            return self.task(
+                q,
+                candidates,
+                sample_weight=w,
+                candidate_sampling_probability=probability,
+                candidate_ids=ids,
+                compute_metrics=False,
+                compute_batch_metrics=False,
+                score_mask=real,
+            )
+
+        if queries.shape.rank == 2:
+            return block((queries, targets, weights))
+        per_position = tf.map_fn(
+            block,
+            (tf.transpose(queries, [1, 0, 2]), tf.transpose(targets), tf.transpose(weights)),
+            fn_output_signature=tf.TensorSpec([], tf.float32),
+        )
+        return tf.reduce_sum(per_position)
+
+
+__all__ = ["SequentialRetrievalModel", "log_uniform_probability", "sample_log_uniform"]

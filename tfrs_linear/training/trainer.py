@@ -1,0 +1,268 @@
+"""The training loop: :class:`Trainer` trains a model into a resumable run directory.
+
+Each epoch: Keras ``fit`` trains it (the train step XLA-compiled), then validation
+NDCG@10 (full ranking), a checkpoint (model + optimizer) and ``state.json``, the best
+weights kept, early stopping with ``patience``. At the end the best weights are restored
+and scored on validation and test (``metrics.json``). The files are those of
+:mod:`tfrs_linear.training.run_dir`.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfrs_linear.config import ModelConfig, TrainConfig
+from tfrs_linear.data.datasets import training_dataset
+from tfrs_linear.models.model_dir import WEIGHTS_DIR
+from tfrs_linear.models.retrieval import SequentialRetrievalModel
+from tfrs_linear.training import run_dir
+from tfrs_linear.training.evaluator import SELECTION_METRIC, Evaluator, format_table, metric_subset
+
+
+def _log(message):
+    print(message, flush=True)
+
+
+def _strategy(name):
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    raise ValueError(f"unknown strategy {name!r}; use 'default' or 'mirrored'")
+
+
+def _xla_train_step_supported(strategy):
+    """tf-keras cannot compile a whole train step under MirroredStrategy on CPU replicas
+    (``merge_call`` inside XLA): fall back to graph mode there."""
+    if strategy.num_replicas_in_sync <= 1:
+        return True
+    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+
+
+class _EpochEnd(tf.keras.callbacks.Callback):
+    """Hands each finished Keras epoch to :meth:`Trainer.end_epoch`; stops early."""
+
+    def __init__(self, trainer):
+        super().__init__()
+        self.trainer = trainer
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.trainer.end_epoch(epoch, logs or {})
+        if self.trainer.state["wait"] > self.trainer.train_config.patience:
+            self.model.stop_training = True
+
+
+class Trainer:
+    """Trains a :class:`~tfrs_linear.models.SequentialRetrievalModel` into an output
+    directory, resumably.
+
+    Run the same training again with the same ``output`` after an interruption and it
+    resumes after the last completed epoch (the configuration may differ only in
+    ``epochs``, ``patience``, ``eval_batch_size``, ``xla`` and ``exclude_history``).
+
+    Hooks: a subclass may override these methods (the defaults do nothing); ``epoch``
+    counts from 1, as in ``state.json`` and the logs.
+
+    * :meth:`on_train_begin` ``(state)``: once per :meth:`run`, after the run directory's
+      checkpoint was restored, before the first epoch of this run trains.
+    * :meth:`on_epoch_end` ``(epoch, logs)``: the epoch has finished training, nothing
+      of its bookkeeping (validation, checkpoint, ``state.json``) has run yet.
+    * :meth:`on_epoch_saved` ``(epoch, record)``: the epoch's bookkeeping is done and on
+      disk; the next epoch (if any) trains right after.
+
+    So the time from :meth:`on_train_begin` or :meth:`on_epoch_saved` to the next
+    :meth:`on_epoch_end` is the training of one epoch alone (``scripts/quality_ml100k.py``
+    records it this way, across resumes).
+
+    Args:
+        model_config: the model's :class:`~tfrs_linear.config.ModelConfig`.
+        train_config: the run's :class:`~tfrs_linear.config.TrainConfig`.
+        data: a :class:`~tfrs_linear.data.SequenceData`.
+        output: the run directory.
+        strategy: ``"default"`` or ``"mirrored"`` (``tf.distribute.MirroredStrategy``).
+        verbose: Keras ``fit`` verbosity; ``None``: 1 on a terminal, else 2.
+        steps_per_epoch: a cap on the batches per epoch (quick runs).
+    """
+
+    def __init__(self, model_config, train_config, data, output, strategy="default", verbose=None,
+                 steps_per_epoch=None):
+        if not isinstance(model_config, ModelConfig) or not isinstance(train_config, TrainConfig):
+            raise TypeError(
+                "Trainer(model_config, train_config, data, output, ...) takes a ModelConfig and "
+                f"a TrainConfig, got {type(model_config).__name__} and "
+                f"{type(train_config).__name__} (see tfrs_linear.config.load_config)"
+            )
+        self.model_config = model_config.resolved()  # replace() validates
+        self.train_config = train_config.validate()
+        self.data = data
+        self.output = Path(output)
+        self.strategy = _strategy(strategy)
+        self.verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+        self.steps_per_epoch = steps_per_epoch
+        self.state = run_dir.new_state()
+
+    # -- hooks ------------------------------------------------------------------------
+    def on_train_begin(self, state):
+        """Called once per :meth:`run` after restoring; ``state`` is the run's state
+        (``state["epoch"]`` epochs completed, 0 for a new run). Does nothing by default."""
+
+    def on_epoch_end(self, epoch, logs):
+        """Called when epoch ``epoch`` has finished training, before its validation,
+        checkpoint and ``state.json``; ``logs`` are Keras' (``logs["loss"]``). Does
+        nothing by default."""
+
+    def on_epoch_saved(self, epoch, record):
+        """Called after epoch ``epoch``'s validation, checkpoint and ``state.json``;
+        ``record`` is its history entry (``loss``, ``valid`` metrics, ``eval_seconds``).
+        Does nothing by default."""
+
+    # -- setup ------------------------------------------------------------------------
+    def _prepare_output(self):
+        self.output.mkdir(parents=True, exist_ok=True)
+        run_dir.check_resumable(self.output, self.model_config, self.train_config, self.data.vocab)
+        info = run_dir.write_metadata(self.output, self.model_config, self.train_config, self.data)
+        _log(f"data: {info['source']}: {info['num_users']} users, {info['num_items']} items, "
+             f"{info['num_interactions']} events; {info['dropped_users']} users with fewer than "
+             "3 events dropped")
+
+    def _build(self):
+        with self.strategy.scope():
+            self.model = SequentialRetrievalModel(self.model_config, self.data.num_items).build_all()
+            optimizer = tf.keras.optimizers.Adam(self.train_config.learning_rate)
+            jit = self.train_config.xla and _xla_train_step_supported(self.strategy)
+            if self.train_config.xla and not jit:
+                _log(
+                    "note: XLA is off for the train step: tf-keras cannot compile a whole "
+                    "train step under MirroredStrategy on CPU replicas (merge_call inside "
+                    "XLA). It stays on for evaluation."
+                )
+            self.model.compile(optimizer=optimizer, jit_compile=jit)
+            optimizer.build(self.model.trainable_variables)
+            self.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self.checkpoint = tf.train.Checkpoint(
+                model=self.model, optimizer=optimizer, epoch=self.epoch_var
+            )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, str(self.output / run_dir.CHECKPOINTS_DIR), max_to_keep=2
+        )
+        self.evaluator = Evaluator(self.model, self.train_config)
+
+    def _restore(self):
+        saved = run_dir.read_state(self.output)
+        if not (self.manager.latest_checkpoint and saved is not None):
+            return
+        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        self.state = saved
+        if int(self.epoch_var.numpy()) != self.state["epoch"]:
+            raise RuntimeError(
+                f"{self.output}: the checkpoint (epoch {int(self.epoch_var.numpy())}) and "
+                f"state.json (epoch {self.state['epoch']}) disagree; remove "
+                f"{self.output / run_dir.CHECKPOINTS_DIR} to restart."
+            )
+        _log(f"resuming {self.output} after epoch {self.state['epoch']} "
+             f"(best valid {SELECTION_METRIC} {self.state['best']:.4f} at epoch {self.state['best_epoch']})")
+
+    # -- per epoch --------------------------------------------------------------------
+    def end_epoch(self, epoch, logs):
+        """The bookkeeping after Keras epoch ``epoch`` (counted from 0, as Keras does):
+        the hooks around validation, the best weights, the checkpoint and ``state.json``."""
+        self.on_epoch_end(epoch + 1, logs)
+        record, valid = self._validate(epoch + 1, logs)
+        self._save_epoch(epoch + 1, valid)
+        _log(f"epoch {epoch + 1}: loss {record['loss']:.4f}  valid {SELECTION_METRIC} "
+             f"{valid[SELECTION_METRIC]:.4f}  hr@10 {valid['hr@10']:.4f}  (best "
+             f"{self.state['best']:.4f} at epoch {self.state['best_epoch']}, patience "
+             f"{self.state['wait']}/{self.train_config.patience})")
+        self.on_epoch_saved(epoch + 1, record)
+
+    def _validate(self, epoch, logs):
+        """Scores the validation split; records the epoch, keeps the best weights."""
+        t0 = time.time()
+        valid = self.evaluator.evaluate(self.data, "valid")
+        score = float(valid[SELECTION_METRIC])
+        record = {"epoch": epoch, "loss": float(logs.get("loss", np.nan)),
+                  "valid": metric_subset(valid), "eval_seconds": round(time.time() - t0, 2)}
+        self.state["history"].append(record)
+        self.state["epoch"] = epoch
+        if score > self.state["best"]:
+            self.state.update(best=score, best_epoch=epoch, wait=0)
+            run_dir.save_best_weights(self.model, self.output)
+        else:
+            self.state["wait"] += 1
+        return record, valid
+
+    def _save_epoch(self, epoch, valid):
+        """The checkpoint, ``state.json`` and the TensorBoard validation scalars."""
+        self.epoch_var.assign(epoch)
+        self.manager.save(checkpoint_number=epoch)
+        run_dir.write_state(self.output, self.state)
+        with self.writer.as_default():
+            for k, v in valid.items():
+                if "@" in k:
+                    tf.summary.scalar(f"valid/{k}", v, step=epoch)
+
+    # -- main -------------------------------------------------------------------------
+    @property
+    def finished(self):
+        """Whether the run has nothing left to train (epoch cap or early stop)."""
+        return (self.state["epoch"] >= self.train_config.epochs
+                or self.state["wait"] > self.train_config.patience)
+
+    def _fit(self):
+        dataset = training_dataset(
+            self.data, self.model_config.max_len, self.train_config.batch_size,
+            regime=self.model_config.regime, seed=self.train_config.seed + self.state["epoch"],
+        )
+        if self.steps_per_epoch:
+            dataset = dataset.take(self.steps_per_epoch)
+        _log(f"training {self.model_config.attention} ({self.model_config.regime}/"
+             f"{self.model_config.loss}, max_len {self.model_config.max_len}, xla "
+             f"{self.train_config.xla}) for up to {self.train_config.epochs} epochs, "
+             f"{int(dataset.cardinality())} batches each")
+        callbacks = [
+            tf.keras.callbacks.TensorBoard(log_dir=str(self.output / "logs"), profile_batch=0),
+            _EpochEnd(self),
+        ]
+        self.model.fit(dataset, epochs=self.train_config.epochs, initial_epoch=self.state["epoch"],
+                       callbacks=callbacks, verbose=self.verbose)
+
+    def _final_metrics(self):
+        """Restores the best weights, scores valid and test, writes ``metrics.json``."""
+        if not (self.output / WEIGHTS_DIR).exists():
+            raise RuntimeError(f"{self.output}: no epoch completed, nothing to evaluate")
+        self.model.load_weights(str(self.output / WEIGHTS_DIR / "model")).expect_partial()
+        results = {split: metric_subset(self.evaluator.evaluate(self.data, split))
+                   for split in ("valid", "test")}
+        exclude_history = self.train_config.exclude_history
+        metrics = {"protocol": "full", "exclude_history": bool(exclude_history),
+                   "best_epoch": self.state["best_epoch"], "epochs_run": self.state["epoch"],
+                   **results}
+        run_dir.write_metrics(self.output, metrics)
+        _log(f"best epoch {self.state['best_epoch']} (full ranking, exclude_history="
+             f"{exclude_history}):\n" + format_table(results))
+        return metrics
+
+    def run(self):
+        """Trains (or resumes) to the end; returns the metrics dict of ``metrics.json``."""
+        self._prepare_output()
+        tf.keras.utils.set_random_seed(self.train_config.seed)
+        self._build()
+        self._restore()
+        self.on_train_begin(self.state)
+        self.writer = tf.summary.create_file_writer(str(self.output / "logs" / "validation"))
+        if not self.finished:
+            self._fit()
+        return self._final_metrics()
+
+
+def train(model_config, train_config, data, output, **kwargs):
+    """Trains ``model_config`` by ``train_config`` on ``data`` (a
+    :class:`~tfrs_linear.data.SequenceData`) into ``output``; returns the metrics dict
+    also written to ``output/metrics.json``. ``kwargs``: those of :class:`Trainer`."""
+    return Trainer(model_config, train_config, data, output, **kwargs).run()
+
+
+__all__ = ["Trainer", "train"]
