@@ -35,8 +35,11 @@ setup(
         # `import tensorflow_recommenders` under TF 2.21. Top-k is exact (brute force).
     ],
     extras_require={
-        "test": ["pytest>=8", "psutil>=5.9"],
+        "test": ["pytest>=8", "psutil>=5.9", "hypothesis>=6.100"],
         "bench": ["matplotlib>=3.8", "psutil>=5.9"],
+        # Keras 3 layers (tfrs_linear.keras3) on the TensorFlow and JAX backends, and the
+        # keras-rs example. Tested with exactly these versions.
+        "keras3": ["keras>=3.15,<3.16", "keras-rs==0.4.0", "jax[cpu]==0.10.2"],
         "pipelines": [
             "apache-beam==2.77.*",
             "tensorflow-transform==1.21.*",

@@ -1,0 +1,207 @@
+"""Keras 3 `LinRecAttention`: a drop-in replacement for `keras.layers.MultiHeadAttention`."""
+
+import keras
+from keras import ops
+
+from tfrs_linear.keras3 import _common as C
+from tfrs_linear.keras3 import _linrec_math as M
+
+
+class _Masks:
+    """The padding masks and the causal flag handed from the mask hook to the attention."""
+
+    __slots__ = ("query_mask", "key_mask", "causal")
+
+    def __init__(self, query_mask, key_mask, causal):
+        self.query_mask = query_mask
+        self.key_mask = key_mask
+        self.causal = causal
+
+
+def _and(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return ops.logical_and(a, b)
+
+
+def _check_axes(attention_axes):
+    if attention_axes is None:
+        return
+    axes = tuple(attention_axes) if isinstance(attention_axes, (list, tuple)) else (
+        attention_axes,
+    )
+    if axes not in ((1,), (-2,)):
+        raise ValueError(
+            "LinRecAttention attends over the sequence axis only (attention_axes=None or "
+            f"1), got attention_axes={attention_axes!r}."
+        )
+
+
+@C.register
+class LinRecAttention(keras.layers.MultiHeadAttention):
+    """LinRec L2-normalized linear attention (Liu et al., SIGIR 2023) for Keras 3.
+
+    A subclass of ``keras.layers.MultiHeadAttention`` that replaces only the attention
+    itself (``_compute_attention_mask`` and ``_compute_attention``): the projections
+    (the same weights, in the same order and shapes), initializers, regularizers, the
+    optional gate, the dtype policy, Keras mask propagation and the call signature
+    are the parent's. Time and memory are linear in the sequence length; the math is
+    that of :func:`tfrs_linear.ops.linrec_attention` (``docs/linrec.md``), written in
+    ``keras.ops`` so that it runs on every backend.
+
+    Extra arguments: ``normalization`` (``"paper"``, default, or ``"token"``),
+    ``causal`` (always causal, as ``use_causal_mask=True`` at every call),
+    ``chunk_size`` (chunk length of the causal computation) and ``epsilon`` (the floor
+    of every norm). ``dropout`` applies to each head's attention output before the
+    output projection (no N x N matrix exists). ``sliding_window`` is not supported.
+
+    Call: ``(query, value, key=None, query_mask=None, value_mask=None, key_mask=None,
+    attention_mask=None, return_attention_scores=False, training=None,
+    use_causal_mask=False)`` on ``[batch, length, dim]`` inputs. Keras masks are
+    honoured; ``attention_mask`` may be a ``[batch, length]`` padding mask of the keys
+    (and of the queries in self-attention). A pairwise ``[batch, T, S]`` mask raises a
+    ``ValueError``. ``return_attention_scores=True`` also returns the implicit
+    ``[batch, heads, T, S]`` matrix (O(N²), for inspection).
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        value_dim=None,
+        dropout=0.0,
+        use_bias=True,
+        output_shape=None,
+        attention_axes=None,
+        normalization="paper",
+        causal=False,
+        chunk_size=64,
+        epsilon=1e-6,
+        **kwargs,
+    ):
+        if normalization not in M.NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {M.NORMALIZATIONS}, got {normalization!r}."
+            )
+        _check_axes(attention_axes)
+        if int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+        if kwargs.get("sliding_window") is not None:
+            raise ValueError("LinRecAttention does not support `sliding_window`.")
+        kwargs.pop("sliding_window", None)
+        kwargs.pop("flash_attention", None)
+        super().__init__(
+            num_heads=num_heads,
+            key_dim=key_dim,
+            value_dim=value_dim,
+            dropout=dropout,
+            use_bias=use_bias,
+            output_shape=output_shape,
+            attention_axes=None,
+            **kwargs,
+        )
+        self.normalization = normalization
+        self.causal = bool(causal)
+        self.chunk_size = int(chunk_size)
+        self.epsilon = float(epsilon)
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("attention_axes", "sliding_window"):
+            config.pop(key, None)
+        config.update(
+            normalization=self.normalization,
+            causal=self.causal,
+            chunk_size=self.chunk_size,
+            epsilon=self.epsilon,
+        )
+        return config
+
+    def build(self, query_shape, value_shape, key_shape=None):
+        for name, shape in (("query", query_shape), ("value", value_shape),
+                            ("key", key_shape)):
+            if shape is not None and len(shape) != 3:
+                raise ValueError(
+                    f"LinRecAttention expects `{name}` shaped [batch, length, dim], got "
+                    f"shape {tuple(shape)}."
+                )
+        super().build(query_shape, value_shape, key_shape)
+
+    def _compute_attention_mask(
+        self,
+        query,
+        value,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        use_causal_mask=False,
+    ):
+        causal = self.causal or bool(use_causal_mask)
+        query_mask = None if query_mask is None else ops.cast(query_mask, "bool")
+        keys = _and(
+            None if value_mask is None else ops.cast(value_mask, "bool"),
+            None if key_mask is None else ops.cast(key_mask, "bool"),
+        )
+        if attention_mask is not None:
+            attention_mask = ops.convert_to_tensor(attention_mask)
+            if len(attention_mask.shape) != 2:
+                raise ValueError(
+                    "LinRecAttention takes padding and causal masks only: "
+                    "`attention_mask` must be a [batch, length] padding mask (True = real "
+                    f"item), got shape {tuple(attention_mask.shape)}. A pairwise "
+                    "[batch, T, S] mask cannot be applied without forming the N x N "
+                    "matrix that linear attention avoids; use `use_causal_mask=True` "
+                    "for causal masking."
+                )
+            padding = ops.cast(attention_mask, "bool")
+            keys = _and(keys, padding)
+            same_length = query.shape[1] is not None and query.shape[1] == value.shape[1]
+            if same_length or causal:
+                query_mask = _and(query_mask, padding)
+        if causal:  # causal self-attention: one mask for both sides
+            query_mask = keys = _and(query_mask, keys)
+        return _Masks(query_mask, keys, causal)
+
+    def _compute_attention(
+        self,
+        query,
+        key,
+        value,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
+    ):
+        if attention_mask is not None and not isinstance(attention_mask, _Masks):
+            raise ValueError(
+                "LinRecAttention._compute_attention expects the masks built by its own "
+                "_compute_attention_mask."
+            )
+        masks = attention_mask or _Masks(None, None, self.causal or use_causal_mask)
+        # [B, T, N, H] -> [B, N, T, H]
+        q, k, v = (ops.transpose(x, (0, 2, 1, 3)) for x in (query, key, value))
+        options = dict(
+            key_mask=masks.key_mask,
+            query_mask=masks.query_mask,
+            causal=masks.causal,
+            normalization=self.normalization,
+            epsilon=self.epsilon,
+        )
+        out = M.linrec_attention(q, k, v, chunk_size=self.chunk_size, **options)
+        scores = M.linrec_attention_scores(q, k, **options) if return_attention_scores else None
+        out = ops.transpose(out, (0, 2, 1, 3))  # [B, T, N, H]
+        out = self._dropout_layer(out, training=training)
+        return out, scores
+
+    def compute_output_spec(self, query, value, key=None, query_mask=None,
+                            value_mask=None, key_mask=None, attention_mask=None,
+                            return_attention_scores=False, training=None,
+                            use_causal_mask=False):
+        output_spec = super().compute_output_spec(query, value, key)
+        if return_attention_scores:
+            shape = (query.shape[0], self.num_heads, query.shape[1], value.shape[1])
+            return output_spec, keras.KerasTensor(shape, dtype=self.compute_dtype)
+        return output_spec
