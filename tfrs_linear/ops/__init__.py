@@ -8,6 +8,9 @@ One concept per module, each opening with its numerics contract:
   dispatch, the fused form) and its masked softmax.
 * :mod:`~tfrs_linear.ops.dispatcher_causal`: the causal dispatcher's fast path, exact
   fallback and scans (``causal_path``).
+* :mod:`~tfrs_linear.ops.linrec_recurrent`, :mod:`~tfrs_linear.ops.dispatcher_recurrent`:
+  the per-event (recurrent) forms of the causal ops: a constant-size float32 state per
+  user, updated by m new events at a time (streaming inference).
 * :mod:`~tfrs_linear.ops.product_keys`: product-key top-m lookup.
 * :mod:`~tfrs_linear.ops.reference`: dense O(N²) references of LinRec and the
   dispatcher, for inspection and tests.
@@ -21,11 +24,22 @@ from tfrs_linear.ops.dispatcher import (  # noqa: F401
     masked_softmax_weights,
 )
 from tfrs_linear.ops.dispatcher_causal import CAUSAL_PATHS, causal_fast_path_ok  # noqa: F401
+from tfrs_linear.ops.dispatcher_recurrent import (  # noqa: F401
+    DISPATCHER_STATE_SUMS,
+    dispatcher_initial_state,
+    dispatcher_step,
+)
 from tfrs_linear.ops.linrec import (  # noqa: F401
     causal_linear_attention,
     linrec_attention,
     linrec_features,
     safe_norm,
+)
+from tfrs_linear.ops.linrec_recurrent import (  # noqa: F401
+    LINREC_STATE_SUMS,
+    compensated_add,
+    linrec_initial_state,
+    linrec_step,
 )
 from tfrs_linear.ops.product_keys import product_key_lookup  # noqa: F401
 from tfrs_linear.ops.reference import (  # noqa: F401
