@@ -7,6 +7,8 @@ One module per concept:
 * ``signatures``: the SavedModel's three signatures (``serving_default``, ``encode``,
   ``serving_tf_example``), built by :class:`ServingSignatures`.
 * ``warmup``: the ``PredictionLog`` warmup records written into every export.
+* ``scratch``: the scratch folders exports build in, marked with their owner; the
+  stale ones of killed exports are removed.
 * ``export``: the versioned export (``tfrs-linear export``): versions, atomic rename,
   ``models.config``, the export info ``tfrs_linear.json``.
 * ``check``: ``tfrs-linear check-serving``: load as TF Serving does → scan ops → replay
@@ -23,6 +25,7 @@ from tfrs_linear.serving.check import (
     PYTHON_OPS,
     add_check_serving_arguments,
     check_serving,
+    check_tolerance,
     reference_outputs,
     run_check_serving,
     scan_graph,
@@ -30,8 +33,8 @@ from tfrs_linear.serving.check import (
 from tfrs_linear.serving.client import Client
 from tfrs_linear.serving.export import (
     CONTAINER_MODELS_ROOT,
+    EXPORT_EXCLUDES_HISTORY,
     MODELS_CONFIG,
-    TMP_PREFIX,
     add_export_arguments,
     export_model,
     export_model_dir,
@@ -40,6 +43,15 @@ from tfrs_linear.serving.export import (
     numeric_versions,
     run_export,
     write_models_config,
+)
+from tfrs_linear.serving.scratch import (
+    SCRATCH_OWNER_FILE,
+    TMP_PREFIX,
+    UNOWNED_STALE_AFTER_S,
+    is_stale,
+    make_scratch,
+    owner_record,
+    remove_stale_scratch,
 )
 from tfrs_linear.serving.signatures import ServingSignatures, checked_rank
 from tfrs_linear.serving.warmup import (
@@ -63,16 +75,19 @@ from tfrs_linear.serving.wire import (
 
 __all__ = [
     "CONTAINER_MODELS_ROOT",
+    "EXPORT_EXCLUDES_HISTORY",
     "EXPORT_INFO_FILE",
     "MODELS_CONFIG",
     "NUM_RESERVED",
     "OOV_INDEX",
     "PAD_INDEX",
     "PYTHON_OPS",
+    "SCRATCH_OWNER_FILE",
     "SIGNATURES",
     "TMP_PREFIX",
     "TOPK_OUTPUTS",
     "UNKNOWN_WARMUP_ID",
+    "UNOWNED_STALE_AFTER_S",
     "WARMUP_FILE",
     "Client",
     "ServingError",
@@ -80,17 +95,22 @@ __all__ = [
     "add_check_serving_arguments",
     "add_export_arguments",
     "check_serving",
+    "check_tolerance",
     "checked_rank",
     "decode_strings",
     "export_model",
     "export_model_dir",
+    "is_stale",
+    "make_scratch",
     "models_config_text",
     "next_version",
     "numeric_versions",
+    "owner_record",
     "pad_rows",
     "predict_request",
     "read_warmup",
     "reference_outputs",
+    "remove_stale_scratch",
     "run_check_serving",
     "run_export",
     "scan_graph",

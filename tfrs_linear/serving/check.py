@@ -15,6 +15,7 @@ and the command exits 1.
 """
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -315,6 +316,15 @@ def _compare_with_model(reference_dir, results, info, tolerance, report):
                         f"{reference_dir} (tolerance {tolerance:g})")
 
 
+def check_tolerance(tolerance):
+    """``tolerance`` as a float; raises ValueError naming it unless it is a finite
+    number ``>= 0`` (a negative one would report every output as a failure)."""
+    number = isinstance(tolerance, (int, float, np.integer, np.floating))
+    if isinstance(tolerance, bool) or not number or not math.isfinite(tolerance) or tolerance < 0:
+        raise ValueError(f"--tolerance must be a finite number >= 0, got {tolerance!r}")
+    return float(tolerance)
+
+
 def check_serving(export_dir, model_dir=None, compare=True, tolerance=1e-4, out=None):
     """Verifies an export as TF Serving loads it: load → scan ops → replay warmup → compare.
 
@@ -322,12 +332,17 @@ def check_serving(export_dir, model_dir=None, compare=True, tolerance=1e-4, out=
       export_dir: a version folder, ``saved_models/NAME/V``.
       model_dir: the model dir to compare with; default: the one recorded at export.
       compare: compare the outputs with the Python model (``False``: load and ops only).
-      tolerance: the largest absolute difference of scores and embeddings.
+      tolerance: the largest absolute difference of scores and embeddings, a finite
+        number ``>= 0``.
       out: a list the report lines are appended to (default: a new one).
 
     Returns:
       ``(ok, report_lines)``; a failed check is ``False`` with the problems listed.
+
+    Raises:
+      ValueError: a negative or non-finite ``tolerance``, before anything is loaded.
     """
+    tolerance = check_tolerance(tolerance)
     export_dir = Path(export_dir)
     if not (export_dir / "saved_model.pb").exists():
         return False, [f"FAIL: {export_dir} is not a SavedModel version folder (no saved_model.pb)"]

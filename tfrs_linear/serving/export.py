@@ -7,38 +7,58 @@ Export layout (``tfrs-linear export --model DIR --base-path saved_models/NAME``)
                                     base_path /models/NAME (the container convention)
       NAME/
         1/ 2/ ...                   one version each, max(existing)+1, renamed into place
-          saved_model.pb            from a non-numeric .tmp-export-* folder, so TF
-          variables/                Serving never sees a half-written version
+          saved_model.pb            from a non-numeric .tmp-export-* scratch folder, so
+          variables/                TF Serving never sees a half-written version
           assets/vocab.txt          raw item id per line (line i = index i)
           assets.extra/
             tf_serving_warmup_requests   TFRecord of PredictionLog (every signature)
-            tfrs_linear.json             source model dir + export options
+            tfrs_linear.json             source model dir + export options (k,
+                                         exclude_history: what check-serving compares with)
+
+Everything is created with the process umask (folders 0755 and files 0644 under umask
+022), so a TF Serving process running as another user can read it. The history items
+of a request are removed by default (``--keep-history`` keeps them), whatever the run
+was evaluated with. Arguments are checked before anything is created.
 
 The signatures are described in ``tfrs_linear.serving.signatures``, the warmup records
-in ``tfrs_linear.serving.warmup``.
+in ``tfrs_linear.serving.warmup``, the scratch folders (and the removal of those a
+killed export left) in ``tfrs_linear.serving.scratch``.
 """
 
 import json
+import logging
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from tfrs_linear import __version__
-from tfrs_linear.config import TrainConfig
 from tfrs_linear.data import save_vocabulary
 from tfrs_linear.models import load_model_dir
+from tfrs_linear.serving.scratch import (
+    SCRATCH_VERSION,
+    SCRATCH_VOCAB,
+    TMP_PREFIX,
+    make_scratch,
+    remove_stale_scratch,
+)
 from tfrs_linear.serving.signatures import ServingSignatures
 from tfrs_linear.serving.warmup import warmup_requests, write_warmup
 from tfrs_linear.serving.wire import EXPORT_INFO_FILE, SIGNATURES, WARMUP_FILE
 
 MODELS_CONFIG = "models.config"
-TMP_PREFIX = ".tmp-export-"
 CONTAINER_MODELS_ROOT = "/models"
+# An export removes the request's history items unless told otherwise (``--keep-history``):
+# a user is rarely served what they just consumed. Evaluation's default differs
+# (TrainConfig.exclude_history, the protocol's); an export does not follow it.
+EXPORT_EXCLUDES_HISTORY = True
+
+_log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- versions
@@ -79,11 +99,16 @@ def models_config_text(saved_models_root):
 
 
 def write_models_config(saved_models_root):
-    """Rewrites ``<saved_models_root>/models.config`` atomically; returns its path."""
+    """Rewrites ``<saved_models_root>/models.config`` atomically; returns its path.
+
+    The file gets the umask's permissions (``0644`` under umask 022), so that a TF
+    Serving process running as another user can read it.
+    """
     root = Path(saved_models_root)
     text = models_config_text(root)
-    fd, tmp = tempfile.mkstemp(prefix=".models.config.", dir=str(root))
+    tmp = root / f".{MODELS_CONFIG}.{os.getpid()}-{secrets.token_hex(4)}"
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # & ~umask
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, root / MODELS_CONFIG)
@@ -97,15 +122,21 @@ def write_models_config(saved_models_root):
 # --------------------------------------------------------------------------- export
 
 
-def _check_export(model, vocab, base_path):
-    """The model's name (the base path's folder); raises ValueError on bad arguments."""
+def _check_export(base_path, k, exclude_history):
+    """The model's name (the base path's folder); raises ValueError on a bad argument.
+
+    Runs before anything is loaded or created.
+    """
     name = base_path.name
     if not name or name.startswith(".") or name.isdigit():
         raise ValueError(
             f"--base-path must name a model folder such as saved_models/NAME, got {str(base_path)!r}"
         )
-    if len(vocab) != int(model.vocab_size):
-        raise ValueError(f"vocabulary has {len(vocab)} entries but the model has {model.vocab_size}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"--k must be an integer >= 1, got {k!r}")
+    if exclude_history is not None and not isinstance(exclude_history, (bool, np.bool_)):
+        raise ValueError("exclude_history must be True, False or None (None: exclude, the "
+                         f"export's default), got {exclude_history!r}")
     return name
 
 
@@ -126,21 +157,20 @@ def _export_info(built, name, k, model_dir):
     }
 
 
-def _write_version(folder, model, vocab, name, k, exclude_history, model_dir):
-    """Writes the SavedModel, its warmup records and export info into ``folder``."""
-    scratch = Path(tempfile.mkdtemp(prefix="tfrs-linear-vocab-"))
-    try:
-        vocab_file = scratch / "vocab.txt"
-        save_vocabulary(vocab, vocab_file)
-        built = ServingSignatures(model, vocab_file, k, exclude_history)
-        tf.saved_model.save(built.module, str(folder), signatures=built.signatures())
-        extra = folder / "assets.extra"
-        extra.mkdir(exist_ok=True)
-        write_warmup(extra / WARMUP_FILE, warmup_requests(name, vocab, built.max_len))
-        info = _export_info(built, name, k, model_dir)
-        (extra / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+def _write_version(scratch, model, vocab, name, k, exclude_history, model_dir):
+    """Writes the SavedModel, its warmup records and export info into
+    ``scratch/version``; returns that folder."""
+    folder = scratch / SCRATCH_VERSION
+    vocab_file = scratch / SCRATCH_VOCAB
+    save_vocabulary(vocab, vocab_file)
+    built = ServingSignatures(model, vocab_file, k, exclude_history)
+    tf.saved_model.save(built.module, str(folder), signatures=built.signatures())
+    extra = folder / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    write_warmup(extra / WARMUP_FILE, warmup_requests(name, vocab, built.max_len))
+    info = _export_info(built, name, k, model_dir)
+    (extra / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return folder
 
 
 def _rename_into_place(folder, base_path):
@@ -161,43 +191,54 @@ def _rename_into_place(folder, base_path):
 def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir=None):
     """Exports ``model`` as the next version under ``base_path``; returns its path.
 
-    Built in ``base_path/.tmp-export-XXXX`` and renamed to the version number only when
-    complete (removed on failure). Also rewrites ``<parent>/models.config``.
+    Built in a scratch folder ``base_path/.tmp-export-*`` (see
+    :mod:`tfrs_linear.serving.scratch`; the scratch folders of killed exports are
+    removed first) and renamed to the version number only when complete. Also rewrites
+    ``<parent>/models.config``. Folders and files get the umask's permissions.
 
     Args:
       model: a built ``SequentialRetrievalModel``.
       vocab: its vocabulary (``[PAD]``, ``[OOV]``, then the raw item ids).
       base_path: the model's TF Serving base path, ``saved_models/NAME``.
-      k: recommendations per request (capped at the catalogue size).
-      exclude_history: never recommend an item of the request's history; ``None``
-        takes ``TrainConfig``'s default (:func:`export_model_dir` passes the run's).
+      k: recommendations per request, an integer ``>= 1`` (capped at the catalogue size).
+      exclude_history: never recommend an item of the request's history; ``None`` (the
+        default) excludes them (:data:`EXPORT_EXCLUDES_HISTORY`), ``False`` keeps them.
       model_dir: the trained model directory, recorded for ``check-serving``.
 
     Raises:
-      ValueError: a bad base path, ``k``, or a vocabulary that does not fit the model.
+      ValueError: a bad base path, ``k`` or ``exclude_history``, or a vocabulary that does
+        not fit the model; raised before anything is created.
     """
     base_path = Path(base_path)
     vocab = list(vocab)
-    name = _check_export(model, vocab, base_path)
+    name = _check_export(base_path, k, exclude_history)
+    if len(vocab) != int(model.vocab_size):
+        raise ValueError(f"vocabulary has {len(vocab)} entries but the model has "
+                         f"{model.vocab_size}")
     if exclude_history is None:
-        exclude_history = TrainConfig().exclude_history
+        exclude_history = EXPORT_EXCLUDES_HISTORY
     base_path.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=str(base_path)))
+    for stale in remove_stale_scratch(base_path):
+        _log.info("removed %s, the scratch folder of an export that is gone", stale)
+    scratch = make_scratch(base_path)
     try:
-        _write_version(tmp, model, vocab, name, k, exclude_history, model_dir)
-        target = _rename_into_place(tmp, base_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        folder = _write_version(scratch, model, vocab, name, k, exclude_history, model_dir)
+        target = _rename_into_place(folder, base_path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     write_models_config(base_path.parent)
     return target
 
 
 def export_model_dir(model_dir, base_path, k=100, exclude_history=None):
-    """Loads a trained model directory and exports it (see :func:`export_model`)."""
-    model, train_config, vocab = load_model_dir(model_dir)
-    if exclude_history is None:
-        exclude_history = train_config.exclude_history  # what the run was evaluated with
+    """Loads a trained model directory and exports it (see :func:`export_model`).
+
+    The export's history default does not follow the run's ``exclude_history`` (an
+    evaluation setting): ``None`` excludes history items, ``False`` keeps them. The
+    arguments are checked before the model is loaded.
+    """
+    _check_export(Path(base_path), k, exclude_history)
+    model, _, vocab = load_model_dir(model_dir)
     return export_model(model, vocab, base_path, k=k, exclude_history=exclude_history,
                         model_dir=model_dir)
 
