@@ -58,9 +58,9 @@ def test_padded_positions_output_zero_and_lengths_are_checked():
     out = encoder(ids).numpy()
     assert np.all(out[0, :6] == 0.0) and np.all(out[1] == 0.0)
     assert np.any(out[0, 6:] != 0.0)
-    with pytest.raises(ValueError, match="left-padded to max_len=10"):
-        encoder(np.zeros([2, 9], np.int32))
-    with pytest.raises(ValueError, match=r"must be \[batch, max_len\]"):
+    with pytest.raises(ValueError, match="11 long, longer than max_len=10"):
+        encoder(np.zeros([2, 11], np.int32))
+    with pytest.raises(ValueError, match=r"must be \[batch, length\]"):
         encoder(np.zeros([10], np.int32))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.oracles import dense_attention, random_padding_mask
+from tests.oracles import dense_attention, dense_matrix, random_padding_mask
 from tfrs_linear.layers import LinRecAttention, TransformerBlock
 
 
@@ -167,3 +167,51 @@ def test_attention_hook_gets_masks_and_flags_as_arguments_and_no_state_is_kept()
     layer(x, x[:, :5])  # cross-attention, non-causal, no scores
     assert seen[-1]["causal"] is False and seen[-1]["return_attention_scores"] is False
     assert seen[-1]["query_mask"] is None and seen[-1]["key_mask"] is None
+
+
+# ------------------------------------------------- issue 14: causal, query length != value length
+def _cross_reference(layer, xq, xv, key_mask, query_mask):
+    """Projections with the layer's weights (float64), then the dense oracle's causal
+    [T, S] matrix (query i sees keys j <= i), then the output projection."""
+    ws = {w.name.split("/")[-2] + "/" + w.name.split("/")[-1].split(":")[0]: w.numpy().astype(np.float64)
+          for w in layer.weights}
+
+    def proj(name, x):
+        return np.einsum("btd,dnh->bnth", x.astype(np.float64), ws[f"{name}/kernel"]) + \
+            ws[f"{name}/bias"][None, :, None, :]
+
+    q, k, v = proj("query", xq), proj("key", xv), proj("value", xv)
+    scores = dense_matrix(q, k, key_mask, True, layer.normalization)  # [B, N, T, S]
+    scores = scores * query_mask[:, None, :, None]
+    out = scores @ (v * key_mask[:, None, :, None])
+    return np.einsum("bnth,nhd->btd", out, ws["attention_output/kernel"]) + ws["attention_output/bias"], scores
+
+
+@pytest.mark.parametrize("normalization", ["paper", "token"])
+@pytest.mark.parametrize("t_len,s_len", [(4, 9), (9, 4)])
+def test_causal_mask_with_query_and_value_of_different_lengths(normalization, t_len, s_len):
+    """MultiHeadAttention's causal mask is the lower-triangular [T, S] matrix; LinRec applies
+    it without forming it (this crashed inside LogicalAnd / raised 'same length')."""
+    rng = np.random.default_rng(14)
+    xq = rng.normal(size=[3, t_len, 6]).astype(np.float32)
+    xv = rng.normal(size=[3, s_len, 6]).astype(np.float32)
+    key_mask = random_padding_mask(rng, 3, s_len)
+    query_mask = random_padding_mask(rng, 3, t_len)
+    layer = LinRecAttention(num_heads=2, key_dim=3, normalization=normalization, chunk_size=3)
+    query = tf.constant(xq)
+    query._keras_mask = tf.constant(query_mask)  # the query's own padding (a Keras mask)
+    out, scores = layer(query, tf.constant(xv), attention_mask=key_mask, use_causal_mask=True,
+                        return_attention_scores=True)
+    want, want_scores = _cross_reference(layer, xq, xv, key_mask.astype(np.float64),
+                                         query_mask.astype(np.float64))
+    assert out.shape == (3, t_len, layer._query_shape[-1]) and scores.shape == (3, 2, t_len, s_len)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scores.numpy(), want_scores, rtol=1e-4, atol=1e-6)
+    # causal=True at construction is the same mask; so is the compiled (XLA) path.
+    fixed = LinRecAttention(num_heads=2, key_dim=3, normalization=normalization, chunk_size=3,
+                            causal=True)
+    fixed(query, tf.constant(xv))
+    fixed.set_weights(layer.get_weights())
+    compiled = tf.function(lambda q, v, m: fixed(q, v, attention_mask=m), jit_compile=True)
+    got = compiled(tf.constant(xq), tf.constant(xv), tf.constant(key_mask)).numpy()
+    np.testing.assert_allclose(got * query_mask[..., None], want, rtol=1e-4, atol=1e-5)

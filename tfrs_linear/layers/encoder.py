@@ -1,5 +1,6 @@
 """The sequence encoder: the query tower of a sequential retrieval model."""
 
+import numpy as np
 import tensorflow as tf
 
 from tfrs_linear.constants import PAD_INDEX
@@ -17,30 +18,113 @@ def _as_is(value):
     return value
 
 
+# The encoder's output forms and input paddings. (Option lists belong in constants.py;
+# these two are to move there.)
+ENCODER_OUTPUTS = ("sequence", "last")
+PADDINGS = ("left", "right")
+
+
+def find_padding_errors(item_ids, padding="left"):
+    """The rows of ``item_ids`` (NumPy-like ``[batch, length]``) not padded as ``padding``
+    says: ``"left"`` = every 0 (padding) comes before the first real item, ``"right"`` =
+    after the last one. Returns their indices (an empty list when all are right).
+
+    The encoder checks its input with it when it runs eagerly; a training or serving loop
+    that compiles the encoder with XLA (where ``tf.debugging.Assert`` is dropped) can call
+    it, or :func:`check_padding`, on each batch before the compiled step.
+    """
+    real = np.asarray(item_ids) != PAD_INDEX
+    if real.ndim != 2 or real.shape[1] < 2:
+        return []
+    if padding == "left":
+        wrong = real[:, :-1] & ~real[:, 1:]  # a real item followed by padding
+    else:
+        wrong = ~real[:, :-1] & real[:, 1:]  # padding followed by a real item
+    return [int(i) for i in np.flatnonzero(wrong.any(axis=1))]
+
+
+def padding_error_message(padding, rows=None):
+    """The one-line error for rows padded on the wrong side (:func:`find_padding_errors`;
+    ``rows=None``: the graph-mode check, which prints the row indices after it)."""
+    which = "(indices below)" if rows is None else list(rows)[:5]
+    if padding == "left":
+        found, expected, other = "after a real item: they look right-padded", "Left-pad", "right"
+    else:
+        found, expected, other = "before a real item: they look left-padded", "Right-pad", "left"
+    return (
+        f"SequenceEncoder(padding={padding!r}): item_ids row(s) {which} have padding "
+        f"(0) {found} (or have holes). {expected} every row, newest item last, or build the "
+        f"encoder with padding={other!r}."
+    )
+
+
+def check_padding(item_ids, padding="left"):
+    """Raises ``ValueError`` (:func:`padding_error_message`) if a row of the NumPy-like
+    ``item_ids`` is not ``padding``-padded."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
+    rows = find_padding_errors(item_ids, padding)
+    if rows:
+        raise ValueError(padding_error_message(padding, rows))
+
+
+def _left_aligned(item_ids, real, padding):
+    """Right-padded rows turned left-padded (``[a b 0] -> [0 a b]``), lengths kept."""
+    if padding == "left":
+        return item_ids
+    lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
+    return tf.reverse(tf.reverse_sequence(item_ids, lengths, seq_axis=1, batch_axis=0), [1])
+
+
+def _back_to_right(sequence, real, padding):
+    """The inverse of :func:`_left_aligned` on the outputs ``[B, N, d]``."""
+    if padding == "left":
+        return sequence
+    lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
+    return tf.reverse_sequence(tf.reverse(sequence, [1]), lengths, seq_axis=1, batch_axis=0)
+
+
 # The encoder's configuration, in get_config()'s order: argument -> how it is stored.
 _ARGUMENTS = {
     "vocab_size": int, "max_len": int, "d_model": int, "num_layers": int, "num_heads": int,
     "ffn_dim": int, "attention": _as_is, "causal": bool, "dropout": float,
     "attention_dropout": float, "layer_norm_epsilon": float, "normalization": _as_is,
     "chunk_size": int, "num_interests": int, "recency_bias": bool, "use_memory": bool,
-    "memory_keys": int, "memory_top_m": int,
+    "memory_keys": int, "memory_top_m": int, "padding": _as_is,
 }
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
 class SequenceEncoder(tf.keras.layers.Layer):
-    """Item ids ``[batch, max_len]`` (int, 0 = padding, left-padded) → ``[batch, max_len, d]``.
+    """Item ids ``[batch, length]`` (int, 0 = padding) → per-position states or the user
+    embedding.
 
     The query tower of SASRec-style models: ``embed -> + learned position -> LayerNorm ->
     dropout -> num_layers TransformerBlocks``, whose attention is ``"softmax"``,
-    ``"linrec"`` or ``"elastic"``. Sequences are left-padded to a fixed ``max_len``
-    (newest item last), so every shape is static and XLA compiles one program; padded
-    positions output 0.
+    ``"linrec"`` or ``"elastic"``. Inside, every row is left-padded to a fixed ``max_len``
+    (newest item last, at position ``max_len - 1``), so every shape is static and XLA
+    compiles one program; padded positions output 0.
 
-    ``encoder(item_ids, last_only=True)`` returns the newest position only,
-    ``[batch, 1, d]``, equal to ``encoder(item_ids)[:, -1:]``: the last block then runs
-    one query (the newest position's causal prefix is the whole sequence), which is all a
-    query tower, a last-position loss or a serving signature needs.
+    Input: ``[batch, L]`` with ``L <= max_len``, padded on the side ``padding`` says
+    (``"left"``: ``[0 0 a b c]``, ``"right"``: ``[a b c 0 0]``; oldest item first either
+    way). Shorter inputs are padded to ``max_len`` inside; a right-padded row is aligned
+    to the left-padded layout, so both paddings of the same items give the same states.
+    Output: ``output="sequence"``: ``[batch, L, d]``, aligned with the input;
+    ``output="last"``: ``[batch, d]``, the newest position (the user embedding).
+
+    A row padded on the wrong side (a 0 after a real item with ``padding="left"``, before
+    one with ``"right"``) would silently give wrong states (with ``"left"``, a right-padded
+    row's user embedding is the all-zero padding state). The encoder checks: eagerly it
+    raises ``ValueError`` naming the rows; in a ``tf.function`` a ``tf.debugging.Assert``
+    raises ``InvalidArgumentError`` with the same message. Under XLA (``jit_compile=True``)
+    ``Assert`` is dropped and the compiled step computes on without a check: call
+    :func:`check_padding` on the batch before the compiled step.
+
+    ``encoder(item_ids, last_only=True)`` (``output="sequence"``) returns the newest
+    position only, ``[batch, 1, d]``, equal to the full computation's newest position:
+    the last block then runs one query (the newest position's causal prefix is the whole
+    sequence), which is all a query tower, a last-position loss or a serving signature
+    needs. ``output="last"`` does the same.
 
     With ``attention="elastic"`` and ``use_memory=True`` (non-causal only) the first
     block's interest tokens come from an :class:`~tfrs_linear.layers.InterestMemory`
@@ -53,7 +137,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
 
     Args:
         vocab_size: rows of the item embedding (0 = padding, 1 = OOV, then the items).
-        max_len: the sequence length every input is left-padded to.
+        max_len: the longest input; every input is padded to it inside.
         d_model: the model width.
         num_layers: the number of :class:`~tfrs_linear.layers.TransformerBlock` s.
         num_heads: attention heads per block (``d_model`` must be divisible by it).
@@ -73,6 +157,9 @@ class SequenceEncoder(tf.keras.layers.Layer):
         memory_top_m: memory rows read per query.
         item_embedding: an existing ``Embedding`` layer to share (e.g. with a tied
             candidate tower); a new one named ``"item_embedding"`` otherwise.
+        output: ``"sequence"`` (default) or ``"last"`` (the newest position, ``[batch, d]``).
+        padding: ``"left"`` (default, the package's data pipelines) or ``"right"``.
+            Configurations saved before these two existed load as ``"sequence"``/``"left"``.
         **kwargs: ``tf.keras.layers.Layer`` arguments (``name``, ``dtype``...).
     """
 
@@ -97,12 +184,20 @@ class SequenceEncoder(tf.keras.layers.Layer):
         memory_keys=128,
         memory_top_m=8,
         item_embedding=None,
+        output="sequence",
+        padding="left",
         **kwargs,
     ):
         super().__init__(**kwargs)
         arguments = locals()  # exactly the named arguments above, plus self/kwargs/item_embedding
         for name, cast in _ARGUMENTS.items():
             setattr(self, name, cast(arguments[name]))
+        # `output` is a read-only property of Keras layers (the functional output).
+        self.output_form = output
+        if self.output_form not in ENCODER_OUTPUTS:
+            raise ValueError(f"output must be one of {ENCODER_OUTPUTS}, got {output!r}.")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
         if self.use_memory and (self.attention != "elastic" or self.causal):
             raise ValueError("use_memory needs attention='elastic' and a non-causal encoder.")
         # Sub-layers keep their attribute names: they are the checkpoints' keys.
@@ -165,12 +260,51 @@ class SequenceEncoder(tf.keras.layers.Layer):
     # -- forward ------------------------------------------------------------------------
     def _check_ids(self, item_ids):
         if item_ids.shape.rank != 2:
-            raise ValueError(f"item_ids must be [batch, max_len], got shape {item_ids.shape}.")
-        if item_ids.shape[1] is not None and item_ids.shape[1] != self.max_len:
+            raise ValueError(f"item_ids must be [batch, length], got shape {item_ids.shape}.")
+        if item_ids.shape[1] is not None and item_ids.shape[1] > self.max_len:
             raise ValueError(
-                f"item_ids must be left-padded to max_len={self.max_len}, got length "
-                f"{item_ids.shape[1]}."
+                f"item_ids are {item_ids.shape[1]} long, longer than max_len={self.max_len}: "
+                f"keep each user's newest {self.max_len} items."
             )
+
+    def _check_padding(self, item_ids):
+        """Eagerly: a ``ValueError`` for rows padded on the wrong side. In a graph: a
+        ``tf.debugging.Assert`` (an ``InvalidArgumentError`` when it runs). XLA drops
+        ``Assert``: a ``jit_compile`` d function computes on regardless (see the class
+        docstring), so compiled loops check batches first (:func:`check_padding`)."""
+        if tf.executing_eagerly():
+            check_padding(item_ids.numpy(), self.padding)
+            return
+        real = tf.not_equal(item_ids, PAD_INDEX)
+        if self.padding == "left":
+            wrong = tf.logical_and(real[:, :-1], tf.logical_not(real[:, 1:]))
+        else:
+            wrong = tf.logical_and(tf.logical_not(real[:, :-1]), real[:, 1:])
+        wrong_rows = tf.reduce_any(wrong, axis=1)
+        tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(wrong_rows)),
+            [padding_error_message(self.padding), tf.where(wrong_rows)[:, 0]],
+            summarize=5,
+        )
+
+    def _to_max_len(self, item_ids):
+        """Pads ``[B, L]`` (``L <= max_len``) to ``[B, max_len]`` on the padding side."""
+        if item_ids.shape[1] == self.max_len:
+            return item_ids
+        missing = self.max_len - tf.shape(item_ids)[1]
+        side = [[0, 0], [missing, 0]] if self.padding == "left" else [[0, 0], [0, missing]]
+        padded = tf.pad(item_ids, side)
+        padded.set_shape([item_ids.shape[0], self.max_len])
+        return padded
+
+    def _from_max_len(self, sequence, item_ids):
+        """The outputs ``[B, max_len, d]`` at the input's own positions ``[B, L, d]``."""
+        if item_ids.shape[1] == self.max_len:
+            return sequence
+        length = tf.shape(item_ids)[1]
+        if self.padding == "left":
+            return sequence[:, self.max_len - length:]
+        return sequence[:, :length]
 
     def _embed(self, item_ids, mask, training):
         """Item + position embeddings, LayerNorm, dropout; padded positions are 0."""
@@ -180,9 +314,8 @@ class SequenceEncoder(tf.keras.layers.Layer):
         x = self.input_dropout(self.input_norm(x), training=training)
         return x * tf.cast(mask, x.dtype)[:, :, tf.newaxis]
 
-    def call(self, item_ids, training=None, last_only=False):
-        item_ids = tf.convert_to_tensor(item_ids)
-        self._check_ids(item_ids)
+    def _encode(self, item_ids, training, last_only):
+        """The blocks over left-padded ``[B, max_len]`` ids (see :meth:`call`)."""
         mask = tf.not_equal(item_ids, PAD_INDEX)
         x = self._embed(item_ids, mask, training)
         interests = None
@@ -203,10 +336,35 @@ class SequenceEncoder(tf.keras.layers.Layer):
                 x = block(x, mask=mask, training=training, last_only=last)
         return x
 
+    def call(self, item_ids, training=None, last_only=False):
+        item_ids = tf.convert_to_tensor(item_ids)
+        self._check_ids(item_ids)
+        self._check_padding(item_ids)
+        padded = self._to_max_len(item_ids)
+        # Inside, every row is left-padded to max_len: the newest item is at position
+        # max_len - 1 whatever the padding side (the position embeddings count from there).
+        real = tf.not_equal(padded, PAD_INDEX)
+        x = self._encode(_left_aligned(padded, real, self.padding), training,
+                         last_only or self.output_form == "last")
+        if self.output_form == "last":
+            return x[:, -1]
+        if last_only:
+            return x
+        return self._from_max_len(_back_to_right(x, real, self.padding), item_ids)
+
     def get_config(self):
         config = super().get_config()
         config.update({name: getattr(self, name) for name in _ARGUMENTS})
+        config["output"] = self.output_form
         return config
 
 
-__all__ = ["SequenceEncoder", "embedding_initializer"]
+__all__ = [
+    "ENCODER_OUTPUTS",
+    "PADDINGS",
+    "SequenceEncoder",
+    "check_padding",
+    "embedding_initializer",
+    "find_padding_errors",
+    "padding_error_message",
+]

@@ -1,5 +1,7 @@
 """`LinRecAttention`: a drop-in replacement for `tf.keras.layers.MultiHeadAttention`."""
 
+import contextlib
+
 import tensorflow as tf
 
 from tfrs_linear.constants import NORMALIZATIONS
@@ -33,6 +35,57 @@ def _dense_inputs(query, key, value):
     return query, key, value, query_lengths
 
 
+def _is_shape(x):
+    """Whether ``x`` is one shape (a ``TensorShape`` or a list of dims), not a list of shapes."""
+    if isinstance(x, tf.TensorShape):
+        return True
+    return isinstance(x, (list, tuple)) and all(d is None or isinstance(d, int) for d in x)
+
+
+def _build_shapes(query_shape, value_shape, key_shape):
+    """``(query, value, key)`` TensorShapes, or None when only the query's is known.
+
+    ``build`` is called three ways: ``build(query_shape, value_shape[, key_shape])``
+    (explicitly, like Keras 3's MultiHeadAttention); ``build(query_shape)`` by tf-keras'
+    ``__call__`` (it passes the first input's shape only); ``build([query_shape,
+    value_shape, key_shape])`` by the SavedModel loader (the ``build_input_shape`` that
+    :meth:`LinRecAttention.build` records).
+    """
+    if value_shape is None and query_shape is not None and not _is_shape(query_shape):
+        shapes = list(query_shape) + [None] * (3 - len(query_shape))
+        query_shape, value_shape, key_shape = shapes[:3]
+    if value_shape is None:
+        return None
+    key_shape = value_shape if key_shape is None else key_shape
+    return tuple(tf.TensorShape(s) for s in (query_shape, value_shape, key_shape))
+
+
+def _shape_of(x):
+    return tf.TensorShape(x.shape if hasattr(x, "shape") else x)
+
+
+def _lengths_differ(query, value):
+    """Whether the static sequence lengths (axis 1) of ``query`` and ``value`` differ."""
+    t_len, s_len = query.shape[1], value.shape[1]
+    if (t_len is None or s_len is None) and t_len != s_len:
+        # Unknown lengths are taken as equal (self-attention), as they always were.
+        return False
+    return t_len != s_len
+
+
+def _align_keys(x, t_len, s_len):
+    """``x [B, S, ...]`` cut or zero-padded to ``T`` positions along axis 1 (static lengths).
+
+    MultiHeadAttention's causal mask is the lower-triangular ``[T, S]`` matrix (query
+    ``i`` sees keys ``j <= i``): for ``T < S`` the keys past ``T`` are never seen, for
+    ``T > S`` queries past ``S`` see every key, as if ``T - S`` masked keys followed.
+    """
+    if t_len <= s_len:
+        return x[:, :t_len]
+    paddings = [[0, 0], [0, t_len - s_len]] + [[0, 0]] * (x.shape.rank - 2)
+    return tf.pad(x, paddings)
+
+
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
 class LinRecAttention(_MHA):
     """LinRec L2-normalized linear attention (Liu et al., SIGIR 2023).
@@ -60,8 +113,18 @@ class LinRecAttention(_MHA):
     masks (``Embedding(mask_zero=True)``) are honoured; ``attention_mask`` may be a
     ``[batch, length]`` padding mask of the keys (and of the queries in self-attention).
     A rank-3 pairwise mask is refused: linear attention takes padding and causal masks
-    only. ``return_attention_scores=True`` also returns the implicit
-    ``[batch, heads, T, S]`` matrix, which costs O(N²): for inspection only.
+    only. ``use_causal_mask=True`` (or ``causal=True``) with a query length ``T`` other
+    than the value length ``S`` applies ``MultiHeadAttention``'s causal mask, the
+    lower-triangular ``[T, S]`` matrix (query ``i`` sees keys ``j <= i``), without forming
+    it; both lengths must then be static. The query's padding comes from its own Keras
+    mask only (an ``attention_mask`` pads the keys). ``return_attention_scores=True``
+    also returns the implicit ``[batch, heads, T, S]`` matrix, which costs O(N²): for
+    inspection only.
+
+    All weights are created in :meth:`build` (``build(query_shape, value_shape,
+    key_shape=None)``, as in Keras 3), which the first call runs with the inputs'
+    shapes; a SavedModel records the three shapes and its loader rebuilds every weight
+    before restoring them.
 
     Hooks (as ``MultiHeadAttention.call`` is split into ``_compute_attention`` and
     friends, so that a subclass overrides one step): ``call`` projects the inputs with the
@@ -139,17 +202,55 @@ class LinRecAttention(_MHA):
         )
         return config
 
-    def _build_from_signature(self, query, value, key=None):
-        for name, x in (("query", query), ("value", value), ("key", key)):
-            if x is None:
-                continue
-            shape = tf.TensorShape(x.shape if hasattr(x, "shape") else x)
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        """Creates every weight: the four projections (and builds the unused softmax).
+
+        ``build(query_shape)`` alone (what tf-keras' ``__call__`` passes) waits for the
+        call, which knows the value's shape. Weight names, order and shapes are
+        ``MultiHeadAttention``'s.
+        """
+        shapes = _build_shapes(query_shape, value_shape, key_shape)
+        if shapes is None or self._built_from_signature:
+            return
+        for name, shape in zip(("query", "value", "key"), shapes):
             if shape.rank is not None and shape.rank != 3:
                 raise ValueError(
                     f"LinRecAttention expects `{name}` shaped [batch, length, dim], got "
                     f"shape {shape}."
                 )
-        super()._build_from_signature(query, value, key)
+        query_shape, value_shape, key_shape = shapes
+        # The parent creates the (unbuilt) projection layers and sets _built_from_signature.
+        super()._build_from_signature(query_shape, value_shape, key_shape)
+        heads_shape = query_shape[:-1].concatenate([self._num_heads, self._value_dim])
+        sublayers = (
+            (self._query_dense, query_shape),
+            (self._key_dense, key_shape),
+            (self._value_dense, value_shape),
+            (self._output_dense, heads_shape),
+        )
+        # Variables are created outside any function being traced (as tf-keras does).
+        with tf.init_scope(), self._own_name_scope():
+            for layer, shape in sublayers:
+                with tf.name_scope(layer.name):
+                    layer.build(shape)
+                layer.built = True
+            # Never called by the linear attention: built so that saving does not skip it.
+            self._softmax.build(None)
+            self._dropout_layer.build(heads_shape)
+        # Recorded in SavedModels as `build_input_shape`: the loader calls build with it.
+        self._build_input_shape = [query_shape, value_shape, key_shape]
+        self.built = True
+
+    def _own_name_scope(self):
+        """The layer's name scope, unless already in it (its own ``__call__``), so that the
+        weights are named ``<layer>/query/kernel`` whoever calls :meth:`build`."""
+        if tf.get_current_name_scope().split("/")[-1] == self.name:
+            return contextlib.nullcontext()
+        return tf.name_scope(self.name)
+
+    def _build_from_signature(self, query, value, key=None):
+        """tf-keras' lazy builder of MultiHeadAttention: :meth:`build` with the shapes."""
+        self.build(_shape_of(query), _shape_of(value), None if key is None else _shape_of(key))
 
     def call(
         self,
@@ -200,7 +301,8 @@ class LinRecAttention(_MHA):
             item), which also masks the queries when ``T == S`` or ``causal``. Any other
             rank raises a ``ValueError``: a pairwise ``[B, T, S]`` mask cannot be applied
             without forming the N x N matrix.
-          causal: causal self-attention, where one mask serves both sides.
+          causal: causal attention; in self-attention (``T == S``) one mask serves
+            both sides, with ``T != S`` the masks stay apart (the query's is its own).
         """
         def keras_mask(x):
             m = getattr(x, "_keras_mask", None)
@@ -227,9 +329,9 @@ class LinRecAttention(_MHA):
             padding = tf.cast(attention_mask, tf.bool)
             key_mask = padding if key_mask is None else key_mask & padding
             same_length = query.shape[1] is not None and query.shape[1] == value.shape[1]
-            if same_length or causal:
+            if same_length or (causal and not _lengths_differ(query, value)):
                 query_mask = padding if query_mask is None else query_mask & padding
-        if causal:
+        if causal and not _lengths_differ(query, value):
             # Causal self-attention: one mask for both sides.
             if query_mask is not None and key_mask is not None:
                 key_mask = query_mask = query_mask & key_mask
@@ -272,6 +374,16 @@ class LinRecAttention(_MHA):
                 f"`attention_mask` (got shape {tf.TensorShape(attention_mask.shape)})."
             )
         causal = self.causal if causal is None else bool(causal)
+        t_len, s_len = query.shape[1], key.shape[1]
+        aligned = causal and _lengths_differ(query, key)
+        if aligned:
+            # The [T, S] lower-triangular mask = the causal form over T aligned keys.
+            if key_mask is None:
+                key_mask = tf.ones(tf.shape(key)[:2], tf.bool)
+            key_mask = _align_keys(tf.cast(key_mask, tf.bool), t_len, s_len)
+            key, value = _align_keys(key, t_len, s_len), _align_keys(value, t_len, s_len)
+            if query_mask is None:  # else the op would mask the queries with the keys' mask
+                query_mask = tf.ones(tf.shape(query)[:2], tf.bool)
         # [B, T, N, H] -> [B, N, T, H]
         q = tf.transpose(query, [0, 2, 1, 3])
         k = tf.transpose(key, [0, 2, 1, 3])
@@ -298,6 +410,10 @@ class LinRecAttention(_MHA):
                 epsilon=self.epsilon,
                 query_mask=query_mask,
             )
+            if aligned:
+                # Back to [B, N, T, S]: keys past T get weight 0, the padded ones go.
+                scores = tf.transpose(_align_keys(
+                    tf.transpose(scores, [0, 3, 1, 2]), s_len, t_len), [0, 2, 3, 1])
         out = tf.transpose(out, [0, 2, 1, 3])  # [B, T, N, H]
         out = self._dropout_layer(out, training=training)
         return out, scores

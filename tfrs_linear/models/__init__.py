@@ -7,7 +7,9 @@
     :func:`log_uniform_probability`, :func:`sample_log_uniform`).
 ``model_dir``
     The model directory (``config.json``, ``vocab.txt``, ``weights/``):
-    :func:`save_model_dir`, :func:`load_model_dir`.
+    :func:`save_model_dir`, :func:`load_model_dir`. A model also round-trips through
+    Keras' own ``model.save`` / ``tf.keras.models.load_model`` (a SavedModel directory or
+    a ``.keras`` file).
 
 :class:`SequenceEncoder` is a layer (``tfrs_linear.layers.encoder``); it stays
 importable from here, as before.

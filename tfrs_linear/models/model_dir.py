@@ -34,7 +34,7 @@ def save_model_dir(model: SequentialRetrievalModel, vocab, directory, train_conf
         vocab: the vocabulary, one entry per row of the model's item embedding.
         directory: the model directory (created if needed).
         train_config: the :class:`~tfrs_linear.config.TrainConfig` saved beside it
-            (``exclude_history`` is the default of ``evaluate`` and ``export``); the
+            (``exclude_history`` is the default of ``evaluate``); the
             defaults if ``None``.
     """
     directory = Path(directory)

@@ -50,6 +50,7 @@ def sample_log_uniform(num_samples, range_max, seed=None):
     return tf.clip_by_value(tf.cast(k, tf.int32), 0, range_max - 1)
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrs_linear")
 class SequentialRetrievalModel(tfrs.Model):
     """A TFRS retrieval model whose query tower encodes the user's item sequence.
 
@@ -64,6 +65,13 @@ class SequentialRetrievalModel(tfrs.Model):
     of vocabulary indices (0 = padding, 1 = out of vocabulary, catalogue = 2..V-1).
     ``model(inputs)`` returns the user embeddings ``[B, d]`` (the newest position);
     :meth:`item_embeddings` the candidate tower's ``[V, d]`` table.
+
+    Saving: the package's model directory (:func:`~tfrs_linear.models.save_model_dir`)
+    is what ``tfrs-linear`` reads. The model also round-trips through Keras:
+    ``model.save(path)`` then ``tf.keras.models.load_model(path)`` gives a
+    ``SequentialRetrievalModel`` with the same scores, for a SavedModel directory and for
+    a ``.keras`` file alike (:meth:`get_config` holds the configuration and the
+    vocabulary size; loading builds every variable before restoring them).
 
     Args:
         config: the :class:`~tfrs_linear.config.ModelConfig`; the model keeps its
@@ -100,11 +108,35 @@ class SequentialRetrievalModel(tfrs.Model):
         bias[[PAD_INDEX, OOV_INDEX]] = _NEG
         self._candidate_bias = tf.constant(bias)
 
+    # -- Keras serialization -----------------------------------------------------------
+    def get_config(self):
+        """``{"config": the ModelConfig's fields, "vocab_size": V}``."""
+        return {"config": self.config.to_dict(), "vocab_size": self.vocab_size}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(ModelConfig(**config["config"]), config["vocab_size"])
+
+    def get_build_config(self):
+        # Every variable comes from build_all(): the loader of a .keras file calls
+        # build_from_config with this before restoring the weights.
+        return {"build_all": True}
+
+    def build_from_config(self, config):
+        self.build_all()
+
+    def build(self, input_shape=None):
+        """Creates every variable (:meth:`build_all`); what a SavedModel loader calls."""
+        self.build_all()
+        tf.keras.layers.Layer.build(self, input_shape)
+
     # -- towers ---------------------------------------------------------------------
     def build_all(self):
         """Creates every variable (for restoring weights or exporting)."""
         self.encode(tf.zeros([1, self.config.max_len], tf.int32))
         self.item_embeddings()
+        self.task.build(None)  # no variables; built, so that saving does not skip it
+        self.built = True
         return self
 
     def encode(self, item_ids, training=False, last_only=True):
