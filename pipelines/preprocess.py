@@ -21,8 +21,10 @@ The output directory is what ``tfrs_linear.data.load_preprocessed`` reads (and
   input file is read whole by one worker**: shard big inputs into several files.
 * Every event keeps ``(timestamp, file index, line number)``; a user's events are sorted
   by that key, i.e. by time with ties in input order (file order, then line).
-* Users with fewer than ``--min-events`` (3) events are dropped and counted: Beam metrics
-  counters (namespace ``tfrs_linear.preprocess``) and ``metadata.json``.
+* Exact duplicates (same user, item and timestamp) are dropped, all but the first in that
+  order, unless ``--keep-duplicates``; then users with fewer than ``--min-events`` (3)
+  events are dropped. Both are counted: Beam metrics counters (namespace
+  ``tfrs_linear.preprocess``) and ``metadata.json``.
 * Vocabulary: ``[PAD]``, ``[OOV]``, then every item of the kept users by DESCENDING
   frequency in the training part (each sequence without its last 2 events), ties by the
   raw id's string order ascending; items seen only in the last two positions have
@@ -59,6 +61,7 @@ without ``metadata.json`` as unfinished.
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -169,18 +172,28 @@ def _read_file(element, format):
         yield user, (ts, index, line, item)
 
 
-def _sequence(element, min_events):
-    """(user, events) -> (user, [items, oldest first]) or, if too short, a ``dropped`` count."""
+def _sequence(element, min_events, keep_duplicates):
+    """(user, events) -> (user, [items, oldest first]); what it drops goes to the tagged
+    output ``dropped`` as (users, their events, exact duplicates)."""
     import apache_beam as beam
     from apache_beam.metrics import Metrics
 
     user, events = element
     events = sorted(events)  # (timestamp, file index, line, item): ties in input order
+    duplicates = 0
+    if not keep_duplicates:  # build_sequences' rule: the first (file, line) of a (time, item)
+        first = {}
+        for e in events:
+            first.setdefault((e[0], e[3]), e)
+        duplicates, events = len(events) - len(first), sorted(first.values())
+        Metrics.counter(NAMESPACE, "duplicates_dropped").inc(duplicates)
     if len(events) < min_events:
         Metrics.counter(NAMESPACE, "users_dropped").inc()
         Metrics.counter(NAMESPACE, "interactions_dropped").inc(len(events))
-        yield beam.pvalue.TaggedOutput("dropped", len(events))
+        yield beam.pvalue.TaggedOutput("dropped", (1, len(events), duplicates))
         return
+    if duplicates:
+        yield beam.pvalue.TaggedOutput("dropped", (0, 0, duplicates))
     Metrics.counter(NAMESPACE, "users_kept").inc()
     Metrics.counter(NAMESPACE, "interactions_kept").inc(len(events))
     yield user, [e[3] for e in events]
@@ -243,11 +256,16 @@ def _read_frequencies(path):
     return counts
 
 
-def _ordered_vocabulary(transform_fn_dir, totals):
+def _ordered_vocabulary(transform_fn_dir, totals, dropped, sources, min_events):
     """The protocol's vocabulary from tft's counts: (-training frequency, raw id)."""
     users, interactions = totals
-    if users == 0:
-        raise data_lib.DataError("no user has enough events: nothing to preprocess")
+    if users == 0:  # build_sequences' message
+        dropped_users, dropped_events, duplicates = dropped
+        dups = f", {duplicates} exact duplicates dropped" if duplicates else ""
+        raise data_lib.DataError(
+            f"{sources}: no user has {min_events} or more events ({dropped_users} users, "
+            f"{dropped_events + duplicates} events read{dups}); leave-one-out needs a training "
+            "event, a validation and a test target per user")
     assets = _join(transform_fn_dir, "assets")
     train = _read_frequencies(_join(assets, TRAIN_VOCAB))
     kept = _read_frequencies(_join(assets, KEPT_VOCAB))
@@ -303,7 +321,7 @@ def _write_outputs(_, out_dir, vocabulary, totals, dropped, files, shards, optio
     _write_bytes(_join(out_dir, data_lib.POPULARITY_FILE),
                  "".join(f"{c}\n" for c in vocabulary["popularity"]).encode("ascii"))
     users, interactions = totals
-    dropped_users, dropped_interactions = dropped
+    dropped_users, dropped_interactions, duplicates = dropped
     files = sorted(files, key=lambda f: f["index"])
     meta = {
         "kind": data_lib.PREPROCESSED_KIND,
@@ -318,6 +336,8 @@ def _write_outputs(_, out_dir, vocabulary, totals, dropped, files, shards, optio
         "num_interactions": int(interactions),
         "dropped_users": int(dropped_users),
         "dropped_interactions": int(dropped_interactions),
+        "keep_duplicates": options["keep_duplicates"],
+        "dropped_duplicates": int(duplicates),
         "num_items": len(vocabulary["vocab"]) - NUM_RESERVED,
         "vocab_size": len(vocabulary["vocab"]),
         "vocabulary": data_lib.VOCAB_FILE,
@@ -340,7 +360,7 @@ def _write_outputs(_, out_dir, vocabulary, totals, dropped, files, shards, optio
 
 
 def build_pipeline(pipeline, files, out_dir, format="auto", min_events=3, num_shards=0,
-                   compression="none"):
+                   compression="none", keep_duplicates=False):
     """Adds the preprocessing to ``pipeline``; everything is written under ``out_dir``.
 
     Must run inside ``tft_beam.Context(temp_dir=...)``.
@@ -359,19 +379,16 @@ def build_pipeline(pipeline, files, out_dir, format="auto", min_events=3, num_sh
     split = (
         parsed.events
         | "ByUser" >> beam.GroupByKey()
-        | "Sequences" >> beam.FlatMap(_sequence, int(min_events)).with_outputs("dropped", main="kept")
+        | "Sequences" >> beam.FlatMap(_sequence, int(min_events), bool(keep_duplicates))
+        .with_outputs("dropped", main="kept")
     )
     kept = split.kept
     totals = (
         kept
         | "CountKept" >> beam.Map(lambda kv: (1, len(kv[1])))
-        | "SumKept" >> beam.CombineGlobally(_sum_pairs)
+        | "SumKept" >> beam.CombineGlobally(_sum_tuples, 2)
     )
-    dropped = (
-        split.dropped
-        | "CountDropped" >> beam.Map(lambda n: (1, n))
-        | "SumDropped" >> beam.CombineGlobally(_sum_pairs)
-    )
+    dropped = split.dropped | "SumDropped" >> beam.CombineGlobally(_sum_tuples, 3)
 
     # tf.Transform's input: Arrow record batches (TFXIO), a batch of users each, with
     # the whole sequence and its training part as variable-length string features.
@@ -385,7 +402,9 @@ def build_pipeline(pipeline, files, out_dir, format="auto", min_events=3, num_sh
     _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(out_dir)
 
     vocabulary = transform_fn[0] | "OrderVocabulary" >> beam.Map(
-        _ordered_vocabulary, totals=beam.pvalue.AsSingleton(totals))
+        _ordered_vocabulary, totals=beam.pvalue.AsSingleton(totals),
+        dropped=beam.pvalue.AsSingleton(dropped), sources=", ".join(files),
+        min_events=int(min_events))
     gzip = compression == "gzip"
     shards = (
         kept
@@ -408,18 +427,20 @@ def build_pipeline(pipeline, files, out_dir, format="auto", min_events=3, num_sh
             dropped=beam.pvalue.AsSingleton(dropped),
             files=beam.pvalue.AsList(parsed.files),
             shards=beam.pvalue.AsList(shards),
-            options={"min_events": int(min_events), "compression": compression},
+            options={"min_events": int(min_events), "compression": compression,
+                     "keep_duplicates": bool(keep_duplicates)},
         )
     )
     return pipeline
 
 
-def _sum_pairs(pairs):
-    users = events = 0
-    for u, e in pairs:
-        users += u
-        events += e
-    return users, events
+def _sum_tuples(rows, width):
+    """Element-wise sum of ``width``-tuples (zeros for none)."""
+    total = [0] * width
+    for row in rows:
+        for k, value in enumerate(row):
+            total[k] += value
+    return tuple(total)
 
 
 # ------------------------------------------------------------------------------ driver
@@ -476,7 +497,7 @@ def _data_error_in(exc):
 
 
 def preprocess(inputs, output, format="auto", min_events=3, overwrite=False, num_shards=0,
-               compression="none", beam_args=()):
+               compression="none", beam_args=(), keep_duplicates=False):
     """Runs the pipeline; returns the written ``metadata.json`` as a dict.
 
     Args:
@@ -488,6 +509,7 @@ def preprocess(inputs, output, format="auto", min_events=3, overwrite=False, num
       num_shards: TFRecord shards (0: the runner decides).
       compression: ``"none"`` or ``"gzip"`` for the shards.
       beam_args: Beam pipeline options (``--runner``, ``--temp_location``, ...).
+      keep_duplicates: keep exact duplicate events (same user, item and timestamp).
 
     Raises:
       PreprocessError: bad arguments or a non-empty output without ``overwrite``.
@@ -526,15 +548,18 @@ def preprocess(inputs, output, format="auto", min_events=3, overwrite=False, num
         with beam.Pipeline(options=options) as p, \
                 tft_beam.Context(temp_dir=_join(tmp, TFT_TMP)):
             build_pipeline(p, files, tmp, format=format, min_events=min_events,
-                           num_shards=num_shards, compression=compression)
+                           num_shards=num_shards, compression=compression,
+                           keep_duplicates=keep_duplicates)
         result = p.result  # the with-block ran and waited for it
         _cleanup(_join(tmp, TFT_TMP))
         _commit(tmp, output, overwrite)
     except BaseException as e:
         _cleanup(tmp)
         cause = _data_error_in(e)
-        if cause is not None and cause is not e:
-            raise data_lib.DataError(str(cause)) from e
+        if cause is not None:  # the message without Beam's " [while running 'STEP']"
+            message = re.sub(r"( \[while running '[^']*'\])+$", "", str(cause))
+            if cause is not e or message != str(e):
+                raise data_lib.DataError(message) from e
         raise
     meta = data_lib.read_preprocessed_metadata(output)
     try:
@@ -572,6 +597,9 @@ def build_parser():
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     parser.add_argument("--min-events", type=int, default=3,
                         help="drop users with fewer events (default 3, the minimum)")
+    parser.add_argument("--keep-duplicates", action="store_true",
+                        help="keep exact duplicate events (same user, item and timestamp); by "
+                             "default all but the first are dropped and counted")
     parser.add_argument("--num-shards", type=int, default=0,
                         help="TFRecord shards (default 0: the runner decides)")
     parser.add_argument("--compression", default="none", choices=COMPRESSIONS,
@@ -586,13 +614,14 @@ def main(argv=None):
         meta = preprocess(args.input, args.output, format=args.format,
                           min_events=args.min_events, overwrite=args.overwrite,
                           num_shards=args.num_shards, compression=args.compression,
-                          beam_args=beam_args)
+                          beam_args=beam_args, keep_duplicates=args.keep_duplicates)
     except (PreprocessError, data_lib.DataError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}: {meta['num_users']} users, {meta['num_items']} items, "
           f"{meta['num_interactions']} interactions from {meta['num_source_files']} file(s); "
-          f"dropped {meta['dropped_users']} users with fewer than {meta['min_events']} events "
+          f"dropped {meta['dropped_duplicates']} exact duplicate events and "
+          f"{meta['dropped_users']} users with fewer than {meta['min_events']} events "
           f"({meta['dropped_interactions']} interactions)")
     return 0
 

@@ -138,3 +138,22 @@ def test_every_inconsistency_is_an_error_naming_the_file(tmp_path):
         assert str(tmp_path) in str(info.value), info.value
     with pytest.raises(DataError, match="preprocessed with min_events=3, asked for 5"):
         data.load_preprocessed(corrupt(tmp_path, lambda out, meta: None), min_events=5)
+
+
+def test_duplicate_setting_and_count_come_from_the_metadata(tmp_path):
+    kept = corrupt(tmp_path, rewrite_meta(keep_duplicates=True, dropped_duplicates=0), name="kept")
+    with pytest.raises(DataError) as info:
+        data.load_dataset(kept)  # the default drops duplicates: the directory kept them
+    assert str(info.value) == (
+        f"{kept}: preprocessed with exact duplicate events kept (keep_duplicates=True), asked "
+        "for keep_duplicates=False; pass the same setting (--keep-duplicates) or run the "
+        "pipeline again")
+    assert data.load_dataset(kept, keep_duplicates=True).dropped_duplicates == 0
+    assert data.load_preprocessed(kept).num_users == 30  # not asked: not checked
+    dropped = corrupt(tmp_path, rewrite_meta(keep_duplicates=False, dropped_duplicates=7), name="dropped")
+    assert data.load_dataset(dropped).dropped_duplicates == 7
+    with pytest.raises(DataError, match="duplicate events dropped"):
+        data.load_dataset(dropped, keep_duplicates=True)
+    old = corrupt(tmp_path, lambda out, meta: None, name="old")  # written before the flag
+    assert data.load_dataset(old).dropped_duplicates == 0
+    assert data.load_dataset(old, keep_duplicates=True).dropped_duplicates == 0

@@ -126,3 +126,45 @@ def test_file_level_errors(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"1 2\n1 \xff\n")
     with pytest.raises(DataError, match=r"bad.txt: line 2: not valid UTF-8"):
         data.load_interactions(tmp_path / "bad.txt")
+
+
+@pytest.mark.parametrize(
+    "name, text, line, expected, found",
+    [
+        ("a.inter", "user_id:token,item_id:token,timestamp:float\n1,2,3\n", 1, "tab",
+         "comma-separated (3 fields)"),
+        ("a.inter", "user_id:token;item_id:token;timestamp:float\n", 1, "tab",
+         "semicolon-separated (3 fields)"),
+        ("a.inter", "user_id:token item_id:token timestamp:float\n", 1, "tab",
+         "space-separated (3 fields)"),
+        ("a.inter", "user_id:token\titem_id:token\ttimestamp:float\n1\t2\t3\n4,5,6\n", 3, "tab",
+         "comma-separated (3 fields)"),
+        ("u.data", "1,2,3,4\n", 1, "tab", "comma-separated (4 fields)"),
+        ("u.data", "1|2|3|4\n", 1, "tab", "'|'-separated (4 fields)"),
+        ("ratings.dat", "1\t2\t3\t4\n", 1, "'::'", "tab-separated (4 fields)"),
+        ("ratings.dat", "1,2,3,4\n", 1, "'::'", "comma-separated (4 fields)"),
+        ("log.csv", "user\titem\ttimestamp\n1\t2\t3\n", 1, "comma", "tab-separated (3 fields)"),
+        ("log.csv", "user;item;timestamp\n1;2;3\n", 1, "comma", "semicolon-separated (3 fields)"),
+        ("log.csv", "user,item,timestamp\n1;2;3\n", 2, "comma", "semicolon-separated (3 fields)"),
+        ("seq.txt", "1 2\n1,2\n", 2, "whitespace", "comma-separated (2 fields)"),
+    ],
+)
+def test_wrong_separator_names_the_expected_and_the_probable_one(tmp_path, name, text, line,
+                                                                 expected, found):
+    path = write(tmp_path, name, text)
+    with pytest.raises(DataError) as info:
+        data.load_interactions(path, format="sasrec" if name == "seq.txt" else "auto")
+    message = str(info.value)
+    assert message.startswith(f"{path}: line {line}: "), message
+    assert f"the separator is {expected} and the line has none: it looks {found}" in message
+
+
+def test_no_separator_hint_when_the_expected_separator_is_there(tmp_path):
+    path = write(tmp_path, "u.data", "1\t2 3\t4\n")  # 3 tab fields, one with a space
+    with pytest.raises(DataError) as info:
+        data.load_interactions(path)
+    assert str(info.value) == (f"{path}: line 1: expected 4 fields (tab-separated user item "
+                               "rating timestamp), got 3: '1\\t2 3\\t4'")
+    path = write(tmp_path, "v.data", "1\t2\t3\t4\n5\n")
+    with pytest.raises(DataError, match=r"line 2: .*got 1: '5'; the separator is tab and the line has none$"):
+        data.load_interactions(path, format="udata")

@@ -49,6 +49,10 @@ def write_inputs(directory):
     # u0's newest events (time 9 and 10) are items nobody else has: frequency 0.
     a += [("u0", "late-1", 9), ("u0", "only_valid", 9)]
     c += [("u0", "only_test", 10), ("w", "9", 1), ("w", "10", 1)]  # w: 2 events, dropped
+    # Exact duplicates (same user, item, time): within a file, and across files (in time ties).
+    a += a[3:6] + [b[0]]
+    b += [b[1], a[0]]
+    c += [("w", "9", 1), ("w", "10", 1)]  # w: still dropped by default, kept with duplicates
     inter = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(
         f"{u}\t{i}\t1\t{t}\n" for u, i, t in a)
     csv = "user,item,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in b)
@@ -59,7 +63,7 @@ def write_inputs(directory):
     return paths
 
 
-def reference(paths):
+def reference(paths, keep_duplicates=False):
     """build_sequences over the files' events in file order (the in-memory rule)."""
     parts = [data.load_interactions(p) for p in paths]
     inter = data.Interactions(
@@ -68,4 +72,11 @@ def reference(paths):
         timestamps=np.concatenate([p.timestamps for p in parts]),
         source="reference",
     )
-    return data.build_sequences(inter)
+    return data.build_sequences(inter, keep_duplicates=keep_duplicates)
+
+
+def exact_duplicates(paths):
+    """Events of the files minus their distinct (user, item, timestamp) triples."""
+    rows = [row for p in paths for row in zip(*(lambda i: (i.users, i.items, i.timestamps))(
+        data.load_interactions(p)))]
+    return len(rows) - len(set(rows))

@@ -11,8 +11,9 @@ concept, imported in one direction (no module imports one above it):
     Raw id <-> index (:func:`vocabulary_lookup`, :func:`encode_items`) and the
     ``vocab.txt`` format (:func:`save_vocabulary`, :func:`load_vocabulary`).
 ``sequences``
-    :class:`SequenceData` (per-user sequences, leave-one-out splits) and
-    :func:`build_sequences` (sorting, dropping, the vocabulary order).
+    :class:`SequenceData` (per-user sequences, leave-one-out splits, the data summary and
+    its repeated-target warning) and :func:`build_sequences` (exact duplicates, sorting,
+    dropping short users, the vocabulary order).
 ``preprocessed``
     :func:`load_preprocessed`: the output directory of ``pipelines/preprocess.py`` (Beam +
     tf.Transform), read into the same :class:`SequenceData`.

@@ -11,7 +11,7 @@ from tfrs_linear.data.readers import PREPROCESSED, load_interactions
 from tfrs_linear.data.sequences import build_sequences
 
 
-def load_dataset(path=None, format="auto", seed=0, min_events=3):
+def load_dataset(path=None, format="auto", seed=0, min_events=3, keep_duplicates=False):
     """Loads a file (or, with ``path=None``, the embedded synthetic data) as :class:`SequenceData`.
 
     Args:
@@ -23,6 +23,9 @@ def load_dataset(path=None, format="auto", seed=0, min_events=3):
       seed: the synthetic data's seed (ignored for a path).
       min_events: users with fewer events are dropped (at least 3); for a preprocessed
         directory it must equal the pipeline's.
+      keep_duplicates: keep exact duplicate events (same user, item and timestamp) instead
+        of dropping them (counted in ``dropped_duplicates``); for a preprocessed directory
+        it must equal the pipeline's (``--keep-duplicates``).
 
     Returns:
       :class:`tfrs_linear.data.SequenceData`.
@@ -30,7 +33,7 @@ def load_dataset(path=None, format="auto", seed=0, min_events=3):
     if path is None:
         interactions = synthetic.generate(seed=seed)
     elif format == PREPROCESSED or (format == "auto" and is_preprocessed_dir(path)):
-        return load_preprocessed(path, min_events=min_events)
+        return load_preprocessed(path, min_events=min_events, keep_duplicates=keep_duplicates)
     else:
         interactions = load_interactions(path, format=format)
-    return build_sequences(interactions, min_events=min_events)
+    return build_sequences(interactions, min_events=min_events, keep_duplicates=keep_duplicates)

@@ -108,7 +108,7 @@ def _read_shard(shard, compression):
     return np.concatenate(users), np.concatenate(lengths), np.concatenate(items)
 
 
-def load_preprocessed(path, files=None, min_events=None):
+def load_preprocessed(path, files=None, min_events=None, keep_duplicates=None):
     """Loads the output directory of ``pipelines/preprocess.py`` as :class:`SequenceData`.
 
     The result equals :func:`build_sequences` on the raw files (users in string order,
@@ -124,6 +124,8 @@ def load_preprocessed(path, files=None, min_events=None):
         vocabulary, popularity and dropped counts; a ``.gz`` suffix means GZIP); the
         whole-dataset consistency checks then do not apply.
       min_events: if given, must equal the ``min_events`` the pipeline used.
+      keep_duplicates: if given, must equal the pipeline's ``--keep-duplicates`` (a
+        directory written before that flag existed has no record of it and is accepted).
 
     Raises:
       DataError: missing or inconsistent files, or a corrupt shard (naming the file).
@@ -134,6 +136,13 @@ def load_preprocessed(path, files=None, min_events=None):
     if min_events is not None and int(min_events) != used:
         raise DataError(f"{path}: preprocessed with min_events={used}, asked for {min_events}; "
                         "run the pipeline again with --min-events")
+    kept = meta.get("keep_duplicates")
+    if keep_duplicates is not None and kept is not None and bool(kept) != bool(keep_duplicates):
+        how = "kept" if kept else "dropped"
+        raise DataError(f"{path}: preprocessed with exact duplicate events {how} "
+                        f"(keep_duplicates={bool(kept)}), asked for "
+                        f"keep_duplicates={bool(keep_duplicates)}; pass the same setting "
+                        "(--keep-duplicates) or run the pipeline again")
     vocab, popularity = _read_vocabulary_and_popularity(path)
     whole = files is None
     shards, compression = _shards_to_read(path, meta, files)
@@ -217,6 +226,7 @@ def _sequence_data(path, meta, min_events, vocab, popularity, users, lengths, fl
         dropped_users=int(meta.get("dropped_users", 0)),
         dropped_interactions=int(meta.get("dropped_interactions", 0)),
         source=path,
+        dropped_duplicates=int(meta.get("dropped_duplicates", 0)),
     )
 
 

@@ -33,8 +33,9 @@ the Beam pipeline does) with the same rules and errors, and returns line numbers
 Files are UTF-8 (a leading byte-order mark is ignored; ``\\r\\n`` line ends are fine).
 Blank lines are skipped; every other line must be a complete, valid record: a wrong
 number of fields, an empty id or a timestamp that is not a finite number raises
-:class:`DataError` naming the file and the 1-based line number (:func:`line_error`).
-Nothing is silently dropped or truncated. Timestamps must be numbers (for example Unix
+:class:`DataError` naming the file and the 1-based line number (:func:`line_error`);
+a line without the format's separator also names the separator expected and the one it
+probably uses (comma, semicolon, tab, ...). Nothing is silently dropped or truncated. Timestamps must be numbers (for example Unix
 seconds).
 """
 
@@ -47,16 +48,20 @@ from pathlib import Path
 
 import numpy as np
 
-PREPROCESSED = "preprocessed"
-# The interaction file formats (what parse_interactions reads).
-FILE_FORMATS = ("recbole", "movielens", "udata", "sasrec", "csv")
-FORMATS = ("auto",) + FILE_FORMATS + (PREPROCESSED,)
+# The interaction file formats (what parse_interactions reads), "auto" and "preprocessed".
+from tfrs_linear.constants import FILE_FORMATS, FORMATS, PREPROCESSED  # noqa: F401
 
 _CSV_COLUMNS = {
     "user": ("user_id", "user", "userid", "uid"),
     "item": ("item_id", "item", "itemid", "iid", "movie_id", "movieid"),
     "timestamp": ("timestamp", "time", "ts"),
 }
+
+
+# The separators a file in the wrong format is likely to use, with their names, in the order
+# _separator_hint tries them (" " stands for any run of whitespace).
+_SEPARATORS = (("::", "'::'"), ("\t", "tab"), (",", "comma"), (";", "semicolon"), ("|", "'|'"),
+              (" ", "space"))
 
 
 class DataError(ValueError):
@@ -115,6 +120,38 @@ def line_error(path, lineno, message):
     """
     where = f"{path}: line {lineno}" if lineno is not None else f"{path}"
     return DataError(f"{where}: {message}")
+
+
+def _split(line, sep):
+    return line.split() if sep == " " else line.split(sep)
+
+
+def _separator_hint(line, expected, fields=None):
+    """Names the separator a line probably uses when it lacks the ``expected`` one.
+
+    Returns ``"; the separator is EXPECTED and the line has none: it looks NAME-separated
+    (K fields)"`` when ``expected`` does not occur in ``line`` and another separator of
+    :data:`_SEPARATORS` splits it (preferring one that gives ``fields`` fields), else ``""``
+    (a line that holds the expected separator has another problem).
+
+    Args:
+      line: the line, without its end.
+      expected: the separator of the format (``"\\t"``, ``","``, ``"::"`` or ``" "`` for
+        any whitespace).
+      fields: how many fields the format expects, if known.
+    """
+    names = dict(_SEPARATORS)
+    if len(_split(line, expected)) > 1:
+        return ""
+    found = [(len(_split(line, sep)), sep) for sep, _ in _SEPARATORS if sep != expected]
+    found = [(n, sep) for n, sep in found if n > 1]
+    name = "whitespace" if expected == " " else names[expected]
+    hint = f"; the separator is {name} and the line has none"
+    if not found:
+        return hint
+    exact = [f for f in found if f[0] == fields]
+    n, sep = exact[0] if exact else max(found, key=lambda f: f[0])
+    return f"{hint}: it looks {names[sep]}-separated ({n} fields)"
 
 
 def read_text(path):
@@ -193,7 +230,8 @@ def _read_delimited(path, text, sep, expected, describe, positions):
         if len(fields) != expected:
             raise line_error(
                 path, lineno,
-                f"expected {expected} fields ({describe}), got {len(fields)}: {line[:80]!r}",
+                f"expected {expected} fields ({describe}), got {len(fields)}: {line[:80]!r}"
+                + _separator_hint(line, sep, expected),
             )
         _record(path, lineno, fields[u], fields[i], fields[t], out)
     return out
@@ -205,6 +243,13 @@ def _read_recbole(path, text):
         header_line, header = next(lines)
     except StopIteration:
         raise DataError(f"{path}: empty file (expected a RecBole header)") from None
+    if "\t" not in header:
+        raise line_error(
+            path, header_line,
+            "not a RecBole header: expected tab-separated 'name:type' fields (e.g. "
+            "'user_id:token<TAB>item_id:token<TAB>timestamp:float')"
+            + _separator_hint(header, "\t", 3) + f": {header[:80]!r}",
+        )
     fields = header.split("\t")
     names = []
     for f in fields:
@@ -228,7 +273,7 @@ def _read_recbole(path, text):
             raise line_error(
                 path, lineno,
                 f"expected {len(names)} tab-separated fields as in the header, got "
-                f"{len(parts)}: {line[:80]!r}",
+                f"{len(parts)}: {line[:80]!r}" + _separator_hint(line, "\t", len(names)),
             )
         _record(path, lineno, parts[u], parts[i], parts[t], out)
     return out
@@ -242,20 +287,20 @@ def _read_sasrec(path, text):
             raise line_error(
                 path, lineno,
                 f"expected 2 whitespace-separated fields (user item), got {len(parts)}: "
-                f"{line[:80]!r}",
+                f"{line[:80]!r}" + _separator_hint(line, " ", 2),
             )
         _record(path, lineno, parts[0], parts[1], float(lineno), out)
     return out
 
 
-def _csv_column(names, role, path, lineno):
+def _csv_column(names, role, path, lineno, row):
     for candidate in _CSV_COLUMNS[role]:
         if candidate in names:
             return names.index(candidate)
     raise line_error(
         path, lineno,
         f"the CSV header has no {role} column (one of {list(_CSV_COLUMNS[role])}); "
-        f"columns: {names}",
+        f"columns: {names}" + (_separator_hint(row[0], ",", 3) if len(row) == 1 else ""),
     )
 
 
@@ -270,13 +315,14 @@ def _read_csv(path, text):
                 continue
             if header is None:
                 header = [c.strip().split(":", 1)[0].lower() for c in row]
-                cols = [_csv_column(header, r, path, lineno) for r in ("user", "item", "timestamp")]
+                cols = [_csv_column(header, r, path, lineno, row) for r in ("user", "item", "timestamp")]
                 continue
             if len(row) != len(header):
                 raise line_error(
                     path, lineno,
                     f"expected {len(header)} comma-separated fields as in the header, got "
-                    f"{len(row)}: {','.join(row)[:80]!r}",
+                    f"{len(row)}: {','.join(row)[:80]!r}"
+                    + (_separator_hint(row[0], ",", len(header)) if len(row) == 1 else ""),
                 )
             _record(path, lineno, row[cols[0]], row[cols[1]], row[cols[2]], out)
     except csv.Error as e:

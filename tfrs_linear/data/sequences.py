@@ -1,7 +1,9 @@
 """Per-user sequences under one vocabulary, and the leave-one-out splits (docs/protocol.md).
 
-:func:`build_sequences` sorts each user's events by timestamp, ties kept in file order
-(a stable sort on the line order), drops users with fewer than ``min_events`` events
+:func:`build_sequences` drops exact duplicates (the same user, item and timestamp: every
+occurrence after the first, counted; ``keep_duplicates=True`` keeps them), sorts each
+user's events by timestamp, ties kept in file order (a stable sort on the line order),
+drops users with fewer than ``min_events`` events
 (counted), and indexes the items: 0 = ``[PAD]``, 1 = ``[OOV]``, then every item that
 occurs in the kept users' sequences, by descending frequency in the training part
 (each sequence without its last 2 events), ties by the raw id's string order (``"10"``
@@ -14,6 +16,11 @@ Leave-one-out (:class:`SequenceData`'s ``histories``/``targets``): the last even
 test target, the second-to-last the validation target; the validation history is
 ``seq[:-2]`` (the training part), the test history ``seq[:-1]`` (it includes the
 validation item).
+
+A doubled file (every row twice) left as it is makes each test target equal to the item
+just before it, and every model that repeats the last item scores HR@1 = 1:
+:meth:`SequenceData.repeated_target_share` measures that share and
+:meth:`SequenceData.describe` warns above :data:`REPEATED_TARGET_WARNING`.
 """
 
 import dataclasses
@@ -22,6 +29,10 @@ import numpy as np
 
 from tfrs_linear.constants import NUM_RESERVED, OOV, PAD, SPLITS
 from tfrs_linear.data.readers import DataError
+
+# describe() warns when more than this share of the validation or test targets equals the
+# item just before it (natural data without repeat consumption is near 1 / catalogue size).
+REPEATED_TARGET_WARNING = 0.25
 
 
 @dataclasses.dataclass
@@ -38,6 +49,8 @@ class SequenceData:
       dropped_users: users dropped for having fewer than ``min_events`` events.
       dropped_interactions: the events of those users.
       source: where the data came from.
+      dropped_duplicates: exact duplicate events dropped (same user, item and timestamp),
+        counted before the users with fewer than ``min_events`` events.
     """
 
     users: list
@@ -47,6 +60,7 @@ class SequenceData:
     dropped_users: int = 0
     dropped_interactions: int = 0
     source: str = ""
+    dropped_duplicates: int = 0
 
     @property
     def num_items(self):
@@ -92,15 +106,49 @@ class SequenceData:
         pos = -1 if split == "test" else -2
         return np.asarray([s[pos] for s in self.sequences], dtype=np.int32)
 
-    def describe(self):
-        """One line for logs: users, items, interactions, length median and max, and the drops."""
-        lengths = self.lengths
+    def repeated_target_share(self, split):
+        """The share of users whose ``split`` target equals the last item of its history.
+
+        Args:
+          split: ``"valid"`` or ``"test"``.
+
+        Returns:
+          A float in [0, 1]; 0.0 without users.
+        """
+        check_split(split, ("valid", "test"))
+        pos = -1 if split == "test" else -2
+        same = [int(s[pos]) == int(s[pos - 1]) for s in self.sequences]
+        return float(np.mean(same)) if same else 0.0
+
+    def warning(self):
+        """The data's warning line (see :meth:`describe`), or None."""
+        shares = {split: self.repeated_target_share(split) for split in ("valid", "test")}
+        if max(shares.values()) <= REPEATED_TARGET_WARNING:
+            return None
+        split = max(shares, key=shares.get)
+        name = {"valid": "validation", "test": "test"}[split]
         return (
-            f"{self.source or 'data'}: {self.num_users} users, {self.num_items - NUM_RESERVED} items, "
-            f"{int(lengths.sum())} interactions (length median {int(np.median(lengths)) if len(lengths) else 0}, "
-            f"max {int(lengths.max()) if len(lengths) else 0}); dropped {self.dropped_users} users "
-            f"with {self.dropped_interactions} interactions"
+            f"warning: {shares[split]:.0%} of the {name} targets equal the item just before "
+            f"them (validation {shares['valid']:.0%}, test {shares['test']:.0%}): repeating the "
+            "last item scores that share as HR@1, so the metrics measure repetition, not "
+            "recommendation; check the file for repeated rows (expected only where users "
+            "really consume an item again and again)"
         )
+
+    def describe(self):
+        """Text for logs: one line (users, items, interactions, length median and max, the
+        drops), then the :meth:`warning` line if there is one."""
+        lengths = self.lengths
+        median, longest = (int(np.median(lengths)), int(lengths.max())) if len(lengths) else (0, 0)
+        line = (
+            f"{self.source or 'data'}: {self.num_users} users, "
+            f"{self.num_items - NUM_RESERVED} items, {int(lengths.sum())} interactions (length "
+            f"median {median}, max {longest}); dropped {self.dropped_users} users "
+            f"with {self.dropped_interactions} interactions, {self.dropped_duplicates} exact "
+            "duplicate events"
+        )
+        warning = self.warning()
+        return line if warning is None else f"{line}\n{warning}"
 
 
 def check_split(split, allowed=SPLITS):
@@ -114,13 +162,19 @@ def check_split(split, allowed=SPLITS):
         raise ValueError(f"split must be one of {allowed}, got {split!r}")
 
 
-def build_sequences(interactions, min_events=3):
+def build_sequences(interactions, min_events=3, keep_duplicates=False):
     """Groups events into per-user sequences and builds the vocabulary (module docstring).
 
     Args:
       interactions: :class:`Interactions`.
       min_events: users with fewer events are dropped (and counted); at least 3, which
         leave-one-out needs (one training event, a validation and a test target).
+      keep_duplicates: keep exact duplicates (same user, item and timestamp) instead of
+        dropping every occurrence after the first (counted in ``dropped_duplicates``).
+
+    Raises:
+      DataError: a non-finite timestamp, a reserved item id, or no user with
+        ``min_events`` events.
     """
     if int(min_events) < 3:
         raise ValueError(f"min_events must be >= 3 for leave-one-out, got {min_events}")
@@ -134,19 +188,63 @@ def build_sequences(interactions, min_events=3):
             raise DataError(f"{source}: the raw item id {reserved!r} is reserved for the vocabulary")
     user_ids, user_of = np.unique(users, return_inverse=True)
     user_of = user_of.reshape(-1)
-    order = np.lexsort((np.arange(len(users)), ts, user_of))  # stable: ties in file order
+    first = np.arange(len(users)) if keep_duplicates else first_occurrences(user_of, items, ts)
+    duplicates = len(users) - len(first)
+    user_of, items, ts = user_of[first], items[first], ts[first]
+    order = np.lexsort((first, ts, user_of))  # stable: ties in file order
     counts = np.bincount(user_of, minlength=len(user_ids))
     keep = counts >= int(min_events)
+    if not keep.any():
+        dups = f", {duplicates} exact duplicates dropped" if duplicates else ""
+        raise DataError(
+            f"{source}: no user has {int(min_events)} or more events ({len(user_ids)} users, "
+            f"{len(users)} events read{dups}); leave-one-out needs a training event, a "
+            "validation and a test target per user"
+        )
     sorted_user = user_of[order]
     kept_events = keep[sorted_user]
     order = order[kept_events]
-    sorted_user = sorted_user[kept_events]
     kept_counts = counts[keep]
     ends = np.cumsum(kept_counts)
     # Events from the end of their user's sequence: 0 = test target, 1 = validation.
     from_end = np.repeat(ends, kept_counts) - np.arange(len(order)) - 1
-    train = from_end >= 2
-    raw_items, item_of = np.unique(items[order], return_inverse=True)
+    vocab, popularity, flat = _vocabulary(items[order], from_end >= 2)
+    return SequenceData(
+        users=[str(u) for u in user_ids[keep]],
+        sequences=np.split(flat, ends[:-1]),
+        vocab=vocab,
+        item_popularity=popularity,
+        dropped_users=int((~keep).sum()),
+        dropped_interactions=int(counts[~keep].sum()),
+        source=interactions.source,
+        dropped_duplicates=int(duplicates),
+    )
+
+
+def first_occurrences(user_of, items, timestamps):
+    """The sorted positions of the first occurrence of every (user, item, timestamp).
+
+    Args:
+      user_of: ``int [n]`` user codes.
+      items: ``[n]`` raw item ids.
+      timestamps: ``float64 [n]`` (``-0.0`` and ``0.0`` are the same time).
+    """
+    if not len(user_of):
+        return np.zeros(0, dtype=np.int64)
+    item_of = np.unique(items, return_inverse=True)[1].reshape(-1)
+    time_of = np.unique(timestamps + 0.0, return_inverse=True)[1].reshape(-1)
+    keys = np.stack([np.asarray(user_of, np.int64), item_of, time_of], axis=1)
+    return np.sort(np.unique(keys, axis=0, return_index=True)[1])
+
+
+def _vocabulary(items, train):
+    """(vocab, popularity, int32 indices of ``items``): the protocol's vocabulary order.
+
+    Args:
+      items: the raw ids of the kept events, in sequence order.
+      train: bool mask of the events in the training part.
+    """
+    raw_items, item_of = np.unique(items, return_inverse=True)
     item_of = item_of.reshape(-1)
     freq = np.bincount(item_of[train], minlength=len(raw_items))
     by_rank = np.argsort(-freq, kind="stable")  # raw_items is in string order: ties by id
@@ -155,14 +253,4 @@ def build_sequences(interactions, min_events=3):
     vocab = [PAD, OOV] + [str(x) for x in raw_items[by_rank]]
     popularity = np.zeros(len(vocab), dtype=np.int64)
     popularity[NUM_RESERVED:] = freq[by_rank]
-    flat = index_of[item_of].astype(np.int32)
-    sequences = np.split(flat, ends[:-1]) if len(ends) else []
-    return SequenceData(
-        users=[str(u) for u in user_ids[keep]],
-        sequences=sequences,
-        vocab=vocab,
-        item_popularity=popularity,
-        dropped_users=int((~keep).sum()),
-        dropped_interactions=int(counts[~keep].sum()),
-        source=interactions.source,
-    )
+    return vocab, popularity, index_of[item_of].astype(np.int32)
