@@ -43,8 +43,15 @@ What it does (``docs/protocol.md`` is the protocol):
    The table gives the median over rounds. The cores are shared: absolute figures are
    noisy, the ratios less so.
 
+6. The picture: validation NDCG@10 against cumulative training seconds, one line per run
+   (seed), one colour per attention, in the default setting (``OUT/valid_ndcg_vs_seconds.png``),
+   drawn from each run's per-epoch record in ``results.json`` (``curve``: the epoch's
+   training seconds ``train_s`` and its validation NDCG@10). ``--plot-only`` draws it
+   from an existing ``results.json`` without training (no TensorFlow work).
+
 Outputs: ``OUT/results.json`` (everything, merged with what earlier invocations wrote
-there) and ``OUT/results.md`` (Markdown tables). Progress goes to stdout.
+there), ``OUT/results.md`` (Markdown tables) and ``OUT/valid_ndcg_vs_seconds.png``.
+Progress goes to stdout.
 
 Usage (from the repository root)::
 
@@ -54,6 +61,7 @@ Usage (from the repository root)::
     PYTHONUNBUFFERED=1 .venv/bin/python scripts/quality_ml100k.py --seeds 2020 \\
         --attentions softmax --base-config models/sasrec-ml100k.json --skip-throughput
     .venv/bin/python scripts/quality_ml100k.py --report-only     # rewrite results.md
+    .venv/bin/python scripts/quality_ml100k.py --out docs/quality --plot-only   # the PNG
 """
 
 import argparse
@@ -770,6 +778,7 @@ def write_outputs(results, out):
     tmp.write_text(json.dumps(results, indent=1) + "\n")
     os.replace(tmp, out / "results.json")
     (out / "results.md").write_text(render_markdown(results))
+    plot_curves(results, out / PLOT_FILE)
 
 
 def print_summary(results):
@@ -797,6 +806,72 @@ def print_summary(results):
                 else f"{v} failed" for v, p in point.items()), flush=True)
 
 
+# -------------------------------------------------------------------------------- plot
+
+PLOT_FILE = "valid_ndcg_vs_seconds.png"
+# The attentions drawn, with their colours: each as the package builds it by default,
+# and ELASTIC as docs/elastic.md describes it (no recency bias).
+PLOT_VARIANTS = {"softmax": "tab:blue", "linrec": "tab:orange", "elastic-recency": "tab:green",
+                 "elastic": "tab:red"}
+
+
+def training_curve(record):
+    """``(cumulative training seconds, validation NDCG@10)`` after each epoch of one run's
+    ``curve``; epochs without a recorded time end the curve (an unknown x)."""
+    seconds, ndcg, total = [], [], 0.0
+    for point in record.get("curve", []):
+        if point.get("train_s") is None:
+            break
+        total += point["train_s"]
+        seconds.append(total)
+        ndcg.append(point["valid_ndcg@10"])
+    return seconds, ndcg
+
+
+def plot_curves(results, path, setting="default"):
+    """Draws validation NDCG@10 against cumulative training seconds of every run of
+    ``setting`` whose attention is in :data:`PLOT_VARIANTS`; returns the runs drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    drawn = {}
+    for name, record in sorted(results.get("runs", {}).items()):
+        variant = record.get("variant")
+        if record.get("setting") != setting or variant not in PLOT_VARIANTS:
+            continue
+        seconds, ndcg = training_curve(record)
+        if not seconds:
+            continue
+        label = None if variant in drawn.values() else variant
+        ax.plot(seconds, ndcg, color=PLOT_VARIANTS[variant], alpha=0.75, linewidth=1.2,
+                label=label)
+        best = max(range(len(ndcg)), key=ndcg.__getitem__)
+        ax.plot(seconds[best], ndcg[best], "o", color=PLOT_VARIANTS[variant], markersize=4)
+        drawn[name] = variant
+    target = results.get("settings", {}).get("valid_target", VALID_TARGET)
+    ax.axhline(target, color="gray", linestyle="--", linewidth=1,
+               label=f"RecBole SASRec best validation NDCG@10 ({target})")
+    machine = results.get("settings", {}).get("machine", "")
+    ax.set_title("ml-100k: validation NDCG@10 vs training time (one line per seed, dot: best "
+                 "epoch)\n"
+                 f"default setting, full ranking; {machine}", fontsize=9)
+    ax.set_xlabel("training seconds (cumulative; validation and checkpoints excluded)")
+    ax.set_ylabel("validation NDCG@10")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: list(PLOT_VARIANTS).index(labels[i])
+                   if labels[i] in PLOT_VARIANTS else len(PLOT_VARIANTS))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8,
+              loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return drawn
+
+
 # -------------------------------------------------------------------------------- main
 
 
@@ -818,6 +893,8 @@ def parse_args(argv=None):
     p.add_argument("--throughput-only", action="store_true", help="only the throughput measurement")
     p.add_argument("--skip-throughput", action="store_true", help="no throughput measurement")
     p.add_argument("--report-only", action="store_true", help="rewrite results.md from results.json")
+    p.add_argument("--plot-only", action="store_true",
+                   help=f"draw OUT/{PLOT_FILE} from OUT/results.json, without training")
     p.add_argument("--throughput-lengths", type=ints, default=[200, 1000])
     p.add_argument("--throughput-steps", type=int, default=5)
     p.add_argument("--throughput-warmup", type=int, default=2)
@@ -842,6 +919,11 @@ def main(argv=None):
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.setdefault("runs", {})
+    if args.plot_only:
+        drawn = plot_curves(results, out / PLOT_FILE)
+        log(f"wrote {out / PLOT_FILE}: {len(drawn)} runs ("
+            + ", ".join(f"{v} {list(drawn.values()).count(v)}" for v in PLOT_VARIANTS) + ")")
+        return 0
     if args.report_only:
         for name, rec in list(results["runs"].items()):
             run_dir = Path(rec.get("dir", out / name))

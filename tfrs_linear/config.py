@@ -15,14 +15,27 @@ pair ``(ModelConfig, TrainConfig)``::
 effective configuration is written to ``OUTPUT/config.json``. A new field goes into the
 class it belongs to (a new one can never clash with an existing key of the other class);
 a field that is also a :class:`~tfrs_linear.layers.SequenceEncoder` argument of the same
-name is declared with ``encoder_field``. Pure Python: no TensorFlow is imported here.
+name is declared with ``encoder_field``; every field carries its help text (the
+``--help`` of ``tfrs-linear train`` is generated from it, see :func:`config_field`).
+
+Values are checked before anything is written: a wrong type is refused, never converted
+(``{"max_len": "20"}`` is an error naming the key, the value and the expected type).
+Fields that do nothing for the model (:meth:`ModelConfig.inapplicable_fields`, e.g.
+``normalization`` of a softmax model) are not stored and not compared. Pure Python: no
+TensorFlow is imported here.
 """
 
 import dataclasses
 import json
 from pathlib import Path
 
-from tfrs_linear.constants import ATTENTIONS, LOSSES, NORMALIZATIONS, REGIMES  # noqa: F401
+from tfrs_linear.constants import (  # noqa: F401
+    ATTENTIONS,
+    LOSSES,
+    NORMALIZATIONS,
+    PRECISIONS,
+    REGIMES,
+)
 
 # Values for keys a saved config.json may predate: what those models were trained with.
 _SAVED_BEFORE_THE_OPTION = {"recency_bias": False}
@@ -41,24 +54,84 @@ def _check_positive(config, names):
         _check(int(value) >= 1, f"{name} must be >= 1, got {value}")
 
 
-def encoder_field(default):
+def config_field(default, help, choices=None, default_help=None, encoder=False):
+    """A configuration field with its documentation, the one source of the field's
+    ``--help`` text: ``help`` says what it means, ``choices`` lists the values it takes,
+    ``default_help`` describes a ``None`` default (e.g. "by regime")."""
+    metadata = {"help": help, "encoder": encoder}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if default_help is not None:
+        metadata["default_help"] = default_help
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def encoder_field(default, help="", **kwargs):
     """A :class:`ModelConfig` field that is also the :class:`SequenceEncoder` argument of
     the same name (see :meth:`ModelConfig.encoder_kwargs`)."""
-    return dataclasses.field(default=default, metadata={"encoder": True})
+    return config_field(default, help, encoder=True, **kwargs)
+
+
+def _expected_types(field):
+    """The Python types a value of ``field`` may have (``None`` included when optional)."""
+    annotation = field.type
+    args = getattr(annotation, "__args__", None)
+    return tuple(args) if args else (annotation,)
+
+
+def _check_type(name, value, types):
+    """Refuses a value of the wrong type, never converting it (``"20"`` is no int, ``True``
+    no int, ``20.5`` no int; an int is a valid float)."""
+    if isinstance(value, bool):
+        ok = bool in types
+    elif isinstance(value, int):
+        ok = int in types or float in types
+    else:
+        ok = any(t is not type(None) and isinstance(value, t) for t in types) or (
+            value is None and type(None) in types)
+    if not ok:
+        expected = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        raise ValueError(f"invalid configuration: {name} must be {expected}, got {value!r} "
+                         f"({type(value).__name__})")
+
+
+def _check_types(config):
+    for field in dataclasses.fields(config):
+        _check_type(field.name, getattr(config, field.name), _expected_types(field))
 
 
 class _FlatFields:
     """What both configuration classes do with their fields."""
 
     def to_dict(self):
+        """Every field, those that do not apply to this model included."""
         return dataclasses.asdict(self)
+
+    def inapplicable_fields(self):
+        """``{field: why it does nothing here}`` (nothing for a :class:`TrainConfig`)."""
+        return {}
+
+    def applicable_dict(self):
+        """The fields that change something for this configuration (what ``config.json``
+        stores; see :meth:`ModelConfig.inapplicable_fields`)."""
+        skip = self.inapplicable_fields()
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
+
+    def __eq__(self, other):
+        # Equal when they define the same thing: a field that does nothing for this
+        # configuration (e.g. num_negatives of the full loss) is not compared.
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.applicable_dict() == other.applicable_dict()
+
+    __hash__ = None
 
     def replace(self, **overrides):
         """A validated copy with ``overrides`` (``None`` values are ignored)."""
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None}).validate()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class ModelConfig(_FlatFields):
     """What defines a sequential retrieval model: everything
     ``SequentialRetrievalModel(config, vocab_size)`` needs to rebuild it exactly.
@@ -98,27 +171,40 @@ class ModelConfig(_FlatFields):
         num_negatives: shared log-uniform negatives per batch of the sampled loss.
     """
 
-    attention: str = encoder_field("linrec")
-    normalization: str = encoder_field("paper")
-    regime: str = "all"
-    loss: str = "full"
-    causal: bool | None = encoder_field(None)
-    max_len: int = encoder_field(200)
-    d_model: int = encoder_field(64)
-    num_layers: int = encoder_field(2)
-    num_heads: int = encoder_field(2)
-    ffn_dim: int = encoder_field(256)
-    dropout: float = encoder_field(0.2)
-    attention_dropout: float = encoder_field(0.2)
-    layer_norm_epsilon: float = encoder_field(1e-12)
-    chunk_size: int = encoder_field(64)
-    num_interests: int = encoder_field(16)
-    recency_bias: bool | None = encoder_field(None)
-    use_memory: bool = encoder_field(False)
-    memory_keys: int = encoder_field(128)
-    memory_top_m: int = encoder_field(8)
-    tie_embeddings: bool = True
-    num_negatives: int = 1024
+    attention: str = encoder_field("linrec", "the attention of every block", choices=ATTENTIONS)
+    normalization: str = encoder_field(
+        "paper", "LinRec's L2 normalization: paper (row/column-wise) or token (per position)",
+        choices=NORMALIZATIONS)
+    regime: str = config_field(
+        "all", "training targets: all (next item at every position, causal) or last "
+        "(one target after the sequence)", choices=REGIMES)
+    loss: str = config_field(
+        "full", "cross-entropy over the whole catalogue (full) or sampled softmax (sampled)",
+        choices=LOSSES)
+    causal: bool | None = encoder_field(
+        None, "causal (unidirectional) encoder", default_help="by regime: causal for 'all', "
+        "non-causal for 'last'")
+    max_len: int = encoder_field(200, "the fixed, left-padded sequence length")
+    d_model: int = encoder_field(64, "the encoder's width (embedding size)")
+    num_layers: int = encoder_field(2, "transformer blocks")
+    num_heads: int = encoder_field(2, "attention heads (d_model must divide by it)")
+    ffn_dim: int = encoder_field(256, "feed-forward width of each block")
+    dropout: float = encoder_field(0.2, "dropout of the embeddings and of each block")
+    attention_dropout: float = encoder_field(0.2, "dropout inside the attention")
+    layer_norm_epsilon: float = encoder_field(1e-12, "epsilon of every LayerNorm")
+    chunk_size: int = encoder_field(64, "chunk length of causal LinRec")
+    num_interests: int = encoder_field(16, "ELASTIC's interest tokens k")
+    recency_bias: bool | None = encoder_field(
+        None, "ELASTIC's learned per-interest recency slopes",
+        default_help="by attention: on for elastic")
+    use_memory: bool = encoder_field(
+        False, "ELASTIC's product-key interest memory (non-causal only: regime last)")
+    memory_keys: int = encoder_field(128, "sub-keys per half of the interest memory")
+    memory_top_m: int = encoder_field(8, "memory rows read per query")
+    tie_embeddings: bool = config_field(
+        True, "the candidate tower shares the input item embeddings")
+    num_negatives: int = config_field(
+        1024, "shared log-uniform negatives per batch of the sampled loss")
 
     @property
     def uses_recency_bias(self):
@@ -135,6 +221,28 @@ class ModelConfig(_FlatFields):
         model's ``config.json`` records, so that a later default cannot change it)."""
         return self.replace(recency_bias=self.uses_recency_bias)
 
+    def inapplicable_fields(self):
+        """``{field: why}`` for the fields that change nothing in this model: LinRec's
+        ``normalization`` (and, causal, ``chunk_size``) for another attention, ELASTIC's
+        ``num_interests``, ``recency_bias`` and memory for another attention (the memory's
+        sizes without ``use_memory``), ``num_negatives`` of the full loss. They are neither
+        compared (``==``) nor stored in ``config.json``; ``tfrs-linear train`` refuses them
+        as explicit flags."""
+        why = {}
+        if self.attention != "linrec":
+            why["normalization"] = "only attention 'linrec' uses it"
+        if self.attention != "linrec" or not self.is_causal:
+            why["chunk_size"] = "only causal attention 'linrec' uses it"
+        if self.attention != "elastic":
+            for name in ("num_interests", "recency_bias", "use_memory"):
+                why[name] = "only attention 'elastic' uses it"
+        if self.attention != "elastic" or not self.use_memory:
+            for name in ("memory_keys", "memory_top_m"):
+                why[name] = "only the interest memory (use_memory with attention 'elastic') uses it"
+        if self.loss != "sampled":
+            why["num_negatives"] = "only loss 'sampled' uses it"
+        return why
+
     def encoder_kwargs(self):
         """The :class:`~tfrs_linear.layers.SequenceEncoder` arguments of this model (every
         :func:`encoder_field`), with ``causal`` and ``recency_bias`` resolved."""
@@ -145,6 +253,7 @@ class ModelConfig(_FlatFields):
 
     def validate(self):
         """Returns ``self``; raises ``ValueError("invalid configuration: ...")``."""
+        _check_types(self)
         _check(self.attention in ATTENTIONS, f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
         _check(self.regime in REGIMES, f"regime must be one of {REGIMES}, got {self.regime!r}")
         _check(self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
@@ -170,7 +279,7 @@ class ModelConfig(_FlatFields):
         return self
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class TrainConfig(_FlatFields):
     """What defines a training run of a model: optimizer, loop, runtime and evaluation.
 
@@ -188,19 +297,29 @@ class TrainConfig(_FlatFields):
         xla: compile the train step and the evaluation with XLA.
         exclude_history: remove a user's history items from the ranking (docs/protocol.md).
         eval_batch_size: users scored at a time in evaluation.
+        precision: ``"float32"``, ``"mixed_float16"`` or ``"mixed_bfloat16"``: the Keras
+            dtype policy of the run (the optimizer scales the loss under float16).
     """
 
-    learning_rate: float = 1e-3
-    batch_size: int = 128
-    epochs: int = 30
-    patience: int = 5
-    seed: int = 2020
-    xla: bool = True
-    exclude_history: bool = False
-    eval_batch_size: int = 256
+    learning_rate: float = config_field(1e-3, "Adam's learning rate")
+    batch_size: int = config_field(128, "training sequences per step")
+    epochs: int = config_field(30, "the epoch cap (early stopping may end the run sooner)")
+    patience: int = config_field(
+        5, "epochs without a better validation NDCG@10 before stopping")
+    seed: int = config_field(2020, "seed of the initial weights and of the data order")
+    xla: bool = config_field(True, "compile the train step and the evaluation with XLA")
+    exclude_history: bool = config_field(
+        False, "remove a user's history items from the ranking (docs/protocol.md)")
+    eval_batch_size: int = config_field(256, "users scored at a time in evaluation")
+    precision: str = config_field(
+        "float32", "float32, or a Keras mixed-precision policy (float16 with loss scaling, "
+        "bfloat16)", choices=PRECISIONS)
 
     def validate(self):
         """Returns ``self``; raises ``ValueError("invalid configuration: ...")``."""
+        _check_types(self)
+        _check(self.precision in PRECISIONS,
+               f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _check_positive(self, ("batch_size", "epochs", "eval_batch_size"))
         _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         _check(self.patience >= 0, f"patience must be >= 0, got {self.patience}")
@@ -227,15 +346,24 @@ def config_from_dict(values, source="configuration"):
     """``(ModelConfig, TrainConfig)`` from one flat dict; missing keys take the defaults.
 
     Raises ``ValueError`` naming ``source`` and listing the known keys for an unknown key,
-    and ``ValueError("invalid configuration: ...")`` for an invalid value.
+    and ``ValueError("SOURCE: invalid configuration: ...")`` for an invalid value, a
+    value of the wrong type included (``"20"`` or ``20.5`` for an int, ``"0.1"`` for a
+    float, ``true`` for an int: refused, never converted).
     """
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: a configuration is a JSON object of keys and values, "
+                         f"got {type(values).__name__}")
     model_values, train_values = _split_keys(values, source)
-    return ModelConfig(**model_values).validate(), TrainConfig(**train_values).validate()
+    try:
+        return ModelConfig(**model_values).validate(), TrainConfig(**train_values).validate()
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def to_flat_dict(model_config, train_config):
-    """The flat dict of both configurations (what ``config.json`` holds)."""
-    return {**model_config.to_dict(), **train_config.to_dict()}
+    """The flat dict of both configurations (what ``config.json`` holds): every key that
+    applies to this model (:meth:`ModelConfig.inapplicable_fields` are left out)."""
+    return {**model_config.applicable_dict(), **train_config.applicable_dict()}
 
 
 def replace_config(model_config, train_config, **overrides):
@@ -259,6 +387,9 @@ def load_config(path, missing=None):
         raise FileNotFoundError(f"configuration file not found: {path}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: line {e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a configuration file holds one JSON object, "
+                         f"got {type(values).__name__}")
     for key in _NOTE_KEYS:
         values.pop(key, None)
     for key, value in (missing or {}).items():
@@ -281,5 +412,5 @@ def save_config(path, model_config, train_config):
 __all__ = [
     "ModelConfig", "TrainConfig", "MODEL_KEYS", "TRAIN_KEYS", "config_from_dict", "to_flat_dict",
     "replace_config", "load_config", "load_saved_config", "save_config", "encoder_field",
-    "ATTENTIONS", "NORMALIZATIONS", "REGIMES", "LOSSES",
+    "config_field", "ATTENTIONS", "NORMALIZATIONS", "REGIMES", "LOSSES", "PRECISIONS",
 ]

@@ -15,6 +15,13 @@ NORMALIZATIONS = ("paper", "token")
 REGIMES = ("all", "last")
 # Training losses: full cross-entropy over the catalogue, or sampled softmax.
 LOSSES = ("full", "sampled")
+# Numeric precision of a training run: float32, or a Keras mixed-precision policy.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# Interaction file formats (tfrs_linear.data.readers parses them), "auto" (guess), and
+# the output directory of pipelines/preprocess.py.
+FILE_FORMATS = ("recbole", "movielens", "udata", "sasrec", "csv")
+PREPROCESSED = "preprocessed"
+FORMATS = ("auto",) + FILE_FORMATS + (PREPROCESSED,)
 # Leave-one-out splits.
 SPLITS = ("train", "valid", "test")
 # Evaluation protocols: full ranking, or 100 sampled negatives (by popularity, uniform).

@@ -39,40 +39,40 @@ The modules, in the order a run goes through them:
 * ``worker``: one point in a fresh subprocess (both sides of that protocol);
 * ``analysis``: statistics, exponents, efficiency and targets;
 * ``report``: ``bench.md`` and ``bench.png``; ``units``: byte units and formatting.
+
+Importing the package is cheap: every name below is loaded from its module on first
+access, so ``tfrs_linear.bench.options`` (the flags of ``tfrs-linear bench --help``) and
+``plan`` never load TensorFlow.
 """
 
-from tfrs_linear.bench.analysis import (  # noqa: F401
-    TARGET_LONG_N,
-    TARGET_N,
-    best_timing,
-    compute_efficiency,
-    compute_exponents,
-    compute_targets,
-    fit_exponent,
-    ok_rows,
-    primary_memory,
-    summarize,
-)
-from tfrs_linear.bench.driver import SCHEMA, run_bench  # noqa: F401
-from tfrs_linear.bench.machine import (  # noqa: F401
-    available_memory,
-    elastic_unavailable_reason,
-    machine_info,
-    resolve_device,
-)
-from tfrs_linear.bench.options import add_bench_arguments, resolve_options  # noqa: F401
-from tfrs_linear.bench.plan import (  # noqa: F401
-    CONFIGS,
-    DEFAULT_LENGTHS,
-    FAMILIES,
-    MAIN_CONFIGS,
-    MODES,
-    PASSES,
-    QUICK_LENGTHS,
-    SCOPES,
-    build_plan,
-    predict_softmax_bytes,
-    predict_step_seconds,
-)
-from tfrs_linear.bench.report import PASS_TITLES, SCOPE_TITLES, plot, render_markdown  # noqa: F401
-from tfrs_linear.bench.units import GIB, MIB, format_bytes, format_time  # noqa: F401
+
+import importlib as _importlib
+
+# Each module's public names, loaded on first access (``bench.run_bench`` imports driver).
+_EXPORTS = {
+    "analysis": ("TARGET_LONG_N", "TARGET_N", "best_timing", "compute_efficiency",
+                 "compute_exponents", "compute_targets", "fit_exponent", "ok_rows",
+                 "primary_memory", "summarize"),
+    "driver": ("SCHEMA", "run_bench"),
+    "machine": ("available_memory", "elastic_unavailable_reason", "machine_info",
+                "resolve_device"),
+    "options": ("add_bench_arguments", "resolve_options"),
+    "plan": ("CONFIGS", "DEFAULT_LENGTHS", "FAMILIES", "MAIN_CONFIGS", "MODES", "PASSES",
+             "QUICK_LENGTHS", "SCOPES", "build_plan", "predict_softmax_bytes",
+             "predict_step_seconds"),
+    "report": ("PASS_TITLES", "SCOPE_TITLES", "plot", "render_markdown"),
+    "units": ("GIB", "MIB", "format_bytes", "format_time"),
+}
+_HOMES = {name: module for module, names in _EXPORTS.items() for name in names}
+_MODULES = ("analysis", "driver", "machine", "options", "plan", "report", "units", "worker")
+
+
+def __getattr__(name):
+    if name in _HOMES:
+        return getattr(_importlib.import_module(f"tfrs_linear.bench.{_HOMES[name]}"), name)
+    if name in _MODULES:
+        return _importlib.import_module(f"tfrs_linear.bench.{name}")
+    raise AttributeError(f"module 'tfrs_linear.bench' has no attribute {name!r}")
+
+
+__all__ = sorted(_HOMES)

@@ -1,13 +1,17 @@
 """The ``tfrs-linear`` command line.
 
-Each subcommand lives in the module of its concept; that module exposes
-``add_<name>_arguments(parser)`` and ``run_<name>(args) -> int`` (``-`` in a command's
-name becomes ``_``). Only the chosen subcommand's module is imported (``importlib``,
-by the name in :data:`COMMANDS`).
+One module per subcommand (``tfrs_linear.cli.train``, ``evaluate``, ``export``,
+``check_serving``, ``bench``), each with ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int`` (and optionally ``check(args)``: checks that need no TensorFlow, run
+first). The argument definitions are TensorFlow-free, so ``--help``,
+``--version`` and ``SUBCOMMAND --help`` answer without loading TensorFlow; ``run`` imports
+the heavy module it needs. Before ``run``, TensorFlow is started quietly
+(:mod:`tfrs_linear.cli.quiet`): its C++/absl start-up lines reach the user only with
+``--verbose``.
 
 Errors take one path for every subcommand: bad flags (argparse) and bad input found
 while running (a ``ValueError``, ``OSError`` or
-:class:`~tfrs_linear.serving.ServingError` raised by ``run_<name>``) both print
+:class:`~tfrs_linear.serving.ServingError` raised by ``run``) both print
 ``tfrs-linear SUBCOMMAND: error: MESSAGE`` on stderr and exit with status 2. Set
 ``TFRS_LINEAR_TRACEBACK=1`` to get the traceback of a run-time error instead.
 """
@@ -18,51 +22,56 @@ import os
 import sys
 
 from tfrs_linear import __version__
-from tfrs_linear.keras2 import require_keras2
+from tfrs_linear.cli.quiet import tensorflow_started
 
-require_keras2()  # every subcommand builds tf-keras layers or models: Keras 2 first.
-
-from tfrs_linear.serving import ServingError  # noqa: E402
-
+# Subcommand -> its module under tfrs_linear.cli.
 COMMANDS = {
-    "train": ("tfrs_linear.training.commands", "train an XLA-compiled TFRS retrieval model"),
-    "evaluate": ("tfrs_linear.training.commands", "evaluate a trained model by docs/protocol.md"),
-    "export": ("tfrs_linear.serving", "export a versioned SavedModel for TF Serving"),
-    "check-serving": (
-        "tfrs_linear.serving",
-        "verify an export the way TF Serving loads it",
-    ),
-    "bench": ("tfrs_linear.bench", "time and memory of the attentions vs N"),
+    "train": "train",
+    "evaluate": "evaluate",
+    "export": "export",
+    "check-serving": "check_serving",
+    "bench": "bench",
 }
-# What a subcommand raises for bad input: the message says what and where (a file and
-# line, an id, a shape, a configuration that differs from the run in --output, a missing
-# file); a traceback would only bury it.
-USER_ERRORS = (ValueError, OSError, ServingError)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _command_functions(name):
-    module = importlib.import_module(COMMANDS[name][0])
-    stem = name.replace("-", "_")
-    return getattr(module, f"add_{stem}_arguments"), getattr(module, f"run_{stem}")
+def command_module(name):
+    """The module of subcommand ``name``: ``check-serving`` is ``tfrs_linear.cli.check_serving``."""
+    return importlib.import_module(f"tfrs_linear.cli.{COMMANDS[name]}")
 
 
-def build_parser(only=None):
-    """The ``tfrs-linear`` parser; ``only`` names the one subcommand whose flags are
-    added (and whose module is imported); ``None`` adds every subcommand's."""
+def is_user_error(error):
+    """Whether ``error`` is bad input (its message says what and where: a file and line, an
+    id, a shape, a configuration that differs from the run in --output, a missing file); a
+    traceback would only bury it. ``ServingError`` counts once serving has been loaded (it
+    cannot be raised before), so this module never imports TensorFlow itself."""
+    if isinstance(error, (ValueError, OSError)):
+        return True
+    wire = sys.modules.get("tfrs_linear.serving.wire")
+    return wire is not None and isinstance(error, wire.ServingError)
+
+
+def _add_verbose(parser, default):
+    parser.add_argument("--verbose", action="store_true", default=default,
+                        help="show TensorFlow's C++/absl start-up lines and INFO logs")
+
+
+def build_parser():
+    """The ``tfrs-linear`` parser with every subcommand's flags (no TensorFlow imported)."""
     parser = argparse.ArgumentParser(
         prog="tfrs-linear",
         description="Linear-cost attention (LinRec, ELASTIC) for TensorFlow Recommenders.",
     )
     parser.add_argument("--version", action="version", version=__version__)
+    _add_verbose(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, (_, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if only is None or name == only:
-            add_arguments, _ = _command_functions(name)
-            add_arguments(p)
+    for name in COMMANDS:
+        module = command_module(name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        _add_verbose(p, default=argparse.SUPPRESS)  # after the command too; keeps the top's
     return parser
 
 
@@ -76,18 +85,18 @@ def main(argv=None):
     """Runs ``tfrs-linear``; returns the exit status (0, 1 for a failed check, 2 for an
     error, 130 when interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    only = next((a for a in argv if not a.startswith("-")), None)
-    if only not in COMMANDS:
-        only = "__none__"
-    args = build_parser(only=only).parse_args(argv)  # a bad flag exits 2 here
-    _, run = _command_functions(args.command)
+    args = build_parser().parse_args(argv)  # a bad flag exits 2 here, --help 0
+    module = command_module(args.command)
     try:
-        return int(run(args) or 0)
+        if hasattr(module, "check"):
+            module.check(args)  # bad input is refused before TensorFlow loads
+        with tensorflow_started(verbose=args.verbose):
+            return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except USER_ERRORS as e:
-        if os.environ.get("TFRS_LINEAR_TRACEBACK"):
+    except Exception as e:
+        if not is_user_error(e) or os.environ.get("TFRS_LINEAR_TRACEBACK"):
             raise
         print(error_message(args.command, e), file=sys.stderr)
         return EXIT_USAGE

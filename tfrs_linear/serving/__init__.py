@@ -15,19 +15,17 @@ One module per concept:
   the warmup → compare with the Python model.
 * ``client``: :class:`Client`, REST or gRPC calls to a running TF Serving.
 
-Every name is importable from ``tfrs_linear.serving`` (the CLI finds
-``add_export_arguments``/``run_export`` and ``add_check_serving_arguments``/
-``run_check_serving`` here).
+Every name is importable from ``tfrs_linear.serving``. The ``export`` and
+``check-serving`` commands (``tfrs_linear.cli.export``, ``tfrs_linear.cli.check_serving``)
+call :func:`export_model_dir` and :func:`check_serving`.
 """
 
 from tfrs_linear.constants import NUM_RESERVED, OOV_INDEX, PAD_INDEX
 from tfrs_linear.serving.check import (
     PYTHON_OPS,
-    add_check_serving_arguments,
     check_serving,
     check_tolerance,
     reference_outputs,
-    run_check_serving,
     scan_graph,
 )
 from tfrs_linear.serving.client import Client
@@ -35,13 +33,11 @@ from tfrs_linear.serving.export import (
     CONTAINER_MODELS_ROOT,
     EXPORT_EXCLUDES_HISTORY,
     MODELS_CONFIG,
-    add_export_arguments,
     export_model,
     export_model_dir,
     models_config_text,
     next_version,
     numeric_versions,
-    run_export,
     write_models_config,
 )
 from tfrs_linear.serving.scratch import (
@@ -92,8 +88,6 @@ __all__ = [
     "Client",
     "ServingError",
     "ServingSignatures",
-    "add_check_serving_arguments",
-    "add_export_arguments",
     "check_serving",
     "check_tolerance",
     "checked_rank",
@@ -111,8 +105,6 @@ __all__ = [
     "read_warmup",
     "reference_outputs",
     "remove_stale_scratch",
-    "run_check_serving",
-    "run_export",
     "scan_graph",
     "serialize_examples",
     "string_matrix",

@@ -16,7 +16,6 @@ and the command exits 1.
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -375,29 +374,3 @@ def check_serving(export_dir, model_dir=None, compare=True, tolerance=1e-4, out=
     elif not compare:
         report.lines.append("outputs: comparison with the Python model skipped (--no-compare)")
     return report.verdict()
-
-
-# --------------------------------------------------------------------------- command
-
-
-def add_check_serving_arguments(parser):
-    """The flags of ``tfrs-linear check-serving``."""
-    parser.add_argument("path", metavar="saved_models/NAME/VERSION",
-                        help="an exported version folder")
-    parser.add_argument("--model", default=None, metavar="DIR",
-                        help="model dir to compare with (default: the one recorded at export)")
-    parser.add_argument("--no-compare", dest="compare", action="store_false",
-                        help="skip the comparison with the Python model")
-    parser.add_argument("--tolerance", type=float, default=1e-4,
-                        help="max absolute difference of scores/embeddings (default 1e-4)")
-
-
-def run_check_serving(args):
-    """Runs ``tfrs-linear check-serving``: the report on stdout (exit 0) or, when a check
-    failed, on stderr (exit 1)."""
-    ok, lines = check_serving(args.path, model_dir=args.model, compare=args.compare,
-                              tolerance=args.tolerance)
-    stream = sys.stdout if ok else sys.stderr
-    for line in lines:
-        print(line, file=stream)
-    return 0 if ok else 1

@@ -241,34 +241,3 @@ def export_model_dir(model_dir, base_path, k=100, exclude_history=None):
     model, _, vocab = load_model_dir(model_dir)
     return export_model(model, vocab, base_path, k=k, exclude_history=exclude_history,
                         model_dir=model_dir)
-
-
-# --------------------------------------------------------------------------- command
-
-
-def add_export_arguments(parser):
-    """The flags of ``tfrs-linear export``."""
-    parser.add_argument("--model", required=True, metavar="DIR",
-                        help="trained model directory (config.json, vocab.txt, weights/)")
-    parser.add_argument("--base-path", required=True, metavar="saved_models/NAME",
-                        help="the model's TF Serving base path; version max+1 is written")
-    parser.add_argument("--k", type=int, default=100,
-                        help="recommendations per request (capped at the catalogue size)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--exclude-history", dest="exclude_history", action="store_true",
-                       default=None, help="never recommend items of the request's history")
-    group.add_argument("--keep-history", dest="exclude_history", action="store_false",
-                       help="history items may be recommended (default: config.exclude_history)")
-
-
-def run_export(args):
-    """Runs ``tfrs-linear export``.
-
-    A missing or invalid model directory or a bad argument raises (``OSError`` /
-    ``ValueError``); the CLI prints it as ``tfrs-linear export: error: ...``, exit 2.
-    """
-    path = export_model_dir(args.model, args.base_path, k=args.k,
-                            exclude_history=args.exclude_history)
-    print(f"exported version {path.name} to {path}")
-    print(f"TF Serving config: {Path(args.base_path).parent / MODELS_CONFIG}")
-    return 0

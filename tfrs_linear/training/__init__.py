@@ -9,7 +9,8 @@
 ``run_dir``
     The files of a run directory, written atomically.
 ``commands``
-    The two subcommands' arguments and entry points.
+    What ``tfrs-linear train`` and ``evaluate`` run (their flags are in
+    :mod:`tfrs_linear.cli`): :func:`train_command`, :func:`evaluate_command`.
 
 A run's output directory holds everything needed to resume, evaluate and export it:
 
@@ -28,13 +29,7 @@ from tfrs_linear.keras2 import require_keras2
 
 require_keras2()  # training builds TFRS models: tf-keras behind tf.keras first.
 
-from tfrs_linear.training.commands import (  # noqa: E402
-    add_evaluate_arguments,
-    add_train_arguments,
-    config_from_args,
-    run_evaluate,
-    run_train,
-)
+from tfrs_linear.training.commands import evaluate_command, train_command  # noqa: E402
 from tfrs_linear.training.evaluator import (  # noqa: E402
     SELECTION_METRIC,
     Evaluator,
@@ -52,9 +47,6 @@ __all__ = [
     "format_table",
     "make_encode_fn",
     "SELECTION_METRIC",
-    "add_train_arguments",
-    "config_from_args",
-    "run_train",
-    "add_evaluate_arguments",
-    "run_evaluate",
+    "train_command",
+    "evaluate_command",
 ]

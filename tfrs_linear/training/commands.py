@@ -1,118 +1,71 @@
-"""The ``tfrs-linear train`` and ``tfrs-linear evaluate`` commands (see tfrs_linear.cli).
+"""What ``tfrs-linear train`` and ``tfrs-linear evaluate`` do once their flags are parsed.
 
-``train`` reads the configuration from ``--config`` (a flat JSON file, see
-tfrs_linear.config) or the defaults; every flag given overrides the key of the same
-name. ``evaluate`` scores a trained run directory by a protocol and writes
+The flags themselves live in :mod:`tfrs_linear.cli.train` and :mod:`tfrs_linear.cli.evaluate`
+(TensorFlow-free, so that ``--help`` answers at once); these two functions are the
+TensorFlow side. ``train_command`` loads the data and trains (a run directory, resumable);
+``evaluate_command`` scores a trained run directory by a protocol and writes
 ``metrics-<protocol>.json`` into it.
 """
 
+import json
 from pathlib import Path
 
-from tfrs_linear.config import ModelConfig, TrainConfig, load_config, replace_config
-from tfrs_linear.constants import ATTENTIONS, LOSSES, NORMALIZATIONS, PROTOCOLS, REGIMES
 from tfrs_linear.data.loading import load_dataset
-from tfrs_linear.data.readers import FORMATS
 from tfrs_linear.models.model_dir import load_model_dir
 from tfrs_linear.training import run_dir
 from tfrs_linear.training.evaluator import Evaluator, format_table, metric_subset
 from tfrs_linear.training.trainer import train
-
-# Flags of `train` that override the configuration key of the same name when given.
-_OVERRIDING_FLAGS = (
-    "attention", "normalization", "regime", "loss", "max_len", "d_model", "num_layers",
-    "num_heads", "num_interests", "dropout", "epochs", "batch_size", "learning_rate",
-    "patience", "seed", "num_negatives",
-)
 
 
 def _log(message):
     print(message, flush=True)
 
 
-def add_train_arguments(p):
-    p.add_argument("--data", help="interactions file (default: the embedded synthetic dataset)")
-    p.add_argument("--format", default="auto", choices=FORMATS)
-    p.add_argument("--config", help="a JSON configuration (see models/); flags override it")
-    p.add_argument("--attention", choices=ATTENTIONS)
-    p.add_argument("--normalization", choices=NORMALIZATIONS)
-    p.add_argument("--regime", choices=REGIMES)
-    p.add_argument("--loss", choices=LOSSES)
-    p.add_argument("--num-negatives", type=int,
-                   help="shared log-uniform negatives per batch of the sampled loss")
-    p.add_argument("--max-len", type=int)
-    p.add_argument("--d-model", type=int)
-    p.add_argument("--num-layers", type=int)
-    p.add_argument("--num-heads", type=int)
-    p.add_argument("--num-interests", type=int)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--patience", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--no-xla", action="store_true", help="train without jit_compile")
-    p.add_argument("--exclude-history", action="store_true",
-                   help="remove history items from the ranking (docs/protocol.md)")
-    p.add_argument("--strategy", default="default", choices=("default", "mirrored"),
-                   help="tf.distribute strategy (mirrored: all local GPUs)")
-    p.add_argument("--steps-per-epoch", type=int, help="cap batches per epoch (quick runs)")
-    p.add_argument("--output", required=True, help="the run's directory (resumable)")
-
-
-def config_from_args(args):
-    """``(ModelConfig, TrainConfig)`` of ``tfrs-linear train``: the ``--config`` file (or
-    the defaults) with the flags given applied."""
-    if args.config:
-        model_config, train_config = load_config(args.config)
-    else:
-        model_config, train_config = ModelConfig(), TrainConfig()
-    overrides = {name: getattr(args, name, None) for name in _OVERRIDING_FLAGS}
-    if getattr(args, "no_xla", False):
-        overrides["xla"] = False
-    if getattr(args, "exclude_history", False):
-        overrides["exclude_history"] = True
-    return replace_config(model_config, train_config, **overrides)
-
-
-def run_train(args):
-    model_config, train_config = config_from_args(args)
-    data = load_dataset(args.data, format=args.format)
-    train(model_config, train_config, data, args.output, strategy=args.strategy,
-          steps_per_epoch=args.steps_per_epoch)
+def train_command(model_config, train_config, output, data=None, format="auto",
+                  keep_duplicates=False, strategy="default", steps_per_epoch=None):
+    """Loads ``data`` (a file, a preprocessed directory, or ``None``: the embedded synthetic
+    data) and trains into ``output``; returns 0. The configurations are validated first,
+    and nothing is written before the data has loaded."""
+    data = load_dataset(data, format=format, keep_duplicates=keep_duplicates)
+    train(model_config, train_config, data, output, strategy=strategy,
+          steps_per_epoch=steps_per_epoch)
     return 0
 
 
-def add_evaluate_arguments(p):
-    p.add_argument("--model", required=True, help="a directory written by `tfrs-linear train`")
-    p.add_argument("--data", help="interactions file (default: the one the model was trained on)")
-    p.add_argument("--format", default="auto", choices=FORMATS)
-    p.add_argument("--protocol", default="full", choices=PROTOCOLS)
-    p.add_argument("--exclude-history", action="store_true")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampled protocols")
+def _run_kept_duplicates(model):
+    """Whether the run in ``model`` kept duplicate rows, as its ``data.json`` records it
+    (``keep_duplicates``; a run that does not record it dropped them, the default)."""
+    path = Path(model) / run_dir.DATA_FILE
+    info = json.loads(path.read_text()) if path.exists() else {}
+    return bool(info.get("keep_duplicates", False))
 
 
-def run_evaluate(args):
-    model, train_config, vocab = load_model_dir(args.model)
-    path = args.data if args.data else run_dir.training_data_source(args.model)
-    data = load_dataset(path, format=args.format)
-    if list(data.vocab) != list(vocab):
+def evaluate_command(model, data=None, format="auto", protocol="full", exclude_history=False,
+                     seed=0, keep_duplicates=None):
+    """Evaluates the run directory ``model`` on ``data`` (default: the data it was trained
+    on) by ``protocol``; prints the table, writes ``metrics-<protocol>.json``; returns 0.
+    ``keep_duplicates=None`` loads the data as the run did."""
+    loaded, train_config, vocab = load_model_dir(model)
+    path = data if data else run_dir.training_data_source(model)
+    if keep_duplicates is None:
+        keep_duplicates = _run_kept_duplicates(model)
+    sequences = load_dataset(path, format=format, keep_duplicates=keep_duplicates)
+    if list(sequences.vocab) != list(vocab):
         raise ValueError(
-            f"{path or 'the embedded dataset'} does not give the vocabulary {args.model} was "
+            f"{path or 'the embedded dataset'} does not give the vocabulary {model} was "
             "trained with; evaluate on the data it was trained on."
         )
-    evaluator = Evaluator(model, train_config)
+    evaluator = Evaluator(loaded, train_config)
     results = {
-        split: metric_subset(evaluator.evaluate(data, split, protocol=args.protocol,
-                                                exclude_history=args.exclude_history,
-                                                seed=args.seed))
+        split: metric_subset(evaluator.evaluate(sequences, split, protocol=protocol,
+                                                exclude_history=exclude_history, seed=seed))
         for split in ("valid", "test")
     }
-    metrics = {"protocol": args.protocol, "exclude_history": bool(args.exclude_history), **results}
-    out = run_dir.write_metrics(Path(args.model), metrics, name=f"metrics-{args.protocol}.json")
-    _log(f"{args.protocol} protocol (exclude_history={args.exclude_history}):\n" + format_table(results))
+    metrics = {"protocol": protocol, "exclude_history": bool(exclude_history), **results}
+    out = run_dir.write_metrics(Path(model), metrics, name=f"metrics-{protocol}.json")
+    _log(f"{protocol} protocol (exclude_history={exclude_history}):\n" + format_table(results))
     _log(f"wrote {out}")
     return 0
 
 
-__all__ = ["add_train_arguments", "config_from_args", "run_train", "add_evaluate_arguments",
-           "run_evaluate"]
+__all__ = ["train_command", "evaluate_command"]
