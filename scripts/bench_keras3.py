@@ -1,0 +1,541 @@
+"""Keras 3 LinRec / ELASTIC against `keras.layers.MultiHeadAttention`, TF and JAX backends.
+
+Times the attention layer, forward+backward (gradients of ``sum(y**2)`` with respect to
+the inputs and every weight), for softmax (``MultiHeadAttention``, also with
+``use_causal_mask=True``), LinRec (``normalization="paper"``) and ELASTIC
+(``LinearDispatcherAttention``, k=16), each non-causal and causal, at each N. Each backend
+runs in its own subprocess, started here: ``tensorflow`` (Keras 3, ``tf.function`` without
+and with ``jit_compile=True``: modes ``graph``, ``xla``; ``TF_USE_LEGACY_KERAS`` unset),
+``jax`` (Keras 3, ``jax.jit`` of ``jax.value_and_grad`` over ``stateless_call``: mode
+``jit``) and ``tf-keras`` (the LinRec and ELASTIC layers of ``tfrs_linear.layers``,
+``TF_USE_LEGACY_KERAS=1``, the same step function as the Keras 3 TensorFlow process).
+Every step returns one scalar (loss plus the sums of the gradients) read back to the host.
+Per point: a first (compiling) call, ``--warmup`` calls (none after a first call over
+10 s: it already warmed up), ``--repeats`` timed calls, median.
+Softmax is skipped where its N x N tensors are predicted not to fit in memory. Writes
+``keras3.json`` (raw times, machine, versions, load average), ``keras3.md`` (ratios within
+the run) and ``keras3.png`` (time vs N, log-log, one panel per backend).
+
+    .venv/bin/python scripts/bench_keras3.py [--out docs/bench] [--quick]
+"""
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ("tensorflow", "jax", "tf-keras")
+MODES = {"tensorflow": ("graph", "xla"), "jax": ("jit",), "tf-keras": ("graph", "xla")}
+TITLES = {"tensorflow": "Keras 3, TensorFlow backend", "jax": "Keras 3, JAX backend",
+          "tf-keras": "tf-keras (Keras 2), tfrs_linear.layers"}
+# (name, attention, causal)
+CONFIGS = (("softmax", "softmax", False), ("softmax, causal", "softmax", True),
+           ("LinRec", "linrec", False), ("LinRec, causal", "linrec", True),
+           ("ELASTIC k=16", "elastic", False), ("ELASTIC k=16, causal", "elastic", True))
+# tf-keras runs the two linear layers only: the comparison is Keras 3 against tf-keras.
+TF_KERAS_CONFIGS = tuple(c for c in CONFIGS if c[1] != "softmax")
+# A first call (compilation included) this long already warmed up: no warm-up calls then.
+WARM_FIRST_CALL_S = 10.0
+SHAPE = {"batch": 8, "d_model": 64, "heads": 2, "num_interests": 16}
+# Live float32 N x N tensors of softmax forward+backward (scores, probabilities, their
+# gradients, compiler temporaries): the prediction behind the memory skip.
+SOFTMAX_NXN_TENSORS = 6
+MEMORY_FRACTION = 0.7  # of MemAvailable that a point may use
+VERSIONS = ("keras", "tensorflow", "tf-keras", "jax", "jaxlib", "numpy", "keras-rs")
+
+
+# --------------------------------------------------------------------- machine info
+
+
+def _proc_field(path, key):
+    """The value after ``key:`` in a /proc file (first match), or None."""
+    try:
+        with open(path) as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith(key)), None)
+    except OSError:
+        return None
+
+
+def _meminfo_bytes(field):
+    value = _proc_field("/proc/meminfo", field + ":")
+    return None if value is None else int(value.split()[0]) * 1024
+
+
+def _load():
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def machine_info():
+    """CPU, cores, memory, Python and package versions (read without importing them)."""
+    versions = {}
+    for name in VERSIONS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "mem_total_bytes": _meminfo_bytes("MemTotal"),
+        "mem_available_bytes": _meminfo_bytes("MemAvailable"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+# ------------------------------------------------------------------ worker: subjects
+
+
+def softmax_skip(attention, n):
+    """None, or why softmax at length ``n`` is predicted not to fit in memory."""
+    if attention != "softmax":
+        return None
+    need = SOFTMAX_NXN_TENSORS * SHAPE["batch"] * SHAPE["heads"] * n * n * 4
+    available = _meminfo_bytes("MemAvailable")
+    if available is None or need <= MEMORY_FRACTION * available:
+        return None
+    return (f"does not fit (predicted): ~{need / 2**30:.1f} GiB of N x N tensors, "
+            f"{available / 2**30:.1f} GiB available")
+
+
+def make_layer(attention, causal, mha, linrec, elastic):
+    """(layer, call(x) -> y) of one configuration from the given layer classes."""
+    heads = SHAPE["heads"]
+    key_dim = SHAPE["d_model"] // heads
+    if attention == "softmax":
+        layer = mha(num_heads=heads, key_dim=key_dim)
+        return layer, lambda x: layer(x, x, use_causal_mask=causal)
+    if attention == "linrec":
+        layer = linrec(num_heads=heads, key_dim=key_dim, causal=causal)
+        return layer, lambda x: layer(x, x)
+    layer = elastic(num_heads=heads, key_dim=key_dim, causal=causal,
+                    num_interests=SHAPE["num_interests"])
+    return layer, lambda x: layer(x)[0]  # (outputs, interests)
+
+
+def layer_classes(backend):
+    """(MultiHeadAttention, LinRecAttention, LinearDispatcherAttention) of the backend."""
+    if backend == "tf-keras":
+        import tensorflow as tf
+
+        from tfrs_linear import layers
+
+        return (tf.keras.layers.MultiHeadAttention, layers.LinRecAttention,
+                layers.LinearDispatcherAttention)
+    import keras
+
+    from tfrs_linear import keras3
+
+    return (keras.layers.MultiHeadAttention, keras3.LinRecAttention,
+            keras3.LinearDispatcherAttention)
+
+
+def tf_step(call, variables, mode):
+    """``tf.function`` of the loss and its gradients (inputs and ``variables``) as a scalar."""
+    import tensorflow as tf
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.square(call(x)))
+        grads = tape.gradient(loss, [x] + list(variables))
+        missing = [i for i, g in enumerate(grads) if g is None]
+        if missing:
+            raise ValueError(f"no gradient for variables {missing}")
+        return loss + tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    return tf.function(step, jit_compile=(mode == "xla"))
+
+
+def jax_step(layer, call):
+    """``jax.jit`` of ``value_and_grad`` (inputs and weights) over ``stateless_call``."""
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    class Outer(keras.layers.Layer):  # stateless_call of the outer layer keeps __call__
+        def __init__(self):
+            super().__init__()
+            self.inner = layer
+
+        def call(self, x):
+            return call(x)
+
+    outer = Outer()
+    outer.built = True
+    trainable = [v.value for v in outer.trainable_variables]
+    non_trainable = [v.value for v in outer.non_trainable_variables]
+
+    def loss(weights, x):
+        y, _ = outer.stateless_call(weights, non_trainable, x)
+        return jnp.sum(jnp.square(y))
+
+    value_and_grad = jax.value_and_grad(loss, argnums=(0, 1))
+
+    def step(weights, x):
+        value, (g_w, g_x) = value_and_grad(weights, x)
+        return value + jnp.sum(g_x) + sum(jnp.sum(g) for g in g_w)
+
+    compiled = jax.jit(step)
+    return lambda x: compiled(trainable, x)
+
+
+# ------------------------------------------------------------------ worker: timing
+
+
+def time_step(step, x, warmup, repeats):
+    """First call, warm-up, then ``repeats`` timed calls; each reads the scalar back."""
+
+    def once():
+        t0 = time.perf_counter()
+        float(step(x))
+        return time.perf_counter() - t0
+
+    first = once()
+    warm = [once() for _ in range(0 if first > WARM_FIRST_CALL_S else warmup)]
+    samples = [once() for _ in range(repeats)]
+    return {"status": "ok", "first_call_s": first, "warmup_s": warm, "samples_s": samples,
+            "median_s": statistics.median(samples), "min_s": min(samples),
+            "max_s": max(samples)}
+
+
+def configs_of(backend):
+    return TF_KERAS_CONFIGS if backend == "tf-keras" else CONFIGS
+
+
+def _subject(backend, attention, causal, cache):
+    """(layer, call) of a configuration, built once per process (eagerly, at N=8)."""
+    key = (attention, causal)
+    if key not in cache:
+        import numpy as np
+
+        layer, call = make_layer(attention, causal, *layer_classes(backend))
+        call(np.zeros((SHAPE["batch"], 8, SHAPE["d_model"]), "float32"))
+        cache[key] = (layer, call)
+    return cache[key]
+
+
+def measure(backend, mode, attention, causal, n, args, cache):
+    """One point's record (times, or why it was skipped or failed)."""
+    import numpy as np
+
+    skip = softmax_skip(attention, n)
+    if skip:
+        return {"status": "skipped", "reason": skip}
+    layer, call = _subject(backend, attention, causal, cache)
+    x = np.random.default_rng(n).standard_normal(
+        (SHAPE["batch"], n, SHAPE["d_model"])).astype("float32")
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        return time_step(jax_step(layer, call), jnp.asarray(x), args.warmup, args.repeats)
+    import tensorflow as tf
+
+    variables = layer.trainable_variables
+    if backend == "tensorflow":
+        variables = [v.value for v in variables]  # the tf.Variable behind each keras one
+    step = tf_step(call, variables, mode)
+    return time_step(step, tf.constant(x), args.warmup, args.repeats)
+
+
+def _worker_env_check(backend):
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS")
+    if backend == "tf-keras":
+        import tensorflow as tf
+
+        keras2 = tf.keras.__name__
+        if legacy != "1" or not keras2.startswith("tf_keras"):
+            raise RuntimeError(f"tf-keras worker: TF_USE_LEGACY_KERAS={legacy}, tf.keras={keras2}")
+        return {"TF_USE_LEGACY_KERAS": legacy, "tf.keras": keras2}
+    if legacy is not None:
+        raise RuntimeError(f"Keras 3 worker started with TF_USE_LEGACY_KERAS={legacy}")
+    import keras
+
+    if keras.config.backend() != backend:
+        raise RuntimeError(f"Keras backend {keras.config.backend()}, expected {backend}")
+    return {"TF_USE_LEGACY_KERAS": None, "keras_backend": keras.config.backend()}
+
+
+def worker_main(args):
+    """The subprocess of one backend: every point, the result rewritten after each."""
+    out = {"backend": args.worker, "pid": os.getpid(), "load_average_start": _load(),
+           "env": _worker_env_check(args.worker), "points": []}
+    cache = {}
+    for n in args.lengths:
+        for name, attention, causal in configs_of(args.worker):
+            for mode in MODES[args.worker]:
+                rec = {"backend": args.worker, "mode": mode, "config": name, "n": n,
+                       "load_average_before": _load()}
+                try:
+                    rec.update(measure(args.worker, mode, attention, causal, n, args, cache))
+                except Exception as e:  # noqa: BLE001 - record it and go on
+                    rec.update(status="failed",
+                               reason=f"{type(e).__name__}: {e}".splitlines()[0][:300])
+                out["points"].append(rec)
+                print(f"[{args.worker}] {name} {mode} N={n}: "
+                      f"{rec.get('median_s', rec.get('reason'))}", file=sys.stderr, flush=True)
+                out["load_average_end"] = _load()
+                Path(args.result).write_text(json.dumps(out))
+    return 0
+
+
+# ------------------------------------------------------------------ driver
+
+
+def run_backend(backend, args, result_path):
+    """Runs one backend's subprocess; returns its result (or a failure record)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1",
+               JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"]
+                                     if env.get("PYTHONPATH") else "")
+    for name in ("TF_USE_LEGACY_KERAS", "KERAS_BACKEND"):
+        env.pop(name, None)
+    env.update({"TF_USE_LEGACY_KERAS": "1"} if backend == "tf-keras" else
+               {"KERAS_BACKEND": backend})
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", backend,
+           "--_result", str(result_path), "--lengths", ",".join(map(str, args.lengths)),
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+    t0 = time.perf_counter()
+    error = None
+    try:
+        # stderr (the progress lines, a traceback) goes to this process's stderr.
+        proc = subprocess.run(cmd, env=env, timeout=args.worker_timeout,
+                              stdout=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            error = f"worker exited with {proc.returncode} (its traceback is above)"
+    except subprocess.TimeoutExpired:
+        error = f"timed out after {args.worker_timeout} s"
+    try:
+        result = json.loads(Path(result_path).read_text())
+    except (OSError, ValueError):
+        result = {"backend": backend, "points": []}
+    result.update(wall_s=round(time.perf_counter() - t0, 1), error=error)
+    return result
+
+
+# ------------------------------------------------------------------ report
+
+
+def _fmt_time(seconds):
+    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
+
+
+def index_points(results):
+    """{(backend, mode, config, n): record} over every backend's points."""
+    return {(p["backend"], p["mode"], p["config"], p["n"]): p
+            for r in results for p in r.get("points", [])}
+
+
+def _softmax_of(config):
+    return "softmax, causal" if "causal" in config else "softmax"
+
+
+def speedup(points, backend, mode, config, n):
+    """MultiHeadAttention's median / this one's, same backend, mode and kind; or None."""
+    this = points.get((backend, mode, config, n), {})
+    ref = points.get((backend, mode, _softmax_of(config), n), {})
+    if this.get("status") == "ok" and ref.get("status") == "ok":
+        return ref["median_s"] / this["median_s"]
+    return None
+
+
+def _cell(points, key):
+    rec = points.get(key, {"status": "not run"})
+    if rec["status"] != "ok":
+        return {"skipped": "skipped (memory)"}.get(rec["status"], rec["status"])
+    ratio = None if "softmax" in key[2] else speedup(points, *key)
+    return _fmt_time(rec["median_s"]) + (f" ({ratio:.1f}×)" if ratio else "")
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def ratio_tables(points, lengths, backends):
+    """The speed-up table (every backend and mode) and the Keras 3 TF / tf-keras table."""
+    header = ["config", "backend, mode"] + [f"N={n:,}" for n in lengths]
+    rows = []
+    for name, attention, _ in CONFIGS:
+        if attention == "softmax":
+            continue
+        for backend in [b for b in backends if b != "tf-keras"]:
+            for mode in MODES[backend]:
+                cells = [speedup(points, backend, mode, name, n) for n in lengths]
+                rows.append([name, f"{backend}, {mode}"] +
+                            [f"{c:.1f}×" if c else "–" for c in cells])
+    speed = _table(header, rows)
+    rows = []
+    if "tensorflow" in backends and "tf-keras" in backends:
+        for name, _, _ in TF_KERAS_CONFIGS:
+            for mode in MODES["tensorflow"]:
+                cells = []
+                for n in lengths:
+                    a = points.get(("tensorflow", mode, name, n), {})
+                    b = points.get(("tf-keras", mode, name, n), {})
+                    ok = a.get("status") == b.get("status") == "ok"
+                    cells.append(f"{a['median_s'] / b['median_s']:.2f}" if ok else "–")
+                rows.append([name, mode] + cells)
+    versus = _table(["config", "mode"] + [f"N={n:,}" for n in lengths], rows) if rows else []
+    return speed, versus
+
+
+def write_markdown(data, path):
+    """keras3.md: machine and run, speed-ups, Keras 3 TF vs tf-keras, times per backend."""
+    m, points, lengths = data["machine"], index_points(data["results"]), data["lengths"]
+    backends = [r["backend"] for r in data["results"]]
+    v = m["versions"]
+    speed, versus = ratio_tables(points, lengths, backends)
+    lines = [
+        "# Keras 3 layers: TensorFlow and JAX backends, and against tf-keras", "",
+        f"Made by `scripts/bench_keras3.py` on {data['date']}: {m['cpu_model']}, "
+        f"{m['usable_cores']} usable of {m['logical_cores']} logical cores, "
+        f"{m['mem_total_bytes'] / 2**30:.1f} GiB RAM, no GPU; Keras {v['keras']}, "
+        f"TensorFlow {v['tensorflow']}, tf-keras {v['tf-keras']}, JAX {v['jax']}, "
+        f"Python {m['python']}.",
+        f"Load average before {data['load_average_start']}, after "
+        f"{data['load_average_end']}; wall time {data['wall_s']:.0f} s. "
+        "The cores were shared with other jobs: compare ratios within this run, not times.",
+        "",
+        f"Attention layer, forward+backward (gradients of `sum(y**2)` with respect to the "
+        f"inputs and every weight), batch {SHAPE['batch']}, d_model {SHAPE['d_model']}, "
+        f"{SHAPE['heads']} heads, float32; median of {data['repeats']} timed calls after "
+        f"the first (compiling) call and {data['warmup']} warm-up calls (none where the "
+        f"first call took over {WARM_FIRST_CALL_S:g} s). Modes: `graph` = "
+        "`tf.function`, `xla` = `tf.function(jit_compile=True)`, `jit` = `jax.jit` of "
+        "`value_and_grad` over `stateless_call`. LinRec is `normalization=\"paper\"`; "
+        "ELASTIC is `LinearDispatcherAttention(num_interests=16)`.", "",
+        "## Speed-up over MultiHeadAttention", "",
+        "MultiHeadAttention's time / this layer's time, same backend, mode and kind "
+        "(causal against `use_causal_mask=True`).", "", *speed, "",
+    ]
+    if versus:
+        lines += ["## Keras 3 (TensorFlow backend) against tf-keras", "",
+                  "Keras 3 layer's time / the tf-keras layer's time, same mode (1.00 = the "
+                  "same cost).", "",
+                  *versus, ""]
+    lines += ["## Time per step", ""]
+    for r in data["results"]:
+        backend = r["backend"]
+        note = "no softmax in this process" if backend == "tf-keras" else (
+            "×: speed-up over MultiHeadAttention")
+        lines += [f"### {TITLES[backend]}", "",
+                  f"({note}; process wall time {r['wall_s']:.0f} s, load average "
+                  f"{r.get('load_average_start')} -> {r.get('load_average_end')})", ""]
+        rows = [[name, mode] + [_cell(points, (backend, mode, name, n)) for n in lengths]
+                for name, _, _ in configs_of(backend) for mode in MODES[backend]]
+        lines += _table(["config", "mode"] + [f"N={n:,}" for n in lengths], rows) + [""]
+    failed = [p for r in data["results"] for p in r["points"] if p["status"] != "ok"]
+    errors = [f"- {r['backend']}: {r['error']}" for r in data["results"] if r.get("error")]
+    if failed or errors:
+        lines += ["## Not measured", ""] + errors + [
+            f"- {p['backend']} {p['mode']} {p['config']} N={p['n']}: {p['reason']}"
+            for p in failed] + [""]
+    Path(path).write_text("\n".join(lines))
+
+
+def write_plot(data, path):
+    """keras3.png: time per step vs N, log-log, one panel per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points, backends = index_points(data["results"]), [r["backend"] for r in data["results"]]
+    fig, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 4.2),
+                             sharey=True, squeeze=False)
+    styles = {"graph": "-", "xla": "--", "jit": "-"}
+    colors = dict(zip([c[0] for c in CONFIGS], plt.get_cmap("tab10").colors))
+    for ax, backend in zip(axes[0], backends):
+        for name, _, _ in CONFIGS:
+            for mode in MODES[backend]:
+                xs = [n for n in data["lengths"]
+                      if points.get((backend, mode, name, n), {}).get("status") == "ok"]
+                ys = [points[(backend, mode, name, n)]["median_s"] * 1e3 for n in xs]
+                if xs:
+                    ax.plot(xs, ys, styles[mode], marker="o", color=colors[name],
+                            label=f"{name} ({mode})")
+        ax.set(xscale="log", yscale="log", xlabel="N (sequence length)", title=TITLES[backend])
+        ax.set_xticks(data["lengths"], [f"{n:,}" for n in data["lengths"]])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=6.5, loc="upper left")
+    axes[0][0].set_ylabel("ms per forward+backward step (median)")
+    fig.suptitle(f"Attention layer, batch {SHAPE['batch']}, d_model {SHAPE['d_model']}, "
+                 f"{SHAPE['heads']} heads, float32, CPU (shared: compare ratios)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="bench_keras3.py", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(ROOT / "docs" / "bench"), help="output folder")
+    p.add_argument("--lengths", default=None, help="comma-separated N (default 256,1024,4096)")
+    p.add_argument("--quick", action="store_true", help="N = 256,1024")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per point (median)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls after the first")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="subset of " + ",".join(BACKENDS))
+    p.add_argument("--worker-timeout", type=float, default=3600.0, help="seconds per backend")
+    p.add_argument("--_worker", dest="worker", choices=BACKENDS, help=argparse.SUPPRESS)
+    p.add_argument("--_result", dest="result", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.lengths and args.quick:
+        p.error("--lengths and --quick exclude each other")
+    text = args.lengths or ("256,1024" if args.quick else "256,1024,4096")
+    try:
+        args.lengths = [int(s) for s in text.split(",")]
+    except ValueError:
+        p.error(f"--lengths: expected comma-separated integers, got {text!r}")
+    if any(n < 1 for n in args.lengths):
+        p.error(f"--lengths: every N must be >= 1, got {text!r}")
+    if args.repeats < 1 or args.warmup < 0:
+        p.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out: {args.out} exists and is not a folder")
+    args.backends = [b for b in args.backends.split(",") if b]
+    unknown = sorted(set(args.backends) - set(BACKENDS))
+    if unknown or not args.backends:
+        p.error(f"--backends: unknown {unknown or 'empty list'}; choose from {list(BACKENDS)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info(), "load_average_start": _load(), "shape": SHAPE,
+            "lengths": args.lengths, "repeats": args.repeats, "warmup": args.warmup,
+            "results": []}
+    t0 = time.perf_counter()
+    for backend in args.backends:
+        data["results"].append(run_backend(backend, args, out / f".keras3-{backend}.json"))
+        (out / f".keras3-{backend}.json").unlink(missing_ok=True)
+    data.update(load_average_end=_load(), wall_s=round(time.perf_counter() - t0, 1))
+    (out / "keras3.json").write_text(json.dumps(data, indent=1))
+    write_markdown(data, out / "keras3.md")
+    write_plot(data, out / "keras3.png")
+    print(f"wrote {out / 'keras3.json'}, keras3.md, keras3.png in {data['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
