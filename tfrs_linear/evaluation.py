@@ -166,8 +166,9 @@ def sample_negatives(sequence_items, targets, num_items, num_negatives=100, popu
     return top.astype(np.int64)
 
 
-def _history_mask(history, num_items):
-    """Boolean ``[B, V]``: True at every item of the ``[B, H]`` history (padding 0 included)."""
+def history_mask(history, num_items):
+    """Boolean ``[B, V]``: True at every item of the ``[B, H]`` history (padding 0 included:
+    index 0 is never ranked anyway). The exclusion of ``evaluate(exclude_history=True)``."""
     history = tf.cast(history, tf.int64)
     shape = tf.shape(history, out_type=tf.int64)
     rows = tf.broadcast_to(tf.range(shape[0])[:, None], shape)
@@ -229,7 +230,7 @@ def evaluate(encode_fn, item_embeddings, batches, protocol="full", exclude_histo
             if exclude_history:
                 if "history" not in batch:
                     raise ValueError("exclude_history needs a 'history' entry in every batch")
-                exclude = _history_mask(batch["history"], num_items)
+                exclude = history_mask(batch["history"], num_items)
         else:
             if "history" not in batch:
                 raise ValueError(f"protocol {protocol!r} needs a 'history' entry in every batch")

@@ -138,3 +138,68 @@ def test_the_trainer_compiles_its_query_tower_once(tiny_data, tmp_path):
     trainer.run()
     assert trainer.evaluator.encode_fn.experimental_get_tracing_count() == 1
     assert "_tfrs_linear_encode_fns" not in vars(trainer.model)
+
+
+# ------------------------------------------------------- nothing written before it is valid
+@pytest.mark.parametrize("steps", [0, -3, 2.5])
+def test_steps_per_epoch_below_one_is_refused_before_anything_is_written(tiny_data, tmp_path, steps):
+    with pytest.raises(ValueError, match="steps_per_epoch must be a whole number of batches >= 1"):
+        Trainer(ModelConfig(**TINY_MODEL), TrainConfig(**TINY_TRAIN), tiny_data, tmp_path / "run",
+                steps_per_epoch=steps)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_fails_on_its_data_leaves_nothing_behind(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    with pytest.raises(ValueError, match="fewer than batch_size=100000"):
+        train(ModelConfig(**TINY_MODEL), TrainConfig(**{**TINY_TRAIN, "batch_size": 100000}),
+              tiny_data, out, verbose=0)
+    assert list(out.iterdir()) == []
+
+
+def test_a_folder_without_a_completed_epoch_is_no_reason_to_refuse(tiny_data, tmp_path):
+    from tfrs_linear.data import build_sequences
+    from tfrs_linear.data import synthetic
+    from tfrs_linear.training import run_dir
+    other = build_sequences(synthetic.generate(num_users=20, num_items=12, num_interests=3,
+                                               median_length=10, min_length=5, max_length=20, seed=9))
+    out = tmp_path / "run"
+    out.mkdir()
+    # What a run on other data, with another model, wrote before it stopped in epoch 1.
+    run_dir.write_metadata(out, ModelConfig(**{**TINY_MODEL, "d_model": 32}), TrainConfig(), other)
+    model_config, train_config = ModelConfig(**TINY_MODEL), TrainConfig(**TINY_TRAIN)
+    run_dir.check_resumable(out, model_config, train_config, tiny_data.vocab)  # no error
+    (out / "checkpoints").mkdir()
+    run_dir.write_state(out, run_dir.new_state())  # epoch 0: still nothing completed
+    run_dir.check_resumable(out, model_config, train_config, tiny_data.vocab)
+    run_dir.write_state(out, {**run_dir.new_state(), "epoch": 1})
+    with pytest.raises(ValueError, match="different configuration"):
+        run_dir.check_resumable(out, model_config, train_config, tiny_data.vocab)
+    run_dir.write_metadata(out, model_config, train_config, other)
+    with pytest.raises(ValueError, match="trained on other data"):
+        run_dir.check_resumable(out, model_config, train_config, tiny_data.vocab)
+
+
+# ---------------------------------------------------------------------------- precision
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_each_precision_trains_with_its_policy_and_restores_the_global_one(
+        tiny_data, tmp_path, precision, caplog, capfd):
+    import logging
+
+    import tensorflow as tf
+    before = tf.keras.mixed_precision.global_policy().name
+    rng_before = tf.keras.backend.experimental.is_tf_random_generator_enabled()
+    caplog.set_level(logging.WARNING)
+    trainer = Trainer(ModelConfig(attention="linrec", **TINY_MODEL),
+                      TrainConfig(**{**TINY_TRAIN, "epochs": 1, "xla": False, "precision": precision}),
+                      tiny_data, tmp_path / "run", verbose=0, steps_per_epoch=2)
+    metrics = trainer.run()
+    assert trainer.model.encoder.dtype_policy.name == precision
+    is_scaled = isinstance(trainer.model.optimizer, tf.keras.mixed_precision.LossScaleOptimizer)
+    assert is_scaled == (precision == "mixed_float16")
+    assert all(np.isfinite(v) for split in ("valid", "test") for v in metrics[split].values())
+    assert tf.keras.mixed_precision.global_policy().name == before
+    assert tf.keras.backend.experimental.is_tf_random_generator_enabled() == rng_before
+    logged = caplog.text + capfd.readouterr().err
+    assert "get_scaled_loss" not in logged and "loss scal" not in logged.lower()

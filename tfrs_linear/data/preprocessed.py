@@ -227,6 +227,7 @@ def _sequence_data(path, meta, min_events, vocab, popularity, users, lengths, fl
         dropped_interactions=int(meta.get("dropped_interactions", 0)),
         source=path,
         dropped_duplicates=int(meta.get("dropped_duplicates", 0)),
+        keep_duplicates=bool(meta.get("keep_duplicates", False)),
     )
 
 

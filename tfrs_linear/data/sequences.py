@@ -51,6 +51,7 @@ class SequenceData:
       source: where the data came from.
       dropped_duplicates: exact duplicate events dropped (same user, item and timestamp),
         counted before the users with fewer than ``min_events`` events.
+      keep_duplicates: whether exact duplicates were kept (``build_sequences``'s setting).
     """
 
     users: list
@@ -61,6 +62,7 @@ class SequenceData:
     dropped_interactions: int = 0
     source: str = ""
     dropped_duplicates: int = 0
+    keep_duplicates: bool = False
 
     @property
     def num_items(self):
@@ -218,6 +220,7 @@ def build_sequences(interactions, min_events=3, keep_duplicates=False):
         dropped_interactions=int(counts[~keep].sum()),
         source=interactions.source,
         dropped_duplicates=int(duplicates),
+        keep_duplicates=bool(keep_duplicates),
     )
 
 

@@ -6,6 +6,15 @@
 ``evaluator``
     :class:`Evaluator` (one model's compiled query tower, reused by every evaluation),
     :func:`evaluate_model`, :func:`format_table`.
+``fit_model``
+    :class:`FitRetrievalModel`: the model whose ``fit`` validation computes the protocol's
+    HR/NDCG/MRR@K, so they reach Keras's logs as ``val_ndcg@10`` etc. (the progress bar,
+    ``History``, ``EarlyStopping(monitor="val_ndcg@10", mode="max")``, TensorBoard).
+``epoch_data``
+    Training batches shuffled per epoch from (seed, epoch): a resumed run sees the same
+    batches as an uninterrupted one.
+``model_scope``
+    The dtype policy and the checkpointed random generators a model is built under.
 ``run_dir``
     The files of a run directory, written atomically.
 ``commands``
@@ -21,7 +30,8 @@ A run's output directory holds everything needed to resume, evaluate and export 
   (epoch, best validation NDCG@10, patience counter, history): a second run with the same
   ``--output`` resumes after the last completed epoch;
 * ``weights/`` — the best weights by validation NDCG@10 (restored at the end);
-* ``logs/`` — TensorBoard logs;
+* ``logs/`` — TensorBoard logs (``train/epoch_loss``, the epoch mean, and
+  ``validation/epoch_ndcg@10`` etc. on one step axis: the epoch, from 0);
 * ``metrics.json`` — validation and test metrics of the best epoch (docs/protocol.md).
 """
 
@@ -38,6 +48,7 @@ from tfrs_linear.training.evaluator import (  # noqa: E402
     make_encode_fn,
 )
 from tfrs_linear.training.trainer import Trainer, train  # noqa: E402
+from tfrs_linear.training.fit_model import FitRetrievalModel  # noqa: E402,F401
 
 __all__ = [
     "Trainer",

@@ -35,10 +35,15 @@ def new_state():
 
 def check_resumable(output, model_config, train_config, vocab):
     """Raises ``ValueError`` if ``output`` holds a run that this configuration and
-    vocabulary cannot resume (keys outside :data:`RESUMABLE_KEYS` differ, or the data)."""
+    vocabulary cannot resume (keys outside :data:`RESUMABLE_KEYS` differ, or the data).
+
+    Only a run with a completed epoch (its ``state.json``) counts: the files of a run
+    that stopped before its first epoch ended are no reason to refuse, the new run
+    overwrites them."""
     output = Path(output)
     existing = output / CONFIG_FILE
-    if not existing.exists():
+    state = read_state(output) if existing.exists() else None
+    if state is None or int(state.get("epoch", 0)) < 1:
         return
     old = to_flat_dict(*load_saved_config(existing))
     new = to_flat_dict(model_config, train_config)
@@ -70,6 +75,8 @@ def write_metadata(output, model_config, train_config, data):
         "num_items": int(data.num_items - NUM_RESERVED),
         "num_interactions": int(data.num_interactions),
         "dropped_users": int(data.dropped_users),
+        "dropped_duplicates": int(data.dropped_duplicates),
+        "keep_duplicates": bool(data.keep_duplicates),
     }
     (output / DATA_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info

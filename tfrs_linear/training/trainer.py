@@ -1,12 +1,18 @@
 """The training loop: :class:`Trainer` trains a model into a resumable run directory.
 
-Each epoch: Keras ``fit`` trains it (the train step XLA-compiled), then validation
-NDCG@10 (full ranking), a checkpoint (model + optimizer) and ``state.json``, the best
-weights kept, early stopping with ``patience``. At the end the best weights are restored
-and scored on validation and test (``metrics.json``). The files are those of
-:mod:`tfrs_linear.training.run_dir`.
+Each epoch: Keras ``fit`` trains it (the train step XLA-compiled) and validates it
+in its own validation (:class:`~tfrs_linear.training.fit_model.FitRetrievalModel`:
+``val_hr@10``, ``val_ndcg@10``, ... in Keras' logs, by the protocol's full ranking);
+then a checkpoint (model with its dropout RNG state, optimizer with its step) and
+``state.json``, the best weights kept, early stopping with ``patience``. Epoch ``e``
+trains on an order fixed by ``(seed, e)`` (:mod:`~tfrs_linear.training.epoch_data`), so
+a run resumed after an interruption ends exactly as the uninterrupted run. At the end
+the best weights are restored and scored on validation and test (``metrics.json``).
+Nothing is written to the output directory before the data and the configuration were
+found valid. The files are those of :mod:`tfrs_linear.training.run_dir`.
 """
 
+import numbers
 import sys
 import time
 from pathlib import Path
@@ -15,11 +21,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfrs_linear.config import ModelConfig, TrainConfig
-from tfrs_linear.data.datasets import training_dataset
+from tfrs_linear.data.datasets import evaluation_batches
 from tfrs_linear.models.model_dir import WEIGHTS_DIR
-from tfrs_linear.models.retrieval import SequentialRetrievalModel
-from tfrs_linear.training import run_dir
+from tfrs_linear.training import epoch_data, run_dir
 from tfrs_linear.training.evaluator import SELECTION_METRIC, Evaluator, format_table, metric_subset
+from tfrs_linear.training.fit_model import FitRetrievalModel
+from tfrs_linear.training.model_scope import (make_optimizer, model_scope, random_generators,
+                                              train_precision)
 
 
 def _log(message):
@@ -43,14 +51,26 @@ def _xla_train_step_supported(strategy):
 
 
 class _EpochEnd(tf.keras.callbacks.Callback):
-    """Hands each finished Keras epoch to :meth:`Trainer.end_epoch`; stops early."""
+    """Hands each Keras epoch to the :class:`Trainer`: :meth:`Trainer.on_epoch_end` when
+    its training is done (fit's validation starts), :meth:`Trainer.end_epoch` after the
+    validation; stops early."""
 
     def __init__(self, trainer):
         super().__init__()
         self.trainer = trainer
+        self.epoch = 0
+        self.started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_test_begin(self, logs=None):
+        loss = {m.name: m for m in self.model.metrics}["loss"].result()
+        self.trainer.on_epoch_end(self.epoch + 1, {"loss": float(loss)})
+        self.started = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.trainer.end_epoch(epoch, logs or {})
+        self.trainer.end_epoch(epoch, logs or {}, eval_seconds=time.time() - self.started)
         if self.trainer.state["wait"] > self.trainer.train_config.patience:
             self.model.stop_training = True
 
@@ -59,9 +79,17 @@ class Trainer:
     """Trains a :class:`~tfrs_linear.models.SequentialRetrievalModel` into an output
     directory, resumably.
 
-    Run the same training again with the same ``output`` after an interruption and it
-    resumes after the last completed epoch (the configuration may differ only in
-    ``epochs``, ``patience``, ``eval_batch_size``, ``xla`` and ``exclude_history``).
+    Run the same training again with the same ``output`` after an interruption (a clean
+    stop or a kill) and it resumes after the last completed epoch, and ends with the
+    metrics and best epoch of the run that went straight through (on CPU; the
+    configuration may differ only in ``epochs``, ``patience``, ``eval_batch_size``,
+    ``xla`` and ``exclude_history``).
+
+    Keras' ``logs`` carry the epoch's mean ``loss`` and the validation metrics
+    ``val_hr@10``, ``val_ndcg@10``, ... (see
+    :class:`~tfrs_linear.training.fit_model.FitRetrievalModel`): the progress bar,
+    TensorBoard (``logs/train`` and ``logs/validation``, one step per epoch) and the
+    ``callbacks`` given here see them.
 
     Hooks: a subclass may override these methods (the defaults do nothing); ``epoch``
     counts from 1, as in ``state.json`` and the logs.
@@ -79,29 +107,40 @@ class Trainer:
 
     Args:
         model_config: the model's :class:`~tfrs_linear.config.ModelConfig`.
-        train_config: the run's :class:`~tfrs_linear.config.TrainConfig`.
+        train_config: the run's :class:`~tfrs_linear.config.TrainConfig` (its
+            ``precision`` sets the dtype policy the model is built with; the global
+            policy is restored afterwards).
         data: a :class:`~tfrs_linear.data.SequenceData`.
         output: the run directory.
         strategy: ``"default"`` or ``"mirrored"`` (``tf.distribute.MirroredStrategy``).
         verbose: Keras ``fit`` verbosity; ``None``: 1 on a terminal, else 2.
-        steps_per_epoch: a cap on the batches per epoch (quick runs).
+        steps_per_epoch: a cap on the batches per epoch (quick runs), ``>= 1``.
+        callbacks: more Keras callbacks for ``fit`` (they run after the Trainer's own).
     """
 
     def __init__(self, model_config, train_config, data, output, strategy="default", verbose=None,
-                 steps_per_epoch=None):
+                 steps_per_epoch=None, callbacks=None):
         if not isinstance(model_config, ModelConfig) or not isinstance(train_config, TrainConfig):
             raise TypeError(
                 "Trainer(model_config, train_config, data, output, ...) takes a ModelConfig and "
                 f"a TrainConfig, got {type(model_config).__name__} and "
                 f"{type(train_config).__name__} (see tfrs_linear.config.load_config)"
             )
+        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, numbers.Integral)
+                                            or isinstance(steps_per_epoch, bool)
+                                            or steps_per_epoch < 1):
+            raise ValueError(
+                f"steps_per_epoch must be a whole number of batches >= 1 (or None for whole "
+                f"epochs), got {steps_per_epoch!r}")
         self.model_config = model_config.resolved()  # replace() validates
         self.train_config = train_config.validate()
+        self.precision = train_precision(self.train_config)
         self.data = data
         self.output = Path(output)
         self.strategy = _strategy(strategy)
         self.verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
         self.steps_per_epoch = steps_per_epoch
+        self.callbacks = list(callbacks or [])
         self.state = run_dir.new_state()
 
     # -- hooks ------------------------------------------------------------------------
@@ -111,7 +150,7 @@ class Trainer:
 
     def on_epoch_end(self, epoch, logs):
         """Called when epoch ``epoch`` has finished training, before its validation,
-        checkpoint and ``state.json``; ``logs`` are Keras' (``logs["loss"]``). Does
+        checkpoint and ``state.json``; ``logs["loss"]`` is the epoch's mean loss. Does
         nothing by default."""
 
     def on_epoch_saved(self, epoch, record):
@@ -121,17 +160,21 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------
     def _prepare_output(self):
-        self.output.mkdir(parents=True, exist_ok=True)
+        """Checks that ``output`` may take this run, then writes its metadata: the first
+        files of the run, written once the data and the model were found valid."""
         run_dir.check_resumable(self.output, self.model_config, self.train_config, self.data.vocab)
-        info = run_dir.write_metadata(self.output, self.model_config, self.train_config, self.data)
-        _log(f"data: {info['source']}: {info['num_users']} users, {info['num_items']} items, "
-             f"{info['num_interactions']} events; {info['dropped_users']} users with fewer than "
-             "3 events dropped")
+        self.output.mkdir(parents=True, exist_ok=True)
+        run_dir.write_metadata(self.output, self.model_config, self.train_config, self.data)
+        _log(f"data: {self.data.describe()}")
 
     def _build(self):
-        with self.strategy.scope():
-            self.model = SequentialRetrievalModel(self.model_config, self.data.num_items).build_all()
-            optimizer = tf.keras.optimizers.Adam(self.train_config.learning_rate)
+        """The model, its optimizer and the checkpoint (nothing is written)."""
+        with self.strategy.scope(), model_scope(self.precision):
+            self.model = FitRetrievalModel(
+                self.model_config, self.data.num_items,
+                exclude_history=self.train_config.exclude_history,
+            ).build_all()
+            optimizer = make_optimizer(self.train_config.learning_rate, self.precision)
             jit = self.train_config.xla and _xla_train_step_supported(self.strategy)
             if self.train_config.xla and not jit:
                 _log(
@@ -143,18 +186,25 @@ class Trainer:
             optimizer.build(self.model.trainable_variables)
             self.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
             self.checkpoint = tf.train.Checkpoint(
-                model=self.model, optimizer=optimizer, epoch=self.epoch_var
+                model=self.model, optimizer=optimizer, epoch=self.epoch_var,
+                rng=random_generators(self.model),
             )
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, str(self.output / run_dir.CHECKPOINTS_DIR), max_to_keep=2
-        )
         self.evaluator = Evaluator(self.model, self.train_config)
 
     def _restore(self):
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, str(self.output / run_dir.CHECKPOINTS_DIR), max_to_keep=2
+        )
         saved = run_dir.read_state(self.output)
-        if not (self.manager.latest_checkpoint and saved is not None):
+        if not (self.manager.latest_checkpoint and saved is not None and saved["epoch"] > 0):
             return
-        self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        checkpoint = self.checkpoint
+        keys = tf.train.load_checkpoint(self.manager.latest_checkpoint).get_variable_to_shape_map()
+        if self.checkpoint.rng and not any(key.startswith("rng/") for key in keys):
+            # Written before the dropout RNG was checkpointed: resume without it.
+            checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer,
+                                             epoch=self.epoch_var)
+        checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
         self.state = saved
         if int(self.epoch_var.numpy()) != self.state["epoch"]:
             raise RuntimeError(
@@ -166,25 +216,29 @@ class Trainer:
              f"(best valid {SELECTION_METRIC} {self.state['best']:.4f} at epoch {self.state['best_epoch']})")
 
     # -- per epoch --------------------------------------------------------------------
-    def end_epoch(self, epoch, logs):
-        """The bookkeeping after Keras epoch ``epoch`` (counted from 0, as Keras does):
-        the hooks around validation, the best weights, the checkpoint and ``state.json``."""
-        self.on_epoch_end(epoch + 1, logs)
-        record, valid = self._validate(epoch + 1, logs)
-        self._save_epoch(epoch + 1, valid)
+    def end_epoch(self, epoch, logs, eval_seconds=0.0):
+        """The bookkeeping after Keras epoch ``epoch`` (counted from 0, as Keras does),
+        whose ``logs`` hold the training ``loss`` and fit's validation (``val_ndcg@10``,
+        ...): the best weights, the checkpoint, ``state.json``, the ``epoch N:`` line and
+        :meth:`on_epoch_saved`."""
+        valid = {k[len("val_"):]: float(v) for k, v in logs.items()
+                 if k.startswith("val_") and "@" in k}
+        if SELECTION_METRIC not in valid:
+            raise RuntimeError(f"Keras' logs of epoch {epoch + 1} have no val_{SELECTION_METRIC} "
+                               f"(got {sorted(logs)}): fit ran without the validation data")
+        record = self._record(epoch + 1, logs, valid, eval_seconds)
+        self._save_epoch(epoch + 1)
         _log(f"epoch {epoch + 1}: loss {record['loss']:.4f}  valid {SELECTION_METRIC} "
              f"{valid[SELECTION_METRIC]:.4f}  hr@10 {valid['hr@10']:.4f}  (best "
              f"{self.state['best']:.4f} at epoch {self.state['best_epoch']}, patience "
              f"{self.state['wait']}/{self.train_config.patience})")
         self.on_epoch_saved(epoch + 1, record)
 
-    def _validate(self, epoch, logs):
-        """Scores the validation split; records the epoch, keeps the best weights."""
-        t0 = time.time()
-        valid = self.evaluator.evaluate(self.data, "valid")
-        score = float(valid[SELECTION_METRIC])
-        record = {"epoch": epoch, "loss": float(logs.get("loss", np.nan)),
-                  "valid": metric_subset(valid), "eval_seconds": round(time.time() - t0, 2)}
+    def _record(self, epoch, logs, valid, eval_seconds):
+        """Records the epoch in the state; keeps the best weights."""
+        score = valid[SELECTION_METRIC]
+        record = {"epoch": epoch, "loss": float(logs.get("loss", np.nan)), "valid": valid,
+                  "eval_seconds": round(eval_seconds, 2)}
         self.state["history"].append(record)
         self.state["epoch"] = epoch
         if score > self.state["best"]:
@@ -192,17 +246,13 @@ class Trainer:
             run_dir.save_best_weights(self.model, self.output)
         else:
             self.state["wait"] += 1
-        return record, valid
+        return record
 
-    def _save_epoch(self, epoch, valid):
-        """The checkpoint, ``state.json`` and the TensorBoard validation scalars."""
+    def _save_epoch(self, epoch):
+        """The checkpoint (model, its RNG state, optimizer) and ``state.json``."""
         self.epoch_var.assign(epoch)
         self.manager.save(checkpoint_number=epoch)
         run_dir.write_state(self.output, self.state)
-        with self.writer.as_default():
-            for k, v in valid.items():
-                if "@" in k:
-                    tf.summary.scalar(f"valid/{k}", v, step=epoch)
 
     # -- main -------------------------------------------------------------------------
     @property
@@ -212,21 +262,26 @@ class Trainer:
                 or self.state["wait"] > self.train_config.patience)
 
     def _fit(self):
-        dataset = training_dataset(
-            self.data, self.model_config.max_len, self.train_config.batch_size,
-            regime=self.model_config.regime, seed=self.train_config.seed + self.state["epoch"],
-        )
-        if self.steps_per_epoch:
-            dataset = dataset.take(self.steps_per_epoch)
+        first = self.state["epoch"]
+        dataset = epoch_data.epochs_dataset(self.data, self.model_config, self.train_config,
+                                            first, self.steps)
+        validation = evaluation_batches(self.data, "valid", self.model_config.max_len,
+                                        self.train_config.eval_batch_size)
         _log(f"training {self.model_config.attention} ({self.model_config.regime}/"
              f"{self.model_config.loss}, max_len {self.model_config.max_len}, xla "
-             f"{self.train_config.xla}) for up to {self.train_config.epochs} epochs, "
-             f"{int(dataset.cardinality())} batches each")
+             f"{self.train_config.xla}, {self.precision}) for up to {self.train_config.epochs} "
+             f"epochs, {self.steps} batches each")
+        # tf-keras appends its progress bar after the callbacks given to fit: given here
+        # before _EpochEnd, Keras' epoch line ends before the "epoch N:" line starts.
+        progbar = [tf.keras.callbacks.ProgbarLogger(count_mode="steps")] if self.verbose else []
         callbacks = [
             tf.keras.callbacks.TensorBoard(log_dir=str(self.output / "logs"), profile_batch=0),
+            *progbar,
             _EpochEnd(self),
+            *self.callbacks,
         ]
-        self.model.fit(dataset, epochs=self.train_config.epochs, initial_epoch=self.state["epoch"],
+        self.model.fit(dataset, epochs=self.train_config.epochs, initial_epoch=first,
+                       steps_per_epoch=self.steps, validation_data=validation,
                        callbacks=callbacks, verbose=self.verbose)
 
     def _final_metrics(self):
@@ -246,13 +301,17 @@ class Trainer:
         return metrics
 
     def run(self):
-        """Trains (or resumes) to the end; returns the metrics dict of ``metrics.json``."""
-        self._prepare_output()
+        """Trains (or resumes) to the end; returns the metrics dict of ``metrics.json``.
+
+        The data and the model are checked (and the model built) before anything is
+        written to ``output``."""
+        self.steps = epoch_data.steps_per_epoch(self.data, self.model_config, self.train_config,
+                                                self.steps_per_epoch)
         tf.keras.utils.set_random_seed(self.train_config.seed)
         self._build()
+        self._prepare_output()
         self._restore()
         self.on_train_begin(self.state)
-        self.writer = tf.summary.create_file_writer(str(self.output / "logs" / "validation"))
         if not self.finished:
             self._fit()
         return self._final_metrics()
