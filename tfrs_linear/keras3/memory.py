@@ -5,6 +5,7 @@ from keras import ops
 
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3 import _elastic_math as E
+from tfrs_linear.layer_checks import check_interest_memory_args
 
 
 @C.register
@@ -36,17 +37,8 @@ class InterestMemory(keras.layers.Layer):
                  key_initializer=None, memory_initializer=None, base_initializer=None,
                  **kwargs):
         super().__init__(**kwargs)
-        if int(num_interests) < 1 or int(num_keys) < 1:
-            raise ValueError(
-                f"num_interests and num_keys must be >= 1, got {num_interests} and "
-                f"{num_keys}."
-            )
-        if not 1 <= int(top_m) <= int(num_keys):
-            raise ValueError(f"top_m must be in [1, num_keys={num_keys}], got {top_m}.")
-        if int(query_dim) < 2 or int(query_dim) % 2:
-            raise ValueError(f"query_dim must be even and >= 2 (two halves), got {query_dim}.")
-        self.num_interests, self.num_keys = int(num_interests), int(num_keys)
-        self.top_m, self.query_dim = int(top_m), int(query_dim)
+        (self.num_interests, self.num_keys, self.top_m,
+         self.query_dim) = check_interest_memory_args(num_interests, num_keys, top_m, query_dim)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.key_initializer = (None if key_initializer is None

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tfrs_linear.layer_checks import check_interest_memory_args
 from tfrs_linear.layers._common import check_inputs, fresh, input_dim, keras_mask_or
 from tfrs_linear.ops.product_keys import product_key_lookup
 
@@ -63,21 +64,8 @@ class InterestMemory(tf.keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if int(num_interests) < 1 or int(num_keys) < 1:
-            raise ValueError(
-                f"num_interests and num_keys must be >= 1, got {num_interests} and "
-                f"{num_keys}."
-            )
-        if not 1 <= int(top_m) <= int(num_keys):
-            raise ValueError(f"top_m must be in [1, num_keys={num_keys}], got {top_m}.")
-        if int(query_dim) < 2 or int(query_dim) % 2:
-            raise ValueError(
-                f"query_dim must be even and >= 2 (two halves), got {query_dim}."
-            )
-        self.num_interests = int(num_interests)
-        self.num_keys = int(num_keys)
-        self.top_m = int(top_m)
-        self.query_dim = int(query_dim)
+        (self.num_interests, self.num_keys, self.top_m,
+         self.query_dim) = check_interest_memory_args(num_interests, num_keys, top_m, query_dim)
         self.kernel_initializer = _initializers.get(kernel_initializer)
         self.bias_initializer = _initializers.get(bias_initializer)
         self.key_initializer = (
