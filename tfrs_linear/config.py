@@ -33,12 +33,13 @@ from tfrs_linear.constants import (  # noqa: F401
     ATTENTIONS,
     LOSSES,
     NORMALIZATIONS,
+    POSITIONS,
     PRECISIONS,
     REGIMES,
 )
 
 # Values for keys a saved config.json may predate: what those models were trained with.
-_SAVED_BEFORE_THE_OPTION = {"recency_bias": False}
+_SAVED_BEFORE_THE_OPTION = {"recency_bias": False, "positions": "from_end"}
 # Keys of a configuration file that are notes for its readers, not configuration.
 _NOTE_KEYS = ("_comment", "_reference")
 
@@ -162,6 +163,11 @@ class ModelConfig(_FlatFields):
         dropout, attention_dropout, layer_norm_epsilon: as in SASRec.
         chunk_size: the chunk length of the causal linear attentions.
         num_interests: ELASTIC's interest tokens ``k``.
+        positions: the learned position embedding: ``"from_end"`` (counted from the
+            newest item), ``"from_start"`` (an event's index in the user's history; past
+            ``max_len - 1`` every index shares the table's last row) or ``"none"``. Only
+            ``"from_start"`` and ``"none"`` can be streamed (a new event does not move the
+            older events' positions).
         recency_bias: ELASTIC's learned per-interest recency slopes on the aggregate
             logits (not in the paper; see ``LinearDispatcherAttention``); ``None``: on for
             attention ``"elastic"`` (:attr:`uses_recency_bias`).
@@ -194,6 +200,10 @@ class ModelConfig(_FlatFields):
     layer_norm_epsilon: float = encoder_field(1e-12, "epsilon of every LayerNorm")
     chunk_size: int = encoder_field(64, "chunk length of causal LinRec")
     num_interests: int = encoder_field(16, "ELASTIC's interest tokens k")
+    positions: str = encoder_field(
+        "from_end", "learned positions counted from the newest item (from_end), from the "
+        "user's first event (from_start, streamable; indices past max_len share the last "
+        "row) or none (streamable)", choices=POSITIONS)
     recency_bias: bool | None = encoder_field(
         None, "ELASTIC's learned per-interest recency slopes",
         default_help="by attention: on for elastic")
@@ -211,6 +221,13 @@ class ModelConfig(_FlatFields):
         if self.recency_bias is None:
             return self.attention == "elastic"
         return bool(self.recency_bias)
+
+    @property
+    def is_streamable(self):
+        """Whether the model has a constant-size per-user state (docs/streaming.md): a
+        causal LinRec or ELASTIC encoder whose positions do not move with a new event."""
+        return (self.is_causal and self.attention != "softmax" and not self.use_memory
+                and self.positions != "from_end")
 
     @property
     def is_causal(self):
@@ -261,6 +278,8 @@ class ModelConfig(_FlatFields):
             self.normalization in NORMALIZATIONS,
             f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}",
         )
+        _check(self.positions in POSITIONS,
+               f"positions must be one of {POSITIONS}, got {self.positions!r}")
         _check_positive(self, ("max_len", "d_model", "num_layers", "num_heads", "ffn_dim",
                                "chunk_size", "num_interests", "num_negatives"))
         _check(self.d_model % self.num_heads == 0,

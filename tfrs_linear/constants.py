@@ -13,6 +13,9 @@ NORMALIZATIONS = ("paper", "token")
 # Training regimes: "all" (a target at every position, causal encoder) and "last"
 # (one target per prefix, the newest position only).
 REGIMES = ("all", "last")
+# Position embeddings of the sequence encoder: counted from the newest item (not
+# streamable), from the user's first event (streamable), or none (order from causality).
+POSITIONS = ("from_end", "from_start", "none")
 # Training losses: full cross-entropy over the catalogue, or sampled softmax.
 LOSSES = ("full", "sampled")
 # Numeric precision of a training run: float32, or a Keras mixed-precision policy.

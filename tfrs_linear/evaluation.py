@@ -190,7 +190,7 @@ def _scores_fn(item_embeddings):
 
 
 def evaluate(encode_fn, item_embeddings, batches, protocol="full", exclude_history=False,
-             popularity=None, num_negatives=100, seed=0, ks=KS):
+             popularity=None, num_negatives=100, seed=0, ks=KS, with_offsets=False):
     """Ranks every user's target and averages the metrics (``docs/protocol.md``).
 
     Args:
@@ -207,6 +207,8 @@ def evaluate(encode_fn, item_embeddings, batches, protocol="full", exclude_histo
       popularity: ``[V]`` training counts, required by ``"pop100"``.
       num_negatives: negatives per user in the sampled protocols (100).
       seed: seed of the sampled protocols.
+      with_offsets: call ``encode_fn(inputs, offsets)`` with each batch's ``"offsets"``
+        (a query tower whose positions count from the user's first event).
 
     Returns:
       The metrics dict of :func:`metrics_from_ranks` plus ``"num_users"`` (real rows).
@@ -224,7 +226,8 @@ def evaluate(encode_fn, item_embeddings, batches, protocol="full", exclude_histo
         targets = np.asarray(batch["targets"]).astype(np.int64)
         b = len(targets)
         weights = np.ones(b, np.float32) if "weights" not in batch else np.asarray(batch["weights"])
-        scores = score(encode_fn(inputs))
+        users = encode_fn(inputs, batch["offsets"]) if with_offsets else encode_fn(inputs)
+        scores = score(users)
         exclude = None
         if protocol == "full":
             if exclude_history:

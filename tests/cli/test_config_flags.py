@@ -28,6 +28,7 @@ SETS = {
     "layer_norm_epsilon": (["--layer-norm-epsilon", "1e-6"], [], 1e-6),
     "chunk_size": (["--chunk-size", "16"], [], 16),
     "num_interests": (["--num-interests", "8"], ["--attention", "elastic"], 8),
+    "positions": (["--positions", "none"], [], "none"),
     "recency_bias": (["--no-recency-bias"], ["--attention", "elastic"], False),
     "use_memory": (["--use-memory"], ["--attention", "elastic", "--regime", "last"], True),
     "memory_keys": (["--memory-keys", "16"],

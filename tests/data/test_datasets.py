@@ -33,13 +33,14 @@ def test_training_all_regime_exact():
     # max_len 2: a's 3 pairs become the newest window and an older one of length 1.
     ds = data.training_dataset(seq, 2, 3, regime="all", shuffle=False)
     assert batches(ds) == [
-        {"inputs": [[3, 4], [0, 2], [0, 4]], "targets": [[4, 2], [0, 3], [0, 5]]}
+        {"inputs": [[3, 4], [0, 2], [0, 4]], "targets": [[4, 2], [0, 3], [0, 5]],
+         "offsets": [1, 0, 0]}  # [3, 4] starts at a's second event
     ]
     ds = data.training_dataset(seq, 2, 2, regime="all", shuffle=False)
     assert ds.element_spec["inputs"].shape.as_list() == [2, 2]
     assert len(batches(ds)) == 1  # the third example is dropped with drop_remainder
     ds = data.training_dataset(seq, 2, 2, regime="all", shuffle=False, drop_remainder=False)
-    assert batches(ds)[1] == {"inputs": [[0, 4]], "targets": [[0, 5]]}
+    assert batches(ds)[1] == {"inputs": [[0, 4]], "targets": [[0, 5]], "offsets": [0]}
 
 
 def test_training_last_regime_exact():
@@ -47,7 +48,8 @@ def test_training_last_regime_exact():
     ds = data.training_dataset(seq, 2, 4, regime="last", shuffle=False)
     assert ds.element_spec["targets"].shape.as_list() == [4]
     assert batches(ds) == [
-        {"inputs": [[0, 2], [2, 3], [3, 4], [0, 4]], "targets": [3, 4, 2, 5]}
+        {"inputs": [[0, 2], [2, 3], [3, 4], [0, 4]], "targets": [3, 4, 2, 5],
+         "offsets": [0, 0, 1, 0]}
     ]
     assert data.num_training_examples(seq, 2, "last") == 4
     assert data.num_training_examples(seq, 2, "all") == 3
@@ -75,9 +77,9 @@ def test_evaluation_batches_pad_the_last_batch():
     assert ds.element_spec["history"].shape.as_list() == [2, 4]
     assert batches(ds) == [
         {"inputs": [[2, 5], [5, 4]], "targets": [6, 3], "weights": [1.0, 1.0],
-         "history": [[2, 3, 4, 5], [0, 0, 4, 5]], "user_index": [0, 1]},
+         "history": [[2, 3, 4, 5], [0, 0, 4, 5]], "user_index": [0, 1], "offsets": [3, 1]},
         {"inputs": [[3, 3], [0, 0]], "targets": [6, 0], "weights": [1.0, 0.0],
-         "history": [[0, 0, 0, 3], [0, 0, 0, 0]], "user_index": [2, 0]},
+         "history": [[0, 0, 0, 3], [0, 0, 0, 0]], "user_index": [2, 0], "offsets": [0, 0]},
     ]
     valid = batches(data.evaluation_batches(seq, "valid", 3, 8))
     assert len(valid) == 1 and len(valid[0]["targets"]) == 8
@@ -103,14 +105,17 @@ def test_training_examples_match_a_naive_implementation():
         end = len(h) - 1  # pairs (h[p], h[p + 1]) for p < end, windows from the newest
         while end > 0:
             start = max(0, end - m)
-            want_all.append((padded(h[start:end]), padded(h[start + 1:end + 1])))
+            want_all.append((padded(h[start:end]), padded(h[start + 1:end + 1]), start))
             end = start
         for j in range(1, len(h)):
-            want_last.append((padded(h[:j]), h[j]))
+            want_last.append((padded(h[:j]), h[j], max(j - m, 0)))
     got = data.training_examples(seq, m, "all")
-    assert list(zip(got["inputs"].tolist(), got["targets"].tolist())) == want_all
+    assert list(zip(got["inputs"].tolist(), got["targets"].tolist(),
+                    got["offsets"].tolist())) == want_all
     got = data.training_examples(seq, m, "last")
-    assert list(zip(got["inputs"].tolist(), got["targets"].tolist())) == want_last
+    assert list(zip(got["inputs"].tolist(), got["targets"].tolist(),
+                    got["offsets"].tolist())) == want_last
+    want_last = [w[:2] for w in want_last]
     ds = data.training_dataset(seq, m, len(want_last), regime="last", shuffle=False)
     (only,) = batches(ds)
     assert list(zip(only["inputs"], only["targets"])) == want_last

@@ -78,7 +78,7 @@ def _training_table(data, max_len, regime):
         ends = starts[user] + pairs[user] - k * max_len  # exclusive end of the inputs
         first = starts[user]
         win_len = np.minimum(ends - first, max_len)
-        return flat, {"ends": ends, "lengths": win_len}
+        return flat, {"ends": ends, "lengths": win_len, "offsets": ends - win_len - first}
     # "last": one example per prefix h[:j], 1 <= j < len(h); target h[j].
     user = np.repeat(np.arange(len(pairs)), pairs)
     j = _within(pairs) + 1
@@ -86,6 +86,7 @@ def _training_table(data, max_len, regime):
     return flat, {
         "ends": ends,
         "lengths": np.minimum(j, max_len),
+        "offsets": np.maximum(j - max_len, 0),
         "targets": flat[ends].astype(np.int32),
     }
 
@@ -94,7 +95,8 @@ def training_examples(data, max_len, regime="all"):
     """The training examples as NumPy arrays (unshuffled, in user order), for inspection.
 
     Same content as :func:`training_dataset` (which never materializes them all):
-    ``{"inputs": int32 [n, max_len], "targets": int32 [n, max_len] ("all") or [n] ("last")}``.
+    ``{"inputs": int32 [n, max_len], "targets": int32 [n, max_len] ("all") or [n] ("last"),
+    "offsets": int32 [n]}``.
     """
     flat, table = _training_table(data, max_len, regime)
     inputs = _gather_windows_np(flat, table["ends"], table["lengths"], max_len)
@@ -102,7 +104,7 @@ def training_examples(data, max_len, regime="all"):
         targets = _gather_windows_np(flat, table["ends"] + 1, table["lengths"], max_len)
     else:
         targets = table["targets"]
-    return {"inputs": inputs, "targets": targets}
+    return {"inputs": inputs, "targets": targets, "offsets": table["offsets"].astype(np.int32)}
 
 
 def num_training_examples(data, max_len, regime="all"):
@@ -125,6 +127,10 @@ def training_dataset(data, max_len, batch_size, regime="all", seed=0, shuffle=Tr
     Regime ``"last"`` (RecBole's prefix augmentation): one example per prefix
     ``h[:j]``, ``1 <= j < len(h)``: ``inputs = pad_left(h[:j])`` (newest ``max_len``),
     ``targets = h[j]``, ``int32 [B]``.
+
+    Every batch also has ``"offsets"`` ``int32 [B]``: how many of the user's events come
+    before the row's first item (the window's start in the user's history), which an
+    encoder with ``positions="from_start"`` adds to its position indices.
 
     Users whose training part has a single event give no example. Shuffling (full
     buffer, reshuffled every epoch, seeded) and batching happen in tf.data; with
@@ -150,7 +156,8 @@ def training_dataset(data, max_len, batch_size, regime="all", seed=0, shuffle=Tr
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
     def materialize(batch):
-        out = {"inputs": _gather_windows_tf(flat_t, batch["ends"], batch["lengths"], max_len)}
+        out = {"inputs": _gather_windows_tf(flat_t, batch["ends"], batch["lengths"], max_len),
+               "offsets": tf.cast(batch["offsets"], tf.int32)}
         if regime == "all":
             out["targets"] = _gather_windows_tf(flat_t, batch["ends"] + 1, batch["lengths"], max_len)
         else:
@@ -190,7 +197,9 @@ def evaluation_batches(data, split, max_len, batch_size):
       the sampled protocols; ``H`` = the largest number of distinct history items of any
       user (at most the catalogue size, so memory stays ``users x min(len, items)``);
     * ``"user_index"``: ``int32 [B]``, the user's position in ``data.users`` (0 in
-      padding rows).
+      padding rows);
+    * ``"offsets"``: ``int32 [B]``, the history's events before the newest ``max_len``
+      (for ``positions="from_start"``).
 
     The last batch is padded to the full ``batch_size`` with rows of weight 0 (all
     zeros), so every batch has the same static shape and no user is dropped.
@@ -221,6 +230,7 @@ def evaluation_batches(data, split, max_len, batch_size):
         "hist_ends": pad(dends),
         "hist_counts": pad(dcounts),
         "user_index": pad(np.arange(n, dtype=np.int32)),
+        "offsets": pad(np.maximum(lengths - max_len, 0).astype(np.int32)),
     }
     flat_t = tf.constant(flat, dtype=tf.int32)
     dflat_t = tf.constant(dflat, dtype=tf.int32)
@@ -232,6 +242,7 @@ def evaluation_batches(data, split, max_len, batch_size):
             "weights": b["weights"],
             "history": _gather_windows_tf(dflat_t, b["hist_ends"], b["hist_counts"], width),
             "user_index": b["user_index"],
+            "offsets": b["offsets"],
         }
 
     return tf.data.Dataset.from_tensor_slices(table).batch(batch_size, drop_remainder=True) \

@@ -16,6 +16,7 @@ from tfrs_linear.ops.dispatcher import (
     dispatcher_dispatch,
 )
 from tfrs_linear.ops.dispatcher_causal import check_causal_path
+from tfrs_linear.ops.dispatcher_recurrent import dispatcher_initial_state, dispatcher_step
 
 _initializers = tf.keras.initializers
 _regularizers = tf.keras.regularizers
@@ -364,10 +365,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         q2 = self._heads(x, self.query_2_kernel, self.query_2_bias)  # [B,H,N,dk]
         # Fold W_o1 W_k2 and W_o1 W_v2 into the per-position values (docs/elastic.md):
         # value_key[b, h, n, g, :] = (X W_v1 + b_v1)^h W_o1^h W_k2^g.
-        fold_k = tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.key_2_kernel)
-        fold_v = tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.value_2_kernel)
-        value_key = tf.einsum("bhnv,hvge->bhnge", v1, fold_k)
-        value_value = tf.einsum("bhnv,hvge->bhnge", v1, fold_v)
+        value_key, value_value = self._folded_values(v1)
         k2 = self._heads(p, self.key_2_kernel, self.key_2_bias)  # P W_k2 + b_k2
         v2 = self._heads(p, self.value_2_kernel, self.value_2_bias)
         return dispatcher_attention(
@@ -384,6 +382,56 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             aggregate_bias=bias,
             causal_path=self.causal_path,
         )
+
+    def _folded_values(self, v1):
+        """``(value_key, value_value) [B, H, N, H, d]``: the values with ``W_o1 W_k2`` and
+        ``W_o1 W_v2`` folded in (docs/elastic.md)."""
+        fold_k = tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.key_2_kernel)
+        fold_v = tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.value_2_kernel)
+        return (tf.einsum("bhnv,hvge->bhnge", v1, fold_k),
+                tf.einsum("bhnv,hvge->bhnge", v1, fold_v))
+
+    # -- the recurrent (streaming) form ------------------------------------------------
+    def initial_state(self, batch):
+        """The causal form's state of ``batch`` users with no event yet
+        (:func:`tfrs_linear.ops.dispatcher_initial_state`, float32)."""
+        self._check_streamable()
+        return dispatcher_initial_state(batch, self.num_heads, self.num_interests,
+                                        self.num_heads, self.key_dim, self.value_dim)
+
+    def _check_streamable(self):
+        if not self.causal or self.interest_tokens is None:
+            raise ValueError(
+                "LinearDispatcherAttention has a constant-size per-user state only in its "
+                "causal form with its own interest tokens: non-causally every position "
+                "attends interests aggregated over the WHOLE sequence (and LayerNorm'd), "
+                "so a new event changes every earlier output."
+            )
+        if not self.built:
+            raise ValueError("LinearDispatcherAttention.initial_state/step need a built layer.")
+
+    def step(self, state, inputs, mask=None):
+        """The causal form over ``m`` new events per user, given the past's state.
+
+        ``inputs [B, m, dim]`` (oldest first; rows right-padded where ``mask [B, m]`` is
+        False). Returns ``(new_state, outputs [B, m, dim])``: the causal call's outputs
+        at those events of the whole history (0 at padding). Recency slopes become the
+        state's per-event decay. No dropout: the step is for inference.
+        """
+        self._check_streamable()
+        p = self._initial_interests(inputs, None)
+        v1 = self._heads(inputs, self.value_1_kernel, self.value_1_bias)
+        value_key, value_value = self._folded_values(v1)
+        state, y = dispatcher_step(
+            state,
+            self._heads(inputs, self.query_2_kernel, self.query_2_bias),
+            self._heads(inputs, self.key_1_kernel, self.key_1_bias),
+            self._heads(p, self.query_1_kernel, self.query_1_bias),
+            self._heads(p, self.key_2_kernel, self.key_2_bias),
+            self._heads(p, self.value_2_kernel, self.value_2_bias),
+            value_key, value_value, mask=mask, recency_slope=self.recency_slopes(),
+        )
+        return state, self._output(y, mask, training=False)
 
     def recency_slopes(self):
         """The recency slopes ``[heads, k]`` (the variable dtype: float32 under mixed

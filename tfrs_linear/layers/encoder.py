@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from tfrs_linear.constants import PAD_INDEX
+from tfrs_linear.constants import PAD_INDEX, POSITIONS
 from tfrs_linear.layers.interest_memory import InterestMemory
 from tfrs_linear.layers.transformer import TransformerBlock
 
@@ -90,8 +90,11 @@ _ARGUMENTS = {
     "ffn_dim": int, "attention": _as_is, "causal": bool, "dropout": float,
     "attention_dropout": float, "layer_norm_epsilon": float, "normalization": _as_is,
     "chunk_size": int, "num_interests": int, "recency_bias": bool, "use_memory": bool,
-    "memory_keys": int, "memory_top_m": int, "padding": _as_is,
+    "memory_keys": int, "memory_top_m": int, "padding": _as_is, "positions": _as_is,
 }
+# The encoder's own entries of a streaming state (the blocks' are "block_<i>.<name>").
+STATE_COUNT = "count"
+STATE_NEWEST = "newest_output"
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
@@ -160,6 +163,13 @@ class SequenceEncoder(tf.keras.layers.Layer):
         output: ``"sequence"`` (default) or ``"last"`` (the newest position, ``[batch, d]``).
         padding: ``"left"`` (default, the package's data pipelines) or ``"right"``.
             Configurations saved before these two existed load as ``"sequence"``/``"left"``.
+        positions: the learned position embedding (``max_len`` rows):
+            ``"from_end"`` (default; row ``max_len - 1`` is the newest item, so a new
+            event moves every position: not streamable), ``"from_start"`` (row ``i`` is
+            the user's ``i``-th event counted from the first, rows past ``max_len - 1``
+            share the last one; a window cut from a longer history passes
+            ``position_offsets``, the events before it) or ``"none"`` (no position
+            embedding: order comes from causality and ELASTIC's recency bias).
         **kwargs: ``tf.keras.layers.Layer`` arguments (``name``, ``dtype``...).
     """
 
@@ -186,6 +196,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         item_embedding=None,
         output="sequence",
         padding="left",
+        positions="from_end",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -198,6 +209,8 @@ class SequenceEncoder(tf.keras.layers.Layer):
             raise ValueError(f"output must be one of {ENCODER_OUTPUTS}, got {output!r}.")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}.")
         if self.use_memory and (self.attention != "elastic" or self.causal):
             raise ValueError("use_memory needs attention='elastic' and a non-causal encoder.")
         # Sub-layers keep their attribute names: they are the checkpoints' keys.
@@ -218,12 +231,14 @@ class SequenceEncoder(tf.keras.layers.Layer):
             embeddings_initializer=embedding_initializer(),
             name="item_embedding",
         )
-        self.position_embedding = tf.keras.layers.Embedding(
-            self.max_len,
-            self.d_model,
-            embeddings_initializer=embedding_initializer(),
-            name="position_embedding",
-        )
+        self.position_embedding = None
+        if self.positions != "none":
+            self.position_embedding = tf.keras.layers.Embedding(
+                self.max_len,
+                self.d_model,
+                embeddings_initializer=embedding_initializer(),
+                name="position_embedding",
+            )
         self.input_norm = tf.keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, name="input_norm"
         )
@@ -267,23 +282,24 @@ class SequenceEncoder(tf.keras.layers.Layer):
                 f"keep each user's newest {self.max_len} items."
             )
 
-    def _check_padding(self, item_ids):
+    def _check_padding(self, item_ids, padding=None):
         """Eagerly: a ``ValueError`` for rows padded on the wrong side. In a graph: a
         ``tf.debugging.Assert`` (an ``InvalidArgumentError`` when it runs). XLA drops
         ``Assert``: a ``jit_compile`` d function computes on regardless (see the class
         docstring), so compiled loops check batches first (:func:`check_padding`)."""
+        padding = padding or self.padding
         if tf.executing_eagerly():
-            check_padding(item_ids.numpy(), self.padding)
+            check_padding(item_ids.numpy(), padding)
             return
         real = tf.not_equal(item_ids, PAD_INDEX)
-        if self.padding == "left":
+        if padding == "left":
             wrong = tf.logical_and(real[:, :-1], tf.logical_not(real[:, 1:]))
         else:
             wrong = tf.logical_and(tf.logical_not(real[:, :-1]), real[:, 1:])
         wrong_rows = tf.reduce_any(wrong, axis=1)
         tf.debugging.Assert(
             tf.logical_not(tf.reduce_any(wrong_rows)),
-            [padding_error_message(self.padding), tf.where(wrong_rows)[:, 0]],
+            [padding_error_message(padding), tf.where(wrong_rows)[:, 0]],
             summarize=5,
         )
 
@@ -306,18 +322,32 @@ class SequenceEncoder(tf.keras.layers.Layer):
             return sequence[:, self.max_len - length:]
         return sequence[:, :length]
 
-    def _embed(self, item_ids, mask, training):
+    def _position_vectors(self, mask, offsets):
+        """The position embeddings of left-padded ``[B, max_len]`` inputs (None: none)."""
+        if self.positions == "none":
+            return None
+        if self.positions == "from_end":
+            return self.position_embedding(tf.range(self.max_len))[tf.newaxis]
+        # from_start: the k-th real item of a row is event offset + k of its user.
+        real = tf.cast(mask, tf.int32)
+        index = tf.cumsum(real, axis=1) - 1
+        if offsets is not None:
+            index = index + tf.cast(tf.reshape(offsets, [-1, 1]), tf.int32)
+        return self.position_embedding(tf.clip_by_value(index, 0, self.max_len - 1))
+
+    def _embed(self, item_ids, mask, training, offsets=None):
         """Item + position embeddings, LayerNorm, dropout; padded positions are 0."""
         x = self.item_embedding(item_ids)
-        positions = self.position_embedding(tf.range(self.max_len))
-        x = x + tf.cast(positions, x.dtype)[tf.newaxis]
+        positions = self._position_vectors(mask, offsets)
+        if positions is not None:
+            x = x + tf.cast(positions, x.dtype)
         x = self.input_dropout(self.input_norm(x), training=training)
         return x * tf.cast(mask, x.dtype)[:, :, tf.newaxis]
 
-    def _encode(self, item_ids, training, last_only):
+    def _encode(self, item_ids, training, last_only, offsets=None):
         """The blocks over left-padded ``[B, max_len]`` ids (see :meth:`call`)."""
         mask = tf.not_equal(item_ids, PAD_INDEX)
-        x = self._embed(item_ids, mask, training)
+        x = self._embed(item_ids, mask, training, offsets)
         interests = None
         if self.memory is not None:
             interests = self.memory(x, mask=mask)
@@ -336,7 +366,9 @@ class SequenceEncoder(tf.keras.layers.Layer):
                 x = block(x, mask=mask, training=training, last_only=last)
         return x
 
-    def call(self, item_ids, training=None, last_only=False):
+    def call(self, item_ids, training=None, last_only=False, position_offsets=None):
+        """``position_offsets``: optional int ``[batch]``, how many of each user's events
+        come before the row's first item (``positions="from_start"`` only; default 0)."""
         item_ids = tf.convert_to_tensor(item_ids)
         self._check_ids(item_ids)
         self._check_padding(item_ids)
@@ -345,12 +377,122 @@ class SequenceEncoder(tf.keras.layers.Layer):
         # max_len - 1 whatever the padding side (the position embeddings count from there).
         real = tf.not_equal(padded, PAD_INDEX)
         x = self._encode(_left_aligned(padded, real, self.padding), training,
-                         last_only or self.output_form == "last")
+                         last_only or self.output_form == "last", position_offsets)
         if self.output_form == "last":
             return x[:, -1]
         if last_only:
             return x
         return self._from_max_len(_back_to_right(x, real, self.padding), item_ids)
+
+    # -- streaming: a constant-size state per user (docs/streaming.md) -------------------
+    @property
+    def streamable(self):
+        """Whether the encoder has a constant-size per-user state: causal LinRec or
+        ELASTIC blocks, no interest memory, positions ``"from_start"`` or ``"none"``."""
+        return (self.causal and self.attention != "softmax" and self.memory is None
+                and self.positions != "from_end")
+
+    def _check_streamable(self):
+        if self.attention == "softmax":
+            why = ("softmax attention has no constant-size state: each new event attends "
+                   "every earlier key, a key/value cache that grows with the history")
+        elif not self.causal or self.memory is not None:
+            why = ("a non-causal encoder has no per-user state: every position sees the "
+                   "whole sequence, so a new event changes every earlier output")
+        elif self.positions == "from_end":
+            why = ("positions='from_end' counts positions from the newest item, so a new "
+                   "event moves every older event's position; train with positions="
+                   "'from_start' or 'none' to stream")
+        else:
+            why = None
+        if why:
+            raise ValueError(f"SequenceEncoder(attention={self.attention!r}, causal="
+                             f"{self.causal}, positions={self.positions!r}): {why}.")
+        if not self.built:
+            raise ValueError("SequenceEncoder.initial_state/step need a built encoder "
+                             "(call it once first).")
+
+    def initial_state(self, batch):
+        """The state of ``batch`` users with no event yet: ``{name: float32 tensor}`` of
+        static per-user shapes that never grow: ``"count"`` ``[B]`` (events seen),
+        ``"newest_output"`` ``[B, d]`` (the newest event's output: the user embedding)
+        and each block's attention state as ``"block_<i>.<name>"``."""
+        self._check_streamable()
+        state = {STATE_COUNT: tf.zeros([batch], tf.float32),
+                 STATE_NEWEST: tf.zeros([batch, self.d_model], tf.float32)}
+        for i, block in enumerate(self.blocks):
+            for name, value in block.initial_state(batch).items():
+                state[f"block_{i}.{name}"] = value
+        return state
+
+    def step(self, state, new_ids):
+        """Feeds ``m`` new events per user; returns ``(new_state, user_embedding)``.
+
+        ``new_ids`` int ``[B, m]``: the new items, oldest first, RIGHT-padded with 0 so
+        that rows may add different numbers of events (a row of zeros keeps its state and
+        embedding). ``user_embedding [B, d]`` float32 is the output at each user's newest
+        event: what :meth:`call` with ``output="last"`` gives for the whole history
+        (with ``positions="from_start"`` counted from the state's first event), for any
+        history length, in O(m) per call. Inference only (no dropout).
+        """
+        self._check_streamable()
+        new_ids = tf.convert_to_tensor(new_ids)
+        self._check_ids_rank(new_ids, "new_ids")
+        self._check_padding(new_ids, "right")
+        real = tf.not_equal(new_ids, PAD_INDEX)
+        added = tf.reduce_sum(tf.cast(real, tf.float32), axis=1)
+        x = self.item_embedding(new_ids)
+        if self.positions == "from_start":
+            index = state[STATE_COUNT][:, tf.newaxis] + tf.cumsum(tf.cast(real, tf.float32), 1)
+            index = tf.clip_by_value(tf.cast(index, tf.int32) - 1, 0, self.max_len - 1)
+            x = x + tf.cast(self.position_embedding(index), x.dtype)
+        x = self.input_norm(x) * tf.cast(real, x.dtype)[:, :, tf.newaxis]
+        new_state = {}
+        for i, block in enumerate(self.blocks):
+            prefix = f"block_{i}."
+            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            own, x = block.step(own, x, real)
+            new_state.update({prefix + k: v for k, v in own.items()})
+        newest = tf.maximum(tf.cast(added, tf.int32) - 1, 0)
+        last = tf.cast(tf.gather(x, newest, axis=1, batch_dims=1), tf.float32)
+        user = tf.where(added[:, tf.newaxis] > 0, last, state[STATE_NEWEST])
+        new_state[STATE_COUNT] = state[STATE_COUNT] + added
+        new_state[STATE_NEWEST] = user
+        return new_state, user
+
+    def encode_state(self, item_ids, events_per_step=64, padding=None):
+        """The state after a whole history; returns ``(state, user_embedding)``.
+
+        ``item_ids [B, L]`` padded as ``padding`` (default: the encoder's) says, of ANY
+        length (not only ``max_len``): the state covers every event. It runs :meth:`step` on
+        ``events_per_step`` events at a time in one ``tf.while_loop`` (ELASTIC's step
+        costs O(m²) memory in its ``m`` events).
+        """
+        self._check_streamable()
+        item_ids = tf.convert_to_tensor(item_ids)
+        self._check_ids_rank(item_ids, "item_ids")
+        padding = padding or self.padding
+        self._check_padding(item_ids, padding)
+        if padding == "left":  # to right-padded: [0 a b] -> [a b 0]
+            lengths = tf.reduce_sum(tf.cast(tf.not_equal(item_ids, PAD_INDEX), tf.int32), 1)
+            item_ids = tf.reverse_sequence(tf.reverse(item_ids, [1]), lengths, 1, 0)
+        size = int(events_per_step)
+        missing = -tf.shape(item_ids)[1] % size
+        ids = tf.pad(item_ids, [[0, 0], [0, missing]])
+        steps = tf.shape(ids)[1] // size
+        state = self.initial_state(tf.shape(ids)[0])
+
+        def body(i, state):
+            chunk = tf.reshape(ids[:, i * size:(i + 1) * size], [item_ids.shape[0], size])
+            return i + 1, self.step(state, chunk)[0]
+
+        _, state = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), state))
+        return state, state[STATE_NEWEST]
+
+    def _check_ids_rank(self, ids, name):
+        if ids.shape.rank != 2 or not ids.dtype.is_integer:
+            raise ValueError(f"{name} must be integer ids [batch, events], got {ids.dtype.name} "
+                             f"of shape {ids.shape}.")
 
     def get_config(self):
         config = super().get_config()
@@ -361,6 +503,8 @@ class SequenceEncoder(tf.keras.layers.Layer):
 
 __all__ = [
     "ENCODER_OUTPUTS",
+    "STATE_COUNT",
+    "STATE_NEWEST",
     "PADDINGS",
     "SequenceEncoder",
     "check_padding",

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from tfrs_linear.constants import NORMALIZATIONS
 from tfrs_linear.ops.linrec import linrec_attention
+from tfrs_linear.ops.linrec_recurrent import linrec_initial_state, linrec_step
 from tfrs_linear.ops.reference import linrec_attention_scores
 
 _MHA = tf.keras.layers.MultiHeadAttention
@@ -287,6 +288,32 @@ class LinRecAttention(_MHA):
         if return_attention_scores:
             return out, scores
         return out
+
+    # -- the recurrent (streaming) form ------------------------------------------------
+    def initial_state(self, batch):
+        """The causal form's state of ``batch`` users with no event yet: a dict of float32
+        zeros (:func:`tfrs_linear.ops.linrec_initial_state`). Needs a built layer."""
+        if not self._built_from_signature:
+            raise ValueError("LinRecAttention.initial_state needs a built layer (call it or "
+                             "build(query_shape, value_shape) first).")
+        return linrec_initial_state(batch, self._num_heads, self._key_dim, self._value_dim,
+                                    self.normalization)
+
+    def step(self, state, inputs, mask=None):
+        """Causal self-attention over ``m`` new events per user, given the past's state.
+
+        ``inputs [B, m, dim]`` (the new events, oldest first; rows right-padded where
+        ``mask [B, m]`` is False). Returns ``(new_state, outputs [B, m, dim])``: the
+        outputs of a causal call on the whole history at those events (padding gives
+        the output projection's bias, as a padded query does in :meth:`call`). No
+        dropout: the step is for inference.
+        """
+        projected = (self._query_dense(inputs), self._key_dense(inputs),
+                     self._value_dense(inputs))
+        q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in projected)  # [B, N, m, H]
+        state, out = linrec_step(state, q, k, v, mask=mask, normalization=self.normalization,
+                                 epsilon=self.epsilon, chunk_size=self.chunk_size)
+        return state, self._output_dense(tf.transpose(out, [0, 2, 1, 3]))
 
     def _compute_padding_masks(
         self, query, value, key=None, attention_mask=None, causal=False

@@ -199,6 +199,50 @@ class TransformerBlock(tf.keras.layers.Layer):
             return x, interests
         return x
 
+    # -- the recurrent (streaming) form ------------------------------------------------
+    @property
+    def streamable(self):
+        """Whether the block has a constant-size per-user state (causal LinRec/ELASTIC)."""
+        return self.causal and self.attention != "softmax"
+
+    def _check_streamable(self):
+        if self.attention == "softmax":
+            raise ValueError(
+                "a softmax TransformerBlock has no constant-size state: each new event "
+                "attends every earlier key, so streaming it needs a key/value cache that "
+                "grows with the history. Use attention='linrec' or 'elastic' (causal)."
+            )
+        if not self.causal:
+            raise ValueError(
+                f"a non-causal {self.attention!r} TransformerBlock has no per-user state: "
+                "every position sees the whole sequence, so a new event changes every "
+                "earlier output. Build it with causal=True to stream."
+            )
+        if not self.built:
+            raise ValueError("TransformerBlock.initial_state/step need a built block.")
+
+    def initial_state(self, batch):
+        """The attention's state of ``batch`` users with no event yet (a dict of float32
+        tensors of static shape; see the attention's ``initial_state``)."""
+        self._check_streamable()
+        return self.attention_layer.initial_state(batch)
+
+    def step(self, state, inputs, mask=None):
+        """The block over ``m`` new events per user given the past's attention ``state``.
+
+        ``inputs [B, m, d_model]`` oldest first, rows right-padded where ``mask [B, m]``
+        is False. Returns ``(new_state, outputs [B, m, d_model])``: equal to a causal
+        call on the whole history at those events (padded events output 0). Inference
+        only (no dropout).
+        """
+        self._check_streamable()
+        state, y = self.attention_layer.step(state, inputs, mask)
+        x = self.attention_norm(inputs + y)
+        x = self.ffn_norm(x + self.ffn_outer(self.ffn_inner(x)))
+        if mask is not None:
+            x = x * tf.cast(mask, x.dtype)[:, :, tf.newaxis]
+        return state, x
+
     def compute_mask(self, inputs, mask=None):
         """The output mask of a full call (a last-only call attaches ``mask[:, -1:]``)."""
         return mask
