@@ -483,7 +483,8 @@ class SequenceEncoder(tf.keras.layers.Layer):
         state = self.initial_state(tf.shape(ids)[0])
 
         def body(i, state):
-            chunk = tf.reshape(ids[:, i * size:(i + 1) * size], [item_ids.shape[0], size])
+            chunk = ids[:, i * size:(i + 1) * size]
+            chunk.set_shape([item_ids.shape[0], size])
             return i + 1, self.step(state, chunk)[0]
 
         _, state = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), state))

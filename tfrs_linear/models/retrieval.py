@@ -10,8 +10,14 @@ targets (in-batch negatives) plus ``S`` negatives shared by the batch, drawn fro
 log-uniform distribution over the popularity-sorted vocabulary ("mixed negative
 sampling"). In regime ``all`` the task runs once per position over the ``B`` sequences'
 targets at that position, so the logits are ``N`` blocks of ``[B, B + S]`` — never one
-``[B·N, B·N]`` matrix.
+``[B·N, B·N]`` matrix. The shared negatives come from the model's own
+``tf.random.Generator`` (:attr:`SequentialRetrievalModel.sampler_generator`), whose state
+the run's checkpoint holds, so a resumed sampled-loss run draws what the uninterrupted
+run draws.
 """
+
+import os
+import random
 
 import numpy as np
 import tensorflow as tf
@@ -39,15 +45,89 @@ def log_uniform_probability(ids, range_max):
     )
 
 
-def sample_log_uniform(num_samples, range_max, seed=None):
+def sample_log_uniform(num_samples, range_max, seed=None, generator=None):
     """Ranks in ``[0, range_max)`` with P(k) ∝ log((k+2)/(k+1)) — XLA-friendly.
 
     The vocabulary is sorted by training popularity, so rank sampling approximates
     popularity sampling, as TF's log-uniform candidate sampler does.
+
+    Args:
+        num_samples: how many ranks to draw.
+        range_max: the number of ranks.
+        seed: the op seed of TensorFlow's legacy stateful ``tf.random.uniform`` (used
+            when no ``generator`` is given; its state cannot be checkpointed).
+        generator: a ``tf.random.Generator`` to draw from (``generator.uniform``): its
+            state is a variable, so a checkpoint that holds the generator resumes the
+            same stream. The model's sampled loss passes its own
+            (:attr:`SequentialRetrievalModel.sampler_generator`). Not with ``seed``.
     """
-    u = tf.random.uniform([num_samples], dtype=tf.float32, seed=seed)
+    if generator is not None:
+        if seed is not None:
+            raise ValueError("sample_log_uniform takes a seed or a generator, not both")
+        u = generator.uniform([num_samples], dtype=tf.float32)
+    else:
+        u = tf.random.uniform([num_samples], dtype=tf.float32, seed=seed)
     k = tf.floor(tf.exp(u * tf.math.log(tf.cast(range_max, tf.float32) + 1.0))) - 1.0
     return tf.clip_by_value(tf.cast(k, tf.int32), 0, range_max - 1)
+
+
+def full_loss_logits_bytes(config, batch_size, vocab_size):
+    """Bytes of the full loss's float32 logits ``[batch_size · positions, vocab_size]``
+    (``positions``: ``max_len`` in regime ``all``, 1 in regime ``last``)."""
+    positions = config.max_len if config.regime == "all" else 1
+    return 4 * int(batch_size) * int(positions) * int(vocab_size)
+
+
+def available_memory_bytes():
+    """The host memory available now, in bytes (``psutil`` when installed, else
+    ``os.sysconf``), or ``None`` where neither can tell."""
+    try:
+        import psutil  # optional: the test and bench extras
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def memory_limit_bytes():
+    """What the full loss's logits must fit in: the host's available memory
+    (:func:`available_memory_bytes`) when training runs on the CPU; ``None`` (no limit
+    checked) when a GPU or TPU is visible: the logits live in its memory, whose
+    allocator reports a step that does not fit."""
+    if tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+        return None
+    return available_memory_bytes()
+
+
+def _gigabytes(n):
+    return f"{n / 1e9:.1f} GB ({n:,} bytes)"
+
+
+def check_full_loss_fits(config, batch_size, vocab_size, available=None):
+    """Refuses (``ValueError``, one line naming ``--loss sampled``) a ``full``-loss
+    configuration whose training step cannot hold its logits: the float32
+    ``[batch_size · positions, vocab_size]`` logits and their gradient (the softmax, the
+    same size), twice :func:`full_loss_logits_bytes`, must fit in ``available`` bytes
+    (default: :func:`memory_limit_bytes`, the host's memory available now when training
+    on CPU). Does nothing for the sampled loss or where the limit is unknown."""
+    if config.loss != "full":
+        return
+    available = memory_limit_bytes() if available is None else available
+    logits = full_loss_logits_bytes(config, batch_size, vocab_size)
+    if available is None or 2 * logits <= available:
+        return
+    positions = config.max_len if config.regime == "all" else 1
+    raise ValueError(
+        f"the full loss cannot hold its logits: batch size {batch_size} x {positions} "
+        f"positions x a catalogue of {vocab_size - NUM_RESERVED} items ({vocab_size} "
+        f"vocabulary ids) is {_gigabytes(logits)} of float32 logits, twice that with their "
+        f"gradient, more than the {_gigabytes(available)} of memory available; use "
+        "--loss sampled (in-batch and shared log-uniform negatives), or a smaller "
+        "--batch-size or --max-len"
+    )
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
@@ -77,10 +157,13 @@ class SequentialRetrievalModel(tfrs.Model):
         config: the :class:`~tfrs_linear.config.ModelConfig`; the model keeps its
             resolved form as ``model.config``.
         vocab_size: the vocabulary size ``V`` (padding, OOV and at least one item).
+        sampler_seed: the seed of :attr:`sampler_generator` (the sampled loss's
+            negatives); ``None``: drawn from Python's ``random`` (reproducible after
+            ``tf.keras.utils.set_random_seed``). The Trainer passes the run's seed.
         **kwargs: ``tfrs.Model`` arguments.
     """
 
-    def __init__(self, config: ModelConfig, vocab_size: int, **kwargs):
+    def __init__(self, config: ModelConfig, vocab_size: int, sampler_seed=None, **kwargs):
         super().__init__(**kwargs)
         config = config.resolved()  # replace() validates
         if vocab_size < NUM_RESERVED + 1:
@@ -107,6 +190,26 @@ class SequentialRetrievalModel(tfrs.Model):
         bias = np.zeros([self.vocab_size], np.float32)
         bias[[PAD_INDEX, OOV_INDEX]] = _NEG
         self._candidate_bias = tf.constant(bias)
+        self._make_sampler_generator(sampler_seed)
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _make_sampler_generator(self, seed):
+        # Not a checkpoint dependency of the model, like Keras' Dropout generators: the
+        # weights files and model.weights stay those of a model without it; the run's
+        # checkpoint holds it (training.model_scope.random_generators).
+        self._sampler_generator = None
+        if self.config.loss == "sampled":
+            seed = random.randint(1, 10**9) if seed is None else int(seed)
+            with tf.init_scope():
+                self._sampler_generator = tf.random.Generator.from_seed(seed)
+
+    @property
+    def sampler_generator(self):
+        """The ``tf.random.Generator`` the sampled loss draws its negatives from
+        (``None`` for the full loss). Its state is a variable: a checkpoint that holds it
+        (the Trainer's does) resumes the same negatives. It is not part of the model's
+        weights (``model.weights``, ``save_weights``)."""
+        return self._sampler_generator
 
     # -- Keras serialization -----------------------------------------------------------
     def get_config(self):
@@ -139,14 +242,42 @@ class SequentialRetrievalModel(tfrs.Model):
         self.built = True
         return self
 
-    def encode(self, item_ids, training=False, last_only=True):
+    def encode(self, item_ids, training=False, last_only=True, offsets=None):
         """User embeddings ``[B, d]`` (float32) from left-padded item ids ``[B, max_len]``.
 
         The last block computes the newest position only; ``last_only=False`` computes
-        every position and slices (the same values; kept for comparisons).
+        every position and slices (the same values; kept for comparisons). ``offsets``
+        (int ``[B]``, optional): the events of each user before the row's first item,
+        used by ``positions="from_start"`` (the ``"offsets"`` of the data pipelines).
         """
-        sequence = self.encoder(item_ids, training=training, last_only=last_only)
+        sequence = self.encoder(item_ids, training=training, last_only=last_only,
+                                position_offsets=offsets)
         return tf.cast(sequence[:, -1, :], tf.float32)
+
+    def position_offsets(self, inputs):
+        """The ``"offsets"`` of a batch dict when the positions need them
+        (``positions="from_start"``), else None."""
+        if self.config.positions != "from_start" or not isinstance(inputs, dict):
+            return None
+        return inputs.get("offsets")
+
+    # -- streaming (docs/streaming.md) -----------------------------------------------
+    def initial_state(self, batch):
+        """The streaming state of ``batch`` users with no event
+        (:meth:`SequenceEncoder.initial_state`); a streamable configuration only
+        (``config.is_streamable``), else a ``ValueError`` saying why."""
+        return self.encoder.initial_state(batch)
+
+    def encode_state(self, item_ids, events_per_step=64, padding="left"):
+        """``(state, user_embedding [B, d] float32)`` after whole histories ``[B, L]``
+        (indices padded on the ``padding`` side, any length;
+        :meth:`SequenceEncoder.encode_state`)."""
+        return self.encoder.encode_state(item_ids, events_per_step, padding)
+
+    def step(self, state, new_ids):
+        """``(state, user_embedding)`` after ``m`` new events per user (``[B, m]``,
+        right-padded indices; :meth:`SequenceEncoder.step`)."""
+        return self.encoder.step(state, new_ids)
 
     def item_embeddings(self):
         """The candidate tower: ``[V, d]`` float32, row i = vocabulary index i."""
@@ -155,9 +286,10 @@ class SequentialRetrievalModel(tfrs.Model):
         return tf.cast(self.candidate_embedding.embeddings, tf.float32)
 
     def call(self, inputs, training=False):
+        offsets = self.position_offsets(inputs)
         if isinstance(inputs, dict):
             inputs = inputs["inputs"]
-        return self.encode(inputs, training=training)
+        return self.encode(inputs, training=training, offsets=offsets)
 
     # -- loss -----------------------------------------------------------------------
     def compute_loss(self, inputs, training=False):
@@ -168,7 +300,8 @@ class SequentialRetrievalModel(tfrs.Model):
         # Regime "last" needs the newest position only: the last block runs one query.
         last_only = self.config.regime != "all"
         sequence = tf.cast(
-            self.encoder(item_ids, training=training, last_only=last_only), tf.float32
+            self.encoder(item_ids, training=training, last_only=last_only,
+                         position_offsets=self.position_offsets(inputs)), tf.float32
         )
         weights = tf.cast(targets > OOV_INDEX, tf.float32)
         denominator = tf.maximum(tf.reduce_sum(weights), 1.0)
@@ -209,7 +342,9 @@ class SequentialRetrievalModel(tfrs.Model):
         table = self.item_embeddings()
         catalogue = self.vocab_size - NUM_RESERVED
         num = min(self.config.num_negatives, catalogue)
-        negatives = sample_log_uniform(num, catalogue) + NUM_RESERVED  # shared by the batch
+        # Shared by the batch, drawn from the model's checkpointable generator.
+        negatives = sample_log_uniform(num, catalogue, generator=self.sampler_generator)
+        negatives = negatives + NUM_RESERVED
         negative_embeddings = tf.gather(table, negatives)
         top = log_uniform_probability(0, catalogue)
 
@@ -240,4 +375,6 @@ class SequentialRetrievalModel(tfrs.Model):
         return tf.reduce_sum(per_position)
 
 
-__all__ = ["SequentialRetrievalModel", "log_uniform_probability", "sample_log_uniform"]
+__all__ = ["SequentialRetrievalModel", "log_uniform_probability", "sample_log_uniform",
+           "full_loss_logits_bytes", "available_memory_bytes", "memory_limit_bytes",
+           "check_full_loss_fits"]

@@ -48,6 +48,11 @@ from tfrs_linear.serving.scratch import (
     remove_stale_scratch,
 )
 from tfrs_linear.serving.signatures import ServingSignatures
+from tfrs_linear.serving.streaming import (
+    DEFAULT_STREAM_HISTORY,
+    STREAM_SIGNATURES,
+    StreamingSignatures,
+)
 from tfrs_linear.serving.warmup import warmup_requests, write_warmup
 from tfrs_linear.serving.wire import EXPORT_INFO_FILE, SIGNATURES, WARMUP_FILE
 
@@ -122,7 +127,7 @@ def write_models_config(saved_models_root):
 # --------------------------------------------------------------------------- export
 
 
-def _check_export(base_path, k, exclude_history):
+def _check_export(base_path, k, exclude_history, stream_history=DEFAULT_STREAM_HISTORY):
     """The model's name (the base path's folder); raises ValueError on a bad argument.
 
     Runs before anything is loaded or created.
@@ -134,15 +139,23 @@ def _check_export(base_path, k, exclude_history):
         )
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"--k must be an integer >= 1, got {k!r}")
+    if (isinstance(stream_history, bool) or not isinstance(stream_history, (int, np.integer))
+            or stream_history < 0):
+        raise ValueError(f"--stream-history must be an integer >= 0, got {stream_history!r}")
     if exclude_history is not None and not isinstance(exclude_history, (bool, np.bool_)):
         raise ValueError("exclude_history must be True, False or None (None: exclude, the "
                          f"export's default), got {exclude_history!r}")
     return name
 
 
-def _export_info(built, name, k, model_dir):
+def _export_info(built, name, k, model_dir, streaming):
     """The content of ``assets.extra/tfrs_linear.json``."""
+    stream = {}
+    if streaming is not None:
+        stream = {"stream_history": streaming.history_size,
+                  "fingerprint": streaming.fingerprint}
     return {
+        **stream,
         "model_dir": str(Path(model_dir).resolve()) if model_dir else None,
         "model_name": name,
         "k": built.k,
@@ -151,24 +164,32 @@ def _export_info(built, name, k, model_dir):
         "max_len": built.max_len,
         "vocab_size": built.vocab_size,
         "d_model": built.d_model,
-        "signatures": list(SIGNATURES),
+        "signatures": list(SIGNATURES) + (list(STREAM_SIGNATURES) if stream else []),
         "tensorflow": tf.__version__,
         "tfrs_linear": __version__,
     }
 
 
-def _write_version(scratch, model, vocab, name, k, exclude_history, model_dir):
+def _write_version(scratch, model, vocab, name, k, exclude_history, model_dir,
+                   stream_history):
     """Writes the SavedModel, its warmup records and export info into
-    ``scratch/version``; returns that folder."""
+    ``scratch/version``; returns that folder. A streamable model also gets the
+    ``encode_state`` and ``step`` signatures (:mod:`tfrs_linear.serving.streaming`)."""
     folder = scratch / SCRATCH_VERSION
     vocab_file = scratch / SCRATCH_VOCAB
     save_vocabulary(vocab, vocab_file)
     built = ServingSignatures(model, vocab_file, k, exclude_history)
-    tf.saved_model.save(built.module, str(folder), signatures=built.signatures())
+    signatures = built.signatures()
+    streaming = None
+    if model.config.is_streamable:
+        streaming = StreamingSignatures(model, built, vocab_file, stream_history)
+        signatures.update(streaming.signatures())
+    tf.saved_model.save(built.module, str(folder), signatures=signatures)
     extra = folder / "assets.extra"
     extra.mkdir(exist_ok=True)
-    write_warmup(extra / WARMUP_FILE, warmup_requests(name, vocab, built.max_len))
-    info = _export_info(built, name, k, model_dir)
+    write_warmup(extra / WARMUP_FILE, warmup_requests(name, vocab, built.max_len,
+                                                      streaming=streaming))
+    info = _export_info(built, name, k, model_dir, streaming)
     (extra / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return folder
 
@@ -188,7 +209,8 @@ def _rename_into_place(folder, base_path):
         version += 1  # a concurrent export took this number
 
 
-def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir=None):
+def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir=None,
+                 stream_history=DEFAULT_STREAM_HISTORY):
     """Exports ``model`` as the next version under ``base_path``; returns its path.
 
     Built in a scratch folder ``base_path/.tmp-export-*`` (see
@@ -204,6 +226,8 @@ def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir
       exclude_history: never recommend an item of the request's history; ``None`` (the
         default) excludes them (:data:`EXPORT_EXCLUDES_HISTORY`), ``False`` keeps them.
       model_dir: the trained model directory, recorded for ``check-serving``.
+      stream_history: a streamable model's ``R``: the newest items its streaming state
+        keeps for history exclusion (:mod:`tfrs_linear.serving.streaming`).
 
     Raises:
       ValueError: a bad base path, ``k`` or ``exclude_history``, or a vocabulary that does
@@ -211,7 +235,7 @@ def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir
     """
     base_path = Path(base_path)
     vocab = list(vocab)
-    name = _check_export(base_path, k, exclude_history)
+    name = _check_export(base_path, k, exclude_history, stream_history)
     if len(vocab) != int(model.vocab_size):
         raise ValueError(f"vocabulary has {len(vocab)} entries but the model has "
                          f"{model.vocab_size}")
@@ -222,7 +246,8 @@ def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir
         _log.info("removed %s, the scratch folder of an export that is gone", stale)
     scratch = make_scratch(base_path)
     try:
-        folder = _write_version(scratch, model, vocab, name, k, exclude_history, model_dir)
+        folder = _write_version(scratch, model, vocab, name, k, exclude_history, model_dir,
+                                stream_history)
         target = _rename_into_place(folder, base_path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -230,14 +255,15 @@ def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir
     return target
 
 
-def export_model_dir(model_dir, base_path, k=100, exclude_history=None):
+def export_model_dir(model_dir, base_path, k=100, exclude_history=None,
+                     stream_history=DEFAULT_STREAM_HISTORY):
     """Loads a trained model directory and exports it (see :func:`export_model`).
 
     The export's history default does not follow the run's ``exclude_history`` (an
     evaluation setting): ``None`` excludes history items, ``False`` keeps them. The
     arguments are checked before the model is loaded.
     """
-    _check_export(Path(base_path), k, exclude_history)
+    _check_export(Path(base_path), k, exclude_history, stream_history)
     model, _, vocab = load_model_dir(model_dir)
     return export_model(model, vocab, base_path, k=k, exclude_history=exclude_history,
-                        model_dir=model_dir)
+                        model_dir=model_dir, stream_history=stream_history)

@@ -211,12 +211,22 @@ class ServingSignatures:
     def encode_raw(self, item_ids):
         """Raw ids [B, L] → (user embeddings [B, d] float32, history mask or ``None``)."""
         padded, history = self.prepare(item_ids)
-        user = tf.cast(self._model.encode(padded, training=False), tf.float32)
+        offsets = None
+        if self._model.config.positions == "from_start":
+            # The events before the newest max_len (the full history arrives).
+            count = tf.reduce_sum(tf.cast(tf.not_equal(item_ids, ""), tf.int32), axis=1)
+            offsets = tf.maximum(count - self.max_len, 0)
+        user = tf.cast(self._model.encode(padded, training=False, offsets=offsets), tf.float32)
         return user, history
 
     def top_k(self, item_ids):
         """Raw ids [B, L] → exact top-k raw ids and scores over the catalogue."""
         user, history = self.encode_raw(item_ids)
+        return self.rank(user, history)
+
+    def rank(self, user, history=None):
+        """User embeddings [B, d] → ``{"item_ids", "scores"}`` ``[B, k]``: the exact top-k
+        of the catalogue; items where ``history [B, V]`` is True score ``-inf``."""
         items = tf.cast(self._model.item_embeddings(), tf.float32)
         scores = tf.matmul(user, items, transpose_b=True)[:, NUM_RESERVED:]
         if history is not None:

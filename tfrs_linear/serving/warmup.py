@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from tfrs_linear.constants import NUM_RESERVED
-from tfrs_linear.serving.wire import SIGNATURES, pad_rows, predict_request
+from tfrs_linear.serving.wire import SIGNATURES, pad_rows, predict_request, step_request
 
 UNKNOWN_WARMUP_ID = "__tfrs_linear_unknown_item__"
 
@@ -31,24 +31,37 @@ def _example_rows(vocab, max_len):
     ]
 
 
-def warmup_requests(model_name, vocab, max_len):
+def _log(request):
+    return prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def warmup_requests(model_name, vocab, max_len, streaming=None):
     """``PredictionLog`` protos: three batches for each signature.
 
     Args:
       model_name: the model's name in TF Serving (written into every request).
       vocab: the export's vocabulary (its catalogue items fill the requests).
       max_len: the model's history length (one request is longer).
+      streaming: the export's ``StreamingSignatures`` or None; with it, ``encode_state``
+        gets the same three batches, and ``step`` one new event per row (the last batch
+        with a row that adds none) on the states ``encode_state`` makes of them.
     """
     logs = []
     batches = _example_rows(vocab, max_len)
     for signature in SIGNATURES:
         for rows in batches:
-            request = predict_request(model_name, signature, rows)
-            logs.append(
-                prediction_log_pb2.PredictionLog(
-                    predict_log=prediction_log_pb2.PredictLog(request=request)
-                )
-            )
+            logs.append(_log(predict_request(model_name, signature, rows)))
+    if streaming is None:
+        return logs
+    for rows in batches:
+        logs.append(_log(predict_request(model_name, "encode_state", rows)))
+    for i, rows in enumerate(batches):
+        outputs = streaming.encode_state(tf.constant(rows, tf.string))
+        state = {k: v.numpy() for k, v in outputs.items() if k != "user_embedding"}
+        new = pad_rows([[row[0] or UNKNOWN_WARMUP_ID] if (i < 2 or r) else []
+                        for r, row in enumerate(rows)])
+        logs.append(_log(step_request(model_name, state, new)))
     return logs
 
 

@@ -112,3 +112,13 @@ def predict_request(model_name, signature_name, rows, version=None):
             tf.make_tensor_proto(value, dtype=tf.string, shape=value.shape)
         )
     return request
+
+
+def step_request(model_name, state, rows, version=None):
+    """The ``PredictRequest`` of the ``step`` signature: a streaming ``state`` (``{name:
+    array}``, ``encode_state``'s outputs but ``user_embedding``) and the new events'
+    equal-length raw-id rows (:func:`pad_rows`)."""
+    request = predict_request(model_name, "step", rows, version)
+    for name, value in state.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+    return request

@@ -17,8 +17,20 @@ SELECTION_METRIC = "ndcg@10"
 def make_encode_fn(model, xla):
     """The model's query tower, ``ids [B, max_len] -> [B, d]``, as a new ``tf.function``
     (XLA-compiled if ``xla``). Each call makes a new function, traced and compiled at its
-    first use: keep it (as :class:`Evaluator` does) to evaluate a model more than once."""
+    first use: keep it (as :class:`Evaluator` does) to evaluate a model more than once.
+    A model with ``positions="from_start"`` takes the batches' ``offsets`` as a second
+    argument (:func:`uses_offsets`)."""
+    if uses_offsets(model):
+        return tf.function(lambda ids, offsets: model.encode(ids, training=False,
+                                                             offsets=offsets),
+                           jit_compile=bool(xla))
     return tf.function(lambda ids: model.encode(ids, training=False), jit_compile=bool(xla))
+
+
+def uses_offsets(model):
+    """Whether ``model``'s query tower needs the rows' ``offsets`` (positions counted from
+    the user's first event)."""
+    return model.config.positions == "from_start"
 
 
 class Evaluator:
@@ -55,6 +67,7 @@ class Evaluator:
             exclude_history=exclude_history,
             popularity=data.item_popularity,
             seed=seed,
+            with_offsets=uses_offsets(self.model),
         )
 
 
@@ -80,5 +93,5 @@ def format_table(results):
     return "\n".join(lines)
 
 
-__all__ = ["Evaluator", "evaluate_model", "make_encode_fn", "metric_subset", "format_table",
+__all__ = ["Evaluator", "evaluate_model", "make_encode_fn", "uses_offsets", "metric_subset", "format_table",
            "SELECTION_METRIC"]

@@ -92,7 +92,7 @@ class FitRetrievalModel(SequentialRetrievalModel):
     def test_step(self, batch):
         """The protocol's metrics of one batch of :func:`~tfrs_linear.data.evaluation_batches`
         (running means over the evaluation)."""
-        users = self.encode(batch["inputs"], training=False)
+        users = self.encode(batch["inputs"], training=False, offsets=self.position_offsets(batch))
         scores = tf.matmul(users, self.item_embeddings(), transpose_b=True)
         exclude = evaluation.history_mask(batch["history"], self.vocab_size) if self.exclude_history else None
         ranks = evaluation.ranks(scores, batch["targets"], exclude)

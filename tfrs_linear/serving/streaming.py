@@ -1,0 +1,193 @@
+"""The streaming signatures of an export: ``encode_state`` and ``step`` (docs/streaming.md).
+
+A streamable model (``ModelConfig.is_streamable``: causal LinRec or ELASTIC, positions
+``"from_start"`` or ``"none"``) summarises a user's whole history in a state of fixed
+size; a service keeps it per user (any key-value store) and sends it back with each new
+event, and one ``step`` costs the same whatever the history's length.
+
+* ``encode_state``: ``item_ids`` string ``[batch, length]`` (the whole history, raw ids,
+  oldest first, right-padded with ``""``; any length) → the state tensors and
+  ``user_embedding`` float32 ``[batch, d]``.
+* ``step``: the state tensors (exactly ``encode_state``'s outputs but
+  ``user_embedding``, same names) and ``item_ids`` string ``[batch, m]`` (the new events,
+  right-padded with ``""``; a row of ``""`` adds nothing) → the new state under the same
+  names, ``user_embedding``, and the exact top-k ``item_ids`` string ``[batch, k]`` and
+  ``scores`` float32 ``[batch, k]``.
+
+The state: the model's float32 tensors (:meth:`SequenceEncoder.initial_state`:
+``count``, ``newest_output``, ``block_<i>.<name>``), plus
+
+* ``fingerprint`` int64 ``[batch]``: the export's fingerprint (a hash of its weights and
+  vocabulary). ``step`` refuses a state made by another export (after a redeploy its
+  numbers mean nothing to the new weights): call ``encode_state`` again with the
+  history;
+* ``recent_items`` int32 ``[batch, R]``: the vocabulary indices of the user's newest
+  ``R`` events (0 = none yet), newest last. With history exclusion (the export's
+  default) ``step`` never recommends them; ``R`` is set at export
+  (``--stream-history``) and is 0 without exclusion. Items older than the newest ``R``
+  may come back: the state does not grow with the history.
+
+Unknown ids and the reserved tokens are the OOV item, as in ``serving_default``. Plain
+TF ops, never ``jit_compile``; ranks and state shapes are checked at run time with
+messages naming the signature and the tensor.
+"""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tfrs_linear.constants import OOV_INDEX, PAD_INDEX
+from tfrs_linear.serving.signatures import checked_rank
+
+STATE_FINGERPRINT = "fingerprint"
+STATE_RECENT = "recent_items"
+STREAM_SIGNATURES = ("encode_state", "step")
+# The newest items a streaming state keeps for history exclusion, by default.
+DEFAULT_STREAM_HISTORY = 100
+_IDS_WHAT = ("a string matrix [batch, events] of raw item ids, oldest first, right-padded "
+             "with empty strings")
+
+
+def model_fingerprint(model, vocab_path):
+    """A signed 64-bit hash of ``model``'s variables (names and values) and the vocabulary
+    file: equal for two exports of the same weights and vocabulary, else different."""
+    digest = hashlib.sha256()
+    for variable in sorted(model.variables, key=lambda v: v.name):
+        digest.update(variable.name.encode())
+        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+    digest.update(Path(vocab_path).read_bytes())
+    return int.from_bytes(digest.digest()[:8], "big", signed=True)
+
+
+def _newest(rows, width):
+    """The newest ``width`` real entries of right- or left-padded int rows, left-padded."""
+    real = tf.cast(tf.not_equal(rows, PAD_INDEX), tf.int32)
+    order = tf.argsort(real, axis=1, stable=True)  # padding first, real entries in order
+    rows = tf.gather(rows, order, batch_dims=1)
+    rows = tf.pad(rows, [[0, 0], [width, 0]])
+    return rows[:, tf.shape(rows)[1] - width:]
+
+
+class StreamingSignatures:
+    """Adds ``encode_state`` and ``step`` to a :class:`ServingSignatures` module.
+
+    Args:
+      model: the built, streamable ``SequentialRetrievalModel`` of ``serving``.
+      serving: the export's :class:`~tfrs_linear.serving.signatures.ServingSignatures`
+        (its lookup tables, ``k`` and history exclusion are shared).
+      vocab_path: the vocabulary file (part of the fingerprint).
+      history_size: ``R``, the newest items kept for history exclusion (0 without it).
+
+    Raises:
+      ValueError: the model is not streamable (the message says why), or ``R < 0``.
+    """
+
+    def __init__(self, model, serving, vocab_path, history_size=DEFAULT_STREAM_HISTORY):
+        if int(history_size) < 0:
+            raise ValueError(f"--stream-history must be >= 0, got {history_size}")
+        self._model = model
+        self._serving = serving
+        self.history_size = int(history_size) if serving.exclude_history else 0
+        self.fingerprint = model_fingerprint(model, vocab_path)
+        example = model.initial_state(1)  # raises for a model without a constant state
+        self.state_specs = {
+            name: tf.TensorSpec([None] + value.shape[1:].as_list(), tf.float32, name=name)
+            for name, value in example.items()
+        }
+        self.state_specs[STATE_FINGERPRINT] = tf.TensorSpec([None], tf.int64,
+                                                            name=STATE_FINGERPRINT)
+        self.state_specs[STATE_RECENT] = tf.TensorSpec([None, self.history_size], tf.int32,
+                                                       name=STATE_RECENT)
+        ids_spec = tf.TensorSpec([None, None], tf.string, name="item_ids")
+        module = serving.module
+        module.encode_state = tf.function(self.encode_state, input_signature=[ids_spec])
+        module.step = tf.function(self.step, input_signature=[dict(self.state_specs), ids_spec])
+
+    def signatures(self):
+        """``{"encode_state": ..., "step": ...}`` concrete functions."""
+        module = self._serving.module
+        return {"encode_state": module.encode_state.get_concrete_function(),
+                "step": module.step.get_concrete_function()}
+
+    # -- the signatures --------------------------------------------------------------
+    def encode_state(self, item_ids):
+        """Raw ids ``[B, L]`` (whole histories) → the state and ``user_embedding``."""
+        item_ids = checked_rank(item_ids, 2, "encode_state", "item_ids", _IDS_WHAT)
+        indices = self.indices(item_ids)
+        state, user = self._model.encode_state(indices, padding="right")
+        batch = tf.shape(indices)[0]
+        state = dict(state)
+        state[STATE_FINGERPRINT] = tf.fill([batch], tf.constant(self.fingerprint, tf.int64))
+        state[STATE_RECENT] = _newest(indices, self.history_size)
+        return {**state, "user_embedding": user}
+
+    def step(self, state, item_ids):
+        """The state and new raw ids ``[B, m]`` → the new state, ``user_embedding`` and
+        the top-k ``item_ids``/``scores``."""
+        item_ids = checked_rank(item_ids, 2, "step", "item_ids", _IDS_WHAT)
+        state = self._checked_state(state)
+        indices = self.indices(item_ids)
+        model_state = {k: v for k, v in state.items()
+                       if k not in (STATE_FINGERPRINT, STATE_RECENT)}
+        new_state, user = self._model.step(model_state, indices)
+        recent = _newest(tf.concat([state[STATE_RECENT], indices], axis=1), self.history_size)
+        history = None
+        if self._serving.exclude_history:
+            history = self._history_mask(recent)
+        top = self._serving.rank(user, history)
+        return {**new_state, STATE_FINGERPRINT: state[STATE_FINGERPRINT],
+                STATE_RECENT: recent, "user_embedding": user, **top}
+
+    # -- the shared steps ------------------------------------------------------------
+    def indices(self, item_ids):
+        """Raw ids ``[B, L]`` → int32 indices, right-padded with 0 (``""`` anywhere in
+        a row is padding and moves to its end; unknown and reserved ids are OOV)."""
+        valid = tf.not_equal(item_ids, "")
+        ids = tf.maximum(self._serving.module.index_table.lookup(item_ids), OOV_INDEX)
+        ids = tf.where(valid, tf.cast(ids, tf.int32), tf.zeros_like(ids, tf.int32))
+        order = tf.argsort(tf.cast(tf.logical_not(valid), tf.int32), axis=1, stable=True)
+        return tf.gather(ids, order, batch_dims=1)
+
+    def _history_mask(self, recent):
+        """``[B, V]`` bool: True at the indices in ``recent`` (padding 0 included, unused)."""
+        batch = tf.shape(recent, out_type=tf.int64)[0]
+        rows = tf.repeat(tf.range(batch), tf.shape(recent, out_type=tf.int64)[1])
+        cols = tf.reshape(tf.cast(recent, tf.int64), [-1])
+        hits = tf.scatter_nd(tf.stack([rows, cols], axis=1), tf.ones_like(cols, tf.float32),
+                             tf.stack([batch, tf.constant(self._serving.vocab_size, tf.int64)]))
+        return hits > 0.0
+
+    def _checked_state(self, state):
+        """The state after run-time checks: every tensor's shape, one batch size, and the
+        fingerprint of this export."""
+        batch = tf.shape(state[STATE_FINGERPRINT])[0]
+        checks = []
+        for name, spec in self.state_specs.items():
+            want = tf.constant([-1] + spec.shape[1:].as_list(), tf.int32)
+            got = tf.shape(state[name])
+            ok = tf.reduce_all(tf.equal(got[1:], want[1:])) & tf.equal(got[0], batch)
+            checks.append(tf.debugging.Assert(ok, [
+                f"step: state tensor {name} must be [batch] + {spec.shape[1:].as_list()} "
+                "with the batch of the other state tensors (pass encode_state's outputs "
+                "back unchanged); got shape", got]))
+        same = tf.reduce_all(tf.equal(state[STATE_FINGERPRINT],
+                                      tf.constant(self.fingerprint, tf.int64)))
+        checks.append(tf.debugging.Assert(same, [
+            "step: the state was made by another export (fingerprint mismatch: different "
+            "weights or vocabulary). Call encode_state with the user's history on this "
+            f"export (fingerprint {self.fingerprint}) to make a new state; got",
+            state[STATE_FINGERPRINT]], summarize=3))
+        with tf.control_dependencies(checks):
+            return {name: tf.identity(value) for name, value in state.items()}
+
+
+__all__ = [
+    "DEFAULT_STREAM_HISTORY",
+    "STATE_FINGERPRINT",
+    "STATE_RECENT",
+    "STREAM_SIGNATURES",
+    "StreamingSignatures",
+    "model_fingerprint",
+]
