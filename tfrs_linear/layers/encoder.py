@@ -479,11 +479,13 @@ class SequenceEncoder(tf.keras.layers.Layer):
         size = int(events_per_step)
         missing = -tf.shape(item_ids)[1] % size
         ids = tf.pad(item_ids, [[0, 0], [0, missing]])
-        steps = tf.shape(ids)[1] // size
-        state = self.initial_state(tf.shape(ids)[0])
+        batch, steps = tf.shape(ids)[0], tf.shape(ids)[1] // size
+        # [steps, B, size]: each step's events have a static shape (XLA needs it).
+        chunks = tf.transpose(tf.reshape(ids, [batch, steps, size]), [1, 0, 2])
+        state = self.initial_state(batch)
 
         def body(i, state):
-            chunk = ids[:, i * size:(i + 1) * size]
+            chunk = tf.gather(chunks, i)
             chunk.set_shape([item_ids.shape[0], size])
             return i + 1, self.step(state, chunk)[0]
 
