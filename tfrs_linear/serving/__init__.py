@@ -6,6 +6,8 @@ One module per concept:
   rows of raw ids become request tensors and a ``PredictRequest``, :class:`ServingError`.
 * ``signatures``: the SavedModel's three signatures (``serving_default``, ``encode``,
   ``serving_tf_example``), built by :class:`ServingSignatures`.
+* ``streaming``: the ``encode_state`` and ``step`` signatures of a streamable export (a
+  constant-size state per user, docs/streaming.md), built by :class:`StreamingSignatures`.
 * ``warmup``: the ``PredictionLog`` warmup records written into every export.
 * ``scratch``: the scratch folders exports build in, marked with their owner; the
   stale ones of killed exports are removed.
@@ -50,6 +52,14 @@ from tfrs_linear.serving.scratch import (
     remove_stale_scratch,
 )
 from tfrs_linear.serving.signatures import ServingSignatures, checked_rank
+from tfrs_linear.serving.streaming import (
+    DEFAULT_STREAM_HISTORY,
+    STATE_FINGERPRINT,
+    STATE_RECENT,
+    STREAM_SIGNATURES,
+    StreamingSignatures,
+    model_fingerprint,
+)
 from tfrs_linear.serving.warmup import (
     UNKNOWN_WARMUP_ID,
     read_warmup,
@@ -66,10 +76,18 @@ from tfrs_linear.serving.wire import (
     pad_rows,
     predict_request,
     serialize_examples,
+    step_request,
     string_matrix,
 )
 
 __all__ = [
+    "DEFAULT_STREAM_HISTORY",
+    "STATE_FINGERPRINT",
+    "STATE_RECENT",
+    "STREAM_SIGNATURES",
+    "StreamingSignatures",
+    "model_fingerprint",
+    "step_request",
     "CONTAINER_MODELS_ROOT",
     "EXPORT_EXCLUDES_HISTORY",
     "EXPORT_INFO_FILE",
