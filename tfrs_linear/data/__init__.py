@@ -17,6 +17,9 @@ concept, imported in one direction (no module imports one above it):
 ``preprocessed``
     :func:`load_preprocessed`: the output directory of ``pipelines/preprocess.py`` (Beam +
     tf.Transform), read into the same :class:`SequenceData`.
+``sharded``
+    :class:`ShardedSequences`: a preprocessed directory streamed from its shards
+    (training and evaluation without holding the sequences in memory).
 ``synthetic``
     :func:`synthetic.generate`: the embedded synthetic data set (needs only ``readers``).
 ``loading``
@@ -65,6 +68,7 @@ from tfrs_linear.data.readers import (
     parse_interactions,
 )
 from tfrs_linear.data.sequences import SequenceData, build_sequences
+from tfrs_linear.data.sharded import ShardedSequences
 from tfrs_linear.data.vocabulary import (
     encode_items,
     load_vocabulary,
@@ -87,6 +91,7 @@ __all__ = [
     "PREPROCESSED_KIND", "PREPROCESSED_VERSION", "METADATA_FILE", "VOCAB_FILE",
     "POPULARITY_FILE", "USER_FEATURE", "ITEMS_FEATURE", "RAW_ITEMS_FEATURE",
     "is_preprocessed_dir", "read_preprocessed_metadata", "load_preprocessed",
+    "ShardedSequences",
     # tf.data
     "pad_left", "training_examples", "num_training_examples", "training_dataset",
     "evaluation_batches",

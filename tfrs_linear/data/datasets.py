@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tfrs_linear.constants import REGIMES
 from tfrs_linear.data.sequences import check_split
+from tfrs_linear.data.sharded import ShardedSequences
 
 
 def _flatten(sequences):
@@ -109,6 +110,8 @@ def training_examples(data, max_len, regime="all"):
 
 def num_training_examples(data, max_len, regime="all"):
     """How many examples :func:`training_dataset` yields per epoch (before batching)."""
+    if isinstance(data, ShardedSequences):
+        return data.num_training_examples(max_len, regime)
     return len(_training_table(data, max_len, regime)[1]["ends"])
 
 
@@ -136,7 +139,14 @@ def training_dataset(data, max_len, batch_size, regime="all", seed=0, shuffle=Tr
     buffer, reshuffled every epoch, seeded) and batching happen in tf.data; with
     ``drop_remainder`` (the default, static shapes for XLA) a last incomplete batch is
     dropped. ``dataset.cardinality()`` is the number of batches per epoch.
+
+    ``data`` may also be a :class:`~tfrs_linear.data.ShardedSequences` (a preprocessed
+    directory streamed from its shards): the same windows, shuffled by shard order and
+    a bounded buffer instead of the whole epoch.
     """
+    if isinstance(data, ShardedSequences):
+        return data.training_dataset(max_len, batch_size, regime=regime, seed=seed,
+                                     shuffle=shuffle, drop_remainder=drop_remainder)
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -202,8 +212,12 @@ def evaluation_batches(data, split, max_len, batch_size):
       (for ``positions="from_start"``).
 
     The last batch is padded to the full ``batch_size`` with rows of weight 0 (all
-    zeros), so every batch has the same static shape and no user is dropped.
+    zeros), so every batch has the same static shape and no user is dropped. A
+    :class:`~tfrs_linear.data.ShardedSequences` gives the same batches, users in shard
+    order, without holding the sequences in memory.
     """
+    if isinstance(data, ShardedSequences):
+        return data.evaluation_batches(split, max_len, batch_size)
     check_split(split, ("valid", "test"))
     batch_size = int(batch_size)
     max_len = int(max_len)

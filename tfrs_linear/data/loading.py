@@ -9,9 +9,11 @@ from tfrs_linear.data import synthetic
 from tfrs_linear.data.preprocessed import is_preprocessed_dir, load_preprocessed
 from tfrs_linear.data.readers import PREPROCESSED, load_interactions
 from tfrs_linear.data.sequences import build_sequences
+from tfrs_linear.data.sharded import ShardedSequences
 
 
-def load_dataset(path=None, format="auto", seed=0, min_events=3, keep_duplicates=False):
+def load_dataset(path=None, format="auto", seed=0, min_events=3, keep_duplicates=False,
+                 stream=False):
     """Loads a file (or, with ``path=None``, the embedded synthetic data) as :class:`SequenceData`.
 
     Args:
@@ -26,13 +28,20 @@ def load_dataset(path=None, format="auto", seed=0, min_events=3, keep_duplicates
       keep_duplicates: keep exact duplicate events (same user, item and timestamp) instead
         of dropping them (counted in ``dropped_duplicates``); for a preprocessed directory
         it must equal the pipeline's (``--keep-duplicates``).
+      stream: for a preprocessed directory, return a
+        :class:`~tfrs_linear.data.ShardedSequences` that streams the shards (training and
+        evaluation without holding the sequences in memory; ``tfrs-linear train`` does)
+        instead of loading them. Ignored for files and the synthetic data.
 
     Returns:
-      :class:`tfrs_linear.data.SequenceData`.
+      :class:`tfrs_linear.data.SequenceData` (or ``ShardedSequences``, see ``stream``),
+      with the same counts either way.
     """
     if path is None:
         interactions = synthetic.generate(seed=seed)
     elif format == PREPROCESSED or (format == "auto" and is_preprocessed_dir(path)):
+        if stream:
+            return ShardedSequences(path, min_events=min_events, keep_duplicates=keep_duplicates)
         return load_preprocessed(path, min_events=min_events, keep_duplicates=keep_duplicates)
     else:
         interactions = load_interactions(path, format=format)

@@ -132,6 +132,21 @@ def load_preprocessed(path, files=None, min_events=None, keep_duplicates=None):
     """
     path = str(path)
     meta = read_preprocessed_metadata(path)
+    check_pipeline_settings(path, meta, min_events, keep_duplicates)
+    vocab, popularity = read_vocabulary_and_popularity(path)
+    whole = files is None
+    shards, compression = shards_to_read(path, meta, files)
+    users, lengths, flat = _read_shards(path, shards, compression, whole)
+    data = _sequence_data(path, meta, int(meta.get("min_events", 3)), vocab, popularity,
+                          users, lengths, flat)
+    if whole:
+        _check_whole_directory(path, meta, data, lengths, flat)
+    return data
+
+
+def check_pipeline_settings(path, meta, min_events=None, keep_duplicates=None):
+    """Raises ``DataError`` when ``min_events`` or ``keep_duplicates`` (None: any) differ
+    from what the pipeline that wrote ``path`` (its metadata ``meta``) used."""
     used = int(meta.get("min_events", 3))
     if min_events is not None and int(min_events) != used:
         raise DataError(f"{path}: preprocessed with min_events={used}, asked for {min_events}; "
@@ -143,17 +158,9 @@ def load_preprocessed(path, files=None, min_events=None, keep_duplicates=None):
                         f"(keep_duplicates={bool(kept)}), asked for "
                         f"keep_duplicates={bool(keep_duplicates)}; pass the same setting "
                         "(--keep-duplicates) or run the pipeline again")
-    vocab, popularity = _read_vocabulary_and_popularity(path)
-    whole = files is None
-    shards, compression = _shards_to_read(path, meta, files)
-    users, lengths, flat = _read_shards(path, shards, compression, whole)
-    data = _sequence_data(path, meta, used, vocab, popularity, users, lengths, flat)
-    if whole:
-        _check_whole_directory(path, meta, data, lengths, flat)
-    return data
 
 
-def _read_vocabulary_and_popularity(path):
+def read_vocabulary_and_popularity(path):
     """``vocab.txt`` and ``item_popularity.txt`` of the directory, checked against each other."""
     vocab_path = _join(path, VOCAB_FILE)
     vocab = parse_vocabulary(vocab_path, _read_small(vocab_path))
@@ -168,7 +175,7 @@ def _read_vocabulary_and_popularity(path):
     return vocab, popularity
 
 
-def _shards_to_read(path, meta, files):
+def shards_to_read(path, meta, files=None):
     """The shard paths (the metadata's, or ``files``) and the metadata's compression."""
     meta_path = _join(path, METADATA_FILE)
     whole = files is None
