@@ -71,7 +71,8 @@ def test_sampled_loss_is_tfrs_retrieval_with_in_batch_and_shared_negatives(monke
     assert isinstance(model.task, tfrs.tasks.Retrieval)
     negatives = np.array([0, 3, 5, 9], np.int32)  # ranks; ids = ranks + 2
     # The loss draws its shared negatives with the retrieval module's sampler.
-    monkeypatch.setattr(retrieval, "sample_log_uniform", lambda n, r, seed=None: tf.constant(negatives))
+    monkeypatch.setattr(retrieval, "sample_log_uniform",
+                        lambda n, r, seed=None, generator=None: tf.constant(negatives))
     inputs = np.array([[0] * 8 + [2, 3, 4, 5], [0] * 10 + [6, 7], [0] * 9 + [8, 9, 5]], np.int32)
     if regime == "last":
         # target 5 is also sampled (rank 3): an accidental hit; row 2's target repeats row 0's.
@@ -116,11 +117,55 @@ def test_sampled_loss_trains_xla_compiled_in_regime_all(tiny_data):
     assert full_loss() < before - 0.1
 
 
-def test_log_uniform_sampler_matches_its_probabilities():
-    draws = sample_log_uniform(200_000, 10).numpy()
+@pytest.mark.parametrize("source", ["legacy", "generator"])
+def test_log_uniform_sampler_matches_its_probabilities(source):
+    kwargs = {"generator": tf.random.Generator.from_seed(5)} if source == "generator" else {}
+    draws = sample_log_uniform(200_000, 10, **kwargs).numpy()
     freq = np.bincount(draws, minlength=10) / len(draws)
-    np.testing.assert_allclose(freq, log_uniform_probability(np.arange(10), 10).numpy(), atol=5e-3)
+    # Oracle: P(k) = log((k+2)/(k+1)) / log(11), by hand.
+    want = np.log((np.arange(10) + 2) / (np.arange(10) + 1)) / np.log(11)
+    np.testing.assert_allclose(freq, want, atol=5e-3)
+    np.testing.assert_allclose(log_uniform_probability(np.arange(10), 10).numpy(), want, rtol=1e-6)
     assert draws.min() >= 0 and draws.max() <= 9
+
+
+def test_the_sampler_draws_from_a_generator_whose_state_a_checkpoint_restores(tmp_path):
+    generator = tf.random.Generator.from_seed(11)
+    draw = tf.function(lambda: sample_log_uniform(64, 1000, generator=generator), jit_compile=True)
+    first = draw().numpy()
+    path = tf.train.Checkpoint(rng=generator).write(str(tmp_path / "ckpt"))
+    second, third = draw().numpy(), draw().numpy()
+    assert not np.array_equal(first, second)  # the state advances with every draw
+    tf.train.Checkpoint(rng=generator).read(path).assert_consumed()
+    np.testing.assert_array_equal(draw().numpy(), second)  # restored: the same stream
+    np.testing.assert_array_equal(draw().numpy(), third)
+    with pytest.raises(ValueError, match="a seed or a generator, not both"):
+        sample_log_uniform(4, 10, seed=1, generator=generator)
+
+
+def test_the_sampled_loss_draws_from_the_models_generator_outside_its_weights(tmp_path):
+    config = ModelConfig(attention="softmax", regime="last", loss="sampled", dropout=0.0,
+                         attention_dropout=0.0, **TINY_MODEL)
+    model = SequentialRetrievalModel(config, vocab_size=40, sampler_seed=4).build_all()
+    twin = SequentialRetrievalModel(config, vocab_size=40, sampler_seed=4).build_all()
+    assert isinstance(model.sampler_generator, tf.random.Generator)
+    full = SequentialRetrievalModel(config.replace(loss="full"), vocab_size=40).build_all()
+    assert full.sampler_generator is None
+    # Not part of the weights: a sampled model's weights are a full-loss model's.
+    assert [w.name for w in model.weights] == [w.name for w in full.weights]
+    model.save_weights(str(tmp_path / "w"))
+    keys = [name for name, _ in tf.train.list_variables(str(tmp_path / "w"))]
+    assert any("item_embedding" in key for key in keys)
+    assert not any("sampler" in key or "state_var" in key for key in keys)
+    twin.set_weights(model.get_weights())
+    batch = {"inputs": np.array([[0] * 9 + [2, 3, 4], [0] * 10 + [5, 6]], np.int32),
+             "targets": np.array([7, 8], np.int32)}
+    losses = [float(model.compute_loss(batch)) for _ in range(3)]
+    assert len(set(losses)) == 3  # new negatives at every step
+    assert [float(twin.compute_loss(batch)) for _ in range(3)] == losses  # same seed, same stream
+    other = SequentialRetrievalModel(config, vocab_size=40, sampler_seed=5).build_all()
+    other.set_weights(model.get_weights())
+    assert [float(other.compute_loss(batch)) for _ in range(3)] != losses
 
 
 # ------------------------------------------------------------------------- towers

@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfrs_linear.config import ModelConfig, TrainConfig
 from tfrs_linear.models import load_model_dir
@@ -25,7 +27,9 @@ def test_train_xla_resume_and_reload(tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     model_config = ModelConfig(attention="linrec", **TINY_MODEL)
     train_config = TrainConfig(**{**TINY_TRAIN, "epochs": 1})
-    first = train(model_config, train_config, tiny_data, out, verbose=0)
+    # The command "started" 1000 s ago: its clock counts from there.
+    first = train(model_config, train_config, tiny_data, out, verbose=0,
+                  started=time.monotonic() - 1000)
     assert set(first["valid"]) == {f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in (5, 10, 20)}
     assert first["protocol"] == "full" and first["exclude_history"] is False
     state = json.loads((out / "checkpoints" / "state.json").read_text())
@@ -38,6 +42,15 @@ def test_train_xla_resume_and_reload(tiny_data, tmp_path, capsys):
     assert second["epochs_run"] == 2
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"] == second["test"]
+    # The history: the first run's epoch, then the resumed run's, whose clock continues
+    # from the first run's (a new process, started now, but past 1000 s).
+    assert [h["epoch"] for h in first["history"]] == [1]
+    assert first["history"][0]["seconds"] > 1000
+    assert metrics["history"] == second["history"]
+    assert metrics["history"][:1] == first["history"]
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert metrics["history"][1]["seconds"] > metrics["history"][0]["seconds"]
+    assert [h["valid"] for h in metrics["history"]] == [h["valid"] for h in state["history"]]
     # The saved best weights reproduce the reported metrics.
     model, loaded_train_config, vocab = load_model_dir(out)
     assert vocab == list(tiny_data.vocab) and model.config == model_config.resolved()
@@ -58,6 +71,45 @@ def test_other_attentions_regimes_and_losses_train(tiny_data, tmp_path, attentio
     assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
     history = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["history"]
     assert np.isfinite(history[0]["loss"])
+
+
+class _ValidationLog(tf.keras.callbacks.Callback):
+    """Records Keras' validation logs per epoch and the moments fit's validation begins;
+    each validation lasts at least ``pause`` seconds more (a slow evaluation)."""
+
+    def __init__(self, pause):
+        super().__init__()
+        self.pause, self.logs, self.test_begin = pause, [], []
+
+    def on_test_begin(self, logs=None):
+        self.test_begin.append(time.monotonic())
+
+    def on_test_end(self, logs=None):
+        time.sleep(self.pause)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs.append({k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")})
+
+
+def test_metrics_history_holds_each_epochs_validation_and_a_clock_without_evaluation(
+        tiny_data, tmp_path):
+    log = _ValidationLog(pause=1.0)
+    metrics = train(ModelConfig(attention="linrec", **TINY_MODEL),
+                    TrainConfig(**{**TINY_TRAIN, "epochs": 3, "patience": 5}), tiny_data,
+                    tmp_path / "run", verbose=0, steps_per_epoch=2, callbacks=[log])
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert history == metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    # Each epoch's validation metrics are those Keras logged for it (fit's own validation).
+    assert [h["valid"] for h in history] == log.logs
+    assert history[metrics["best_epoch"] - 1]["valid"] == pytest.approx(metrics["valid"], rel=1e-9)
+    seconds = [h["seconds"] for h in history]
+    assert 0 < seconds[0] < seconds[1] < seconds[2]
+    # The clock stops during each validation (here >= 1 s longer): between two epochs'
+    # ends it advances by the wall time minus that validation.
+    for e in (1, 2):
+        wall = log.test_begin[e] - log.test_begin[e - 1]
+        assert seconds[e] - seconds[e - 1] < wall - 0.9
 
 
 def test_mirrored_strategy_on_cpu_falls_back_from_xla(tmp_path):

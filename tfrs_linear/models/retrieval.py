@@ -14,6 +14,14 @@ targets at that position, so the logits are ``N`` blocks of ``[B, B + S]`` — n
 ``tf.random.Generator`` (:attr:`SequentialRetrievalModel.sampler_generator`), whose state
 the run's checkpoint holds, so a resumed sampled-loss run draws what the uninterrupted
 run draws.
+
+The full loss materialises float32 logits ``[B·positions, V]`` (``positions``:
+``max_len`` in regime ``all``, 1 in ``last``) and, in training, their gradient of the
+same size. :func:`check_full_loss_fits` (called by the Trainer before anything is
+written) refuses a configuration whose two tensors exceed the host memory available
+when training on CPU, with a one-line error that names ``--loss sampled`` (whose logits
+are ``N`` blocks of ``[B, B + S]``). There is no override: a smaller ``--batch-size`` or
+``--max-len``, or the sampled loss, is the way through.
 """
 
 import os

@@ -8,7 +8,9 @@ changed global state):
   the model draws from a generator whose state is a variable. Keras keeps those
   generators out of the model's checkpoints on purpose (the weights files stay as they
   were); :func:`random_generators` lists them for the run's checkpoint, so that a
-  resumed run continues the same random stream.
+  resumed run continues the same random stream. The sampled loss's generator
+  (``SequentialRetrievalModel.sampler_generator``, seeded by the Trainer with the run's
+  seed) is kept out of the weights the same way and listed there too.
 
 :func:`make_optimizer` wraps the optimizer in a ``LossScaleOptimizer`` for
 ``mixed_float16`` (the model's ``train_step`` scales the loss through it).
@@ -47,9 +49,12 @@ def model_scope(precision):
 
 def random_generators(model):
     """The ``tf.random.Generator`` of every random layer (``Dropout``) of ``model``, in
-    a fixed order (``model.submodules``), each created if its layer was not built yet:
-    what a checkpoint needs to hold the model's random state. Empty for a model built
-    without :func:`model_scope` (Keras' legacy stateful RNG has no state to save)."""
+    a fixed order (``model.submodules``), each created if its layer was not built yet,
+    then the model's own ``sampler_generator`` (the sampled loss's negatives) when it
+    has one: what a checkpoint needs to hold the model's random state. The layers' part
+    is empty for a model built without :func:`model_scope` (Keras' legacy stateful RNG
+    has no state to save). The sampler comes last, so a checkpoint written before it
+    was listed holds a prefix of this list."""
     generators = []
     for layer in model.submodules:
         # Keras exposes no public handle on a layer's generator: BaseRandomLayer's
@@ -60,6 +65,9 @@ def random_generators(model):
         rng._maybe_init()
         if isinstance(getattr(rng, "_generator", None), tf.random.Generator):
             generators.append(rng._generator)
+    sampler = getattr(model, "sampler_generator", None)
+    if isinstance(sampler, tf.random.Generator):
+        generators.append(sampler)
     return generators
 
 

@@ -4,7 +4,8 @@ A run's directory is a model directory (:mod:`tfrs_linear.models.model_dir`: the
 ``config.json``, ``vocab.txt``, the best ``weights/``) plus what resuming and reporting
 need: ``data.json`` (where the data came from, its statistics), ``checkpoints/`` (model +
 optimizer after every completed epoch, and ``state.json``), ``logs/`` (TensorBoard) and
-``metrics.json``.
+``metrics.json`` (the best epoch's validation and test metrics, and the per-epoch
+``history``: :func:`metrics_history`).
 """
 
 import json
@@ -59,6 +60,24 @@ def check_resumable(output, model_config, train_config, vocab):
             f"{output} was trained on other data (its vocabulary differs); "
             "use another --output."
         )
+
+
+def elapsed_seconds(state):
+    """The training clock of the run's last completed epoch (its history record's
+    ``seconds``; 0 for a new run or a record that predates the clock): where a resumed
+    run's clock continues."""
+    history = state.get("history") or []
+    return float(history[-1].get("seconds") or 0.0) if history else 0.0
+
+
+def metrics_history(state):
+    """``metrics.json``'s ``history``: per completed epoch ``{"epoch", "seconds", "valid"}``
+    (``seconds``: the training clock at the end of the epoch's training, from the start
+    of the command, evaluation excluded, cumulative across resumes; ``None`` for an
+    epoch trained before the clock was recorded; ``valid``: that epoch's validation
+    metrics)."""
+    return [{"epoch": h["epoch"], "seconds": h.get("seconds"), "valid": h["valid"]}
+            for h in state.get("history", [])]
 
 
 def write_metadata(output, model_config, train_config, data):
@@ -129,6 +148,7 @@ def write_metrics(output, metrics, name=METRICS_FILE):
 
 
 __all__ = [
-    "new_state", "check_resumable", "write_metadata", "training_data_source", "read_state",
-    "write_state", "save_best_weights", "write_metrics", "RESUMABLE_KEYS",
+    "new_state", "check_resumable", "elapsed_seconds", "metrics_history", "write_metadata",
+    "training_data_source", "read_state", "write_state", "save_best_weights", "write_metrics",
+    "RESUMABLE_KEYS",
 ]

@@ -3,13 +3,16 @@
 Each epoch: Keras ``fit`` trains it (the train step XLA-compiled) and validates it
 in its own validation (:class:`~tfrs_linear.training.fit_model.FitRetrievalModel`:
 ``val_hr@10``, ``val_ndcg@10``, ... in Keras' logs, by the protocol's full ranking);
-then a checkpoint (model with its dropout RNG state, optimizer with its step) and
-``state.json``, the best weights kept, early stopping with ``patience``. Epoch ``e``
+then a checkpoint (model with its dropout and sampler RNG state, optimizer with its step)
+and ``state.json``, the best weights kept, early stopping with ``patience``. Epoch ``e``
 trains on an order fixed by ``(seed, e)`` (:mod:`~tfrs_linear.training.epoch_data`), so
 a run resumed after an interruption ends exactly as the uninterrupted run. At the end
-the best weights are restored and scored on validation and test (``metrics.json``).
-Nothing is written to the output directory before the data and the configuration were
-found valid. The files are those of :mod:`tfrs_linear.training.run_dir`.
+the best weights are restored and scored on validation and test (``metrics.json``, with
+the per-epoch ``history``: the training clock and the validation metrics). A ``full``-loss
+run whose logits cannot fit in memory is refused before it starts
+(:func:`~tfrs_linear.models.retrieval.check_full_loss_fits`). Nothing is written to the
+output directory before the data and the configuration were found valid. The files are
+those of :mod:`tfrs_linear.training.run_dir`.
 """
 
 import numbers
@@ -23,6 +26,7 @@ import tensorflow as tf
 from tfrs_linear.config import ModelConfig, TrainConfig
 from tfrs_linear.data.datasets import evaluation_batches
 from tfrs_linear.models.model_dir import WEIGHTS_DIR
+from tfrs_linear.models.retrieval import check_full_loss_fits
 from tfrs_linear.training import epoch_data, run_dir
 from tfrs_linear.training.evaluator import SELECTION_METRIC, Evaluator, format_table, metric_subset
 from tfrs_linear.training.fit_model import FitRetrievalModel
@@ -50,27 +54,55 @@ def _xla_train_step_supported(strategy):
     return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
 
 
+class TrainingClock:
+    """Seconds of training since the command started: evaluation excluded, continued
+    across resumes.
+
+    ``started`` is the ``time.monotonic()`` reading when the command started;
+    :meth:`resume` adds the seconds of the run's earlier processes (the clock of its last
+    completed epoch, from ``state.json``), :meth:`exclude` removes an evaluation's."""
+
+    def __init__(self, started=None):
+        self.started = time.monotonic() if started is None else float(started)
+        self.offset = 0.0
+        self.excluded = 0.0
+
+    def resume(self, seconds):
+        self.offset = float(seconds)
+
+    def exclude(self, seconds):
+        self.excluded += float(seconds)
+
+    def seconds(self):
+        return self.offset + time.monotonic() - self.started - self.excluded
+
+
 class _EpochEnd(tf.keras.callbacks.Callback):
     """Hands each Keras epoch to the :class:`Trainer`: :meth:`Trainer.on_epoch_end` when
     its training is done (fit's validation starts), :meth:`Trainer.end_epoch` after the
-    validation; stops early."""
+    validation; stops early. The training clock stops from the end of the epoch's
+    training to the end of its validation."""
 
     def __init__(self, trainer):
         super().__init__()
         self.trainer = trainer
         self.epoch = 0
-        self.started = 0.0
+        self.stopped = self.started = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_test_begin(self, logs=None):
+        self.trainer.epoch_seconds = self.trainer.clock.seconds()
+        self.stopped = time.monotonic()
         loss = {m.name: m for m in self.model.metrics}["loss"].result()
         self.trainer.on_epoch_end(self.epoch + 1, {"loss": float(loss)})
-        self.started = time.time()
+        self.started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.trainer.end_epoch(epoch, logs or {}, eval_seconds=time.time() - self.started)
+        now = time.monotonic()
+        self.trainer.clock.exclude(now - self.stopped)
+        self.trainer.end_epoch(epoch, logs or {}, eval_seconds=now - self.started)
         if self.trainer.state["wait"] > self.trainer.train_config.patience:
             self.model.stop_training = True
 
@@ -103,7 +135,9 @@ class Trainer:
 
     So the time from :meth:`on_train_begin` or :meth:`on_epoch_saved` to the next
     :meth:`on_epoch_end` is the training of one epoch alone (``scripts/quality_ml100k.py``
-    records it this way, across resumes).
+    records it this way, across resumes). The Trainer's own clock (:class:`TrainingClock`)
+    counts from the command's start instead, validations excluded, and is recorded per
+    epoch in ``state.json`` and in ``metrics.json``'s ``history`` (``seconds``).
 
     Args:
         model_config: the model's :class:`~tfrs_linear.config.ModelConfig`.
@@ -116,10 +150,14 @@ class Trainer:
         verbose: Keras ``fit`` verbosity; ``None``: 1 on a terminal, else 2.
         steps_per_epoch: a cap on the batches per epoch (quick runs), ``>= 1``.
         callbacks: more Keras callbacks for ``fit`` (they run after the Trainer's own).
+        started: the ``time.monotonic()`` reading when the command started, the zero of
+            the training clock (``metrics.json``'s ``history``); default: when
+            :meth:`run` is called. ``tfrs-linear train`` passes its own start, so that
+            loading the data counts.
     """
 
     def __init__(self, model_config, train_config, data, output, strategy="default", verbose=None,
-                 steps_per_epoch=None, callbacks=None):
+                 steps_per_epoch=None, callbacks=None, started=None):
         if not isinstance(model_config, ModelConfig) or not isinstance(train_config, TrainConfig):
             raise TypeError(
                 "Trainer(model_config, train_config, data, output, ...) takes a ModelConfig and "
@@ -141,6 +179,9 @@ class Trainer:
         self.verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
         self.steps_per_epoch = steps_per_epoch
         self.callbacks = list(callbacks or [])
+        self.started = started
+        self.clock = TrainingClock(started)
+        self.epoch_seconds = None  # the clock at the end of the current epoch's training
         self.state = run_dir.new_state()
 
     # -- hooks ------------------------------------------------------------------------
@@ -173,6 +214,7 @@ class Trainer:
             self.model = FitRetrievalModel(
                 self.model_config, self.data.num_items,
                 exclude_history=self.train_config.exclude_history,
+                sampler_seed=self.train_config.seed,
             ).build_all()
             optimizer = make_optimizer(self.train_config.learning_rate, self.precision)
             jit = self.train_config.xla and _xla_train_step_supported(self.strategy)
@@ -200,12 +242,17 @@ class Trainer:
             return
         checkpoint = self.checkpoint
         keys = tf.train.load_checkpoint(self.manager.latest_checkpoint).get_variable_to_shape_map()
-        if self.checkpoint.rng and not any(key.startswith("rng/") for key in keys):
-            # Written before the dropout RNG was checkpointed: resume without it.
+        saved_rngs = len({key.split("/")[1] for key in keys if key.startswith("rng/")})
+        if saved_rngs < len(self.checkpoint.rng):
+            # Written before the dropout RNG (none saved) or the sampler's generator (the
+            # last one) was checkpointed: resume with the generators it holds.
             checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer,
-                                             epoch=self.epoch_var)
+                                             epoch=self.epoch_var,
+                                             **({"rng": self.checkpoint.rng[:saved_rngs]}
+                                                if saved_rngs else {}))
         checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
         self.state = saved
+        self.clock.resume(run_dir.elapsed_seconds(saved))
         if int(self.epoch_var.numpy()) != self.state["epoch"]:
             raise RuntimeError(
                 f"{self.output}: the checkpoint (epoch {int(self.epoch_var.numpy())}) and "
@@ -237,8 +284,10 @@ class Trainer:
     def _record(self, epoch, logs, valid, eval_seconds):
         """Records the epoch in the state; keeps the best weights."""
         score = valid[SELECTION_METRIC]
+        seconds = self.clock.seconds() if self.epoch_seconds is None else self.epoch_seconds
+        self.epoch_seconds = None
         record = {"epoch": epoch, "loss": float(logs.get("loss", np.nan)), "valid": valid,
-                  "eval_seconds": round(eval_seconds, 2)}
+                  "seconds": round(seconds, 3), "eval_seconds": round(eval_seconds, 2)}
         self.state["history"].append(record)
         self.state["epoch"] = epoch
         if score > self.state["best"]:
@@ -294,7 +343,7 @@ class Trainer:
         exclude_history = self.train_config.exclude_history
         metrics = {"protocol": "full", "exclude_history": bool(exclude_history),
                    "best_epoch": self.state["best_epoch"], "epochs_run": self.state["epoch"],
-                   **results}
+                   **results, "history": run_dir.metrics_history(self.state)}
         run_dir.write_metrics(self.output, metrics)
         _log(f"best epoch {self.state['best_epoch']} (full ranking, exclude_history="
              f"{exclude_history}):\n" + format_table(results))
@@ -304,9 +353,13 @@ class Trainer:
         """Trains (or resumes) to the end; returns the metrics dict of ``metrics.json``.
 
         The data and the model are checked (and the model built) before anything is
-        written to ``output``."""
+        written to ``output``: a ``full``-loss configuration whose logits would not fit
+        in the host's memory (training on CPU) is refused, naming ``--loss sampled``."""
+        if self.started is None:
+            self.clock = TrainingClock()
         self.steps = epoch_data.steps_per_epoch(self.data, self.model_config, self.train_config,
                                                 self.steps_per_epoch)
+        check_full_loss_fits(self.model_config, self.train_config.batch_size, self.data.num_items)
         tf.keras.utils.set_random_seed(self.train_config.seed)
         self._build()
         self._prepare_output()
@@ -324,4 +377,4 @@ def train(model_config, train_config, data, output, **kwargs):
     return Trainer(model_config, train_config, data, output, **kwargs).run()
 
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "TrainingClock", "train"]
