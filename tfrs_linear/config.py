@@ -322,7 +322,7 @@ class TrainConfig(_FlatFields):
 
     learning_rate: float = config_field(1e-3, "Adam's learning rate")
     batch_size: int = config_field(128, "training sequences per step")
-    epochs: int = config_field(30, "the epoch cap (early stopping may end the run sooner)")
+    epochs: int = config_field(60, "the epoch cap (early stopping may end the run sooner)")
     patience: int = config_field(
         5, "epochs without a better validation NDCG@10 before stopping")
     seed: int = config_field(2020, "seed of the initial weights and of the data order")
