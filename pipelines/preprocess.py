@@ -496,6 +496,43 @@ def _data_error_in(exc):
     return None
 
 
+def pipeline_options(beam_args):
+    """Beam's ``PipelineOptions`` from the flags this script does not take itself.
+
+    Raises ``PreprocessError`` for what Beam would otherwise drop with a log line only: a
+    flag that no Beam options class defines (a typo such as ``--direct_num_worker`` would
+    run one local worker) and a stray value (``--input a.csv b.csv``, e.g. an unquoted glob
+    that the shell expanded, would read ``a.csv`` only); and for a bad value of a Beam flag.
+    """
+    import argparse
+    import difflib
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    beam_args = [str(a) for a in beam_args]
+    parsers = []  # Beam's own parser of every options class, as Beam builds it
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    parser = parsers[0]
+    parser.exit_on_error = False  # a bad value raises instead of printing Beam's usage
+    try:
+        _, unknown = parser.parse_known_args(beam_args)
+    except argparse.ArgumentError as e:
+        raise PreprocessError(str(e)) from None
+    if unknown and not unknown[0].startswith("-"):
+        raise PreprocessError(
+            f"unexpected argument {unknown[0]!r}: give each --input one file or a quoted glob "
+            "(--input 'data/part-*.csv'), and each option its value")
+    if unknown:
+        name = unknown[0].split("=", 1)[0]
+        known = [s for p in (parser, build_parser()) for a in p._actions  # argparse's list
+                 for s in a.option_strings]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise PreprocessError(
+            f"{name}: not an option of this script nor a Beam pipeline option{hint}")
+    return PipelineOptions(beam_args)
+
+
 def preprocess(inputs, output, format="auto", min_events=3, overwrite=False, num_shards=0,
                compression="none", beam_args=(), keep_duplicates=False):
     """Runs the pipeline; returns the written ``metadata.json`` as a dict.
@@ -508,17 +545,18 @@ def preprocess(inputs, output, format="auto", min_events=3, overwrite=False, num
       overwrite: replace a non-empty ``output``.
       num_shards: TFRecord shards (0: the runner decides).
       compression: ``"none"`` or ``"gzip"`` for the shards.
-      beam_args: Beam pipeline options (``--runner``, ``--temp_location``, ...).
+      beam_args: Beam pipeline options (``--runner``, ``--temp_location``, ...); see
+        ``pipeline_options`` (a flag Beam does not know is refused).
       keep_duplicates: keep exact duplicate events (same user, item and timestamp).
 
     Raises:
-      PreprocessError: bad arguments or a non-empty output without ``overwrite``.
+      PreprocessError: bad arguments (Beam's included) or a non-empty output without
+        ``overwrite``; raised before anything is written.
       tfrs_linear.data.DataError: a bad input file (the message names file and line).
     """
     import apache_beam as beam
     import tensorflow_transform.beam as tft_beam
     from apache_beam.metrics.metric import MetricsFilter
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -528,6 +566,7 @@ def preprocess(inputs, output, format="auto", min_events=3, overwrite=False, num
         raise PreprocessError(f"--min-events must be >= 3 for leave-one-out, got {min_events}")
     if compression not in COMPRESSIONS:
         raise PreprocessError(f"--compression must be one of {COMPRESSIONS}, got {compression!r}")
+    options = pipeline_options(beam_args)
     output = str(output)
     if not _output_is_empty(output) and not overwrite:
         raise PreprocessError(
@@ -544,7 +583,6 @@ def preprocess(inputs, output, format="auto", min_events=3, overwrite=False, num
                                    f"{uuid.uuid4().hex[:8]}")
         os.mkdir(tmp)  # (not mkdtemp: the result keeps the umask's permissions)
     try:
-        options = PipelineOptions(list(beam_args))
         with beam.Pipeline(options=options) as p, \
                 tft_beam.Context(temp_dir=_join(tmp, TFT_TMP)):
             build_pipeline(p, files, tmp, format=format, min_events=min_events,
@@ -583,8 +621,9 @@ def build_parser():
             "Every other option goes to Beam, e.g. --runner DataflowRunner --project P "
             "--region R --temp_location gs://B/tmp --setup_file ./setup.py "
             "--requirements_file pipelines/requirements.txt, or --direct_num_workers 4 "
-            "--direct_running_mode multi_processing locally. Each input file is read whole "
-            "by one worker: shard big inputs into several files."
+            "--direct_running_mode multi_processing locally (pipelines/README.md). A flag "
+            "that Beam does not know either is refused. Each input file is read whole by one "
+            "worker: shard big inputs into several files."
         ),
     )
     parser.add_argument("--input", action="append", required=True, metavar="FILE_OR_GLOB",
