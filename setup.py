@@ -35,7 +35,9 @@ setup(
         # `import tensorflow_recommenders` under TF 2.21. Top-k is exact (brute force).
     ],
     extras_require={
-        "test": ["pytest>=8", "psutil>=5.9", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "psutil>=5.9", "hypothesis>=6.100", "pyarrow>=25,<26"],
+        # The fast path of the raw-file readers (pyarrow.csv; the exact parser otherwise).
+        "fast": ["pyarrow>=25,<26"],
         "bench": ["matplotlib>=3.8", "psutil>=5.9"],
         # Keras 3 layers (tfrs_linear.keras3) on the TensorFlow and JAX backends, and the
         # keras-rs example. Tested with exactly these versions.

@@ -2,7 +2,8 @@
 
 Generated files, valid and malformed (separators, encodings, byte-order marks, CRLF,
 blank lines, field counts, numbers, empty ids, duplicates), are read by the loader and by
-an independent oracle parser written here from ``docs/protocol.md``'s rules. The loader
+an independent oracle parser written here from ``docs/protocol.md``'s rules, and by the
+loader's fast path (pyarrow) and its exact parser, which must agree bit for bit. The loader
 must either return exactly the oracle's events (and their line numbers), or raise a
 ``DataError`` naming the file and the oracle's first bad line: never another exception
 (from pandas, NumPy or TensorFlow), never a silent loss. Settings are modest and
@@ -266,6 +267,48 @@ def test_any_bytes_load_or_fail_with_a_data_error(fmt, name, raw):
     assert n > 0 and len(inter.items) == n and len(inter.timestamps) == n
     assert np.all(np.isfinite(inter.timestamps))
     assert all(u.strip() == u and u for u in inter.users.tolist())
+
+
+def read_both_ways(content, name, fmt):
+    """The fast path's and the exact parser's results (bit for bit) or error messages."""
+    results = []
+    for fast in (True, False):
+        try:
+            inter, lines = data.parse_interactions(content, name, fmt, fast=fast)
+        except DataError as e:
+            results.append(str(e))
+            continue
+        results.append((inter.format, inter.source, str(inter.users.dtype), inter.users.tobytes(),
+                        str(inter.items.dtype), inter.items.tobytes(), inter.timestamps.tobytes(),
+                        str(lines.dtype), lines.tobytes()))
+    return results
+
+
+@st.composite
+def any_case(draw):
+    """(format, name, bytes): a generated file in its format or "auto", or any bytes, any format."""
+    if draw(st.booleans()):
+        fmt, raw, _, _ = draw(interaction_files())
+        return draw(st.sampled_from([fmt, "auto"])), NAMES[fmt], raw
+    return (draw(st.sampled_from(sorted(NAMES) + ["auto"])),
+            draw(st.sampled_from(sorted(NAMES.values()) + ["f.txt"])),
+            draw(mangled_files() | st.binary(max_size=120)
+                 | st.text(ID_CHARS + ",;:\t \n\r:\ufeff\"", max_size=120).map(str.encode)))
+
+
+@settings(SETTINGS, max_examples=200)
+@given(any_case())
+def test_fast_and_exact_paths_give_identical_results_and_errors(case):
+    """The pyarrow fast path is invisible: the same arrays, dtypes, lines, or the same message."""
+    fmt, name, raw = case
+    fast, exact = read_both_ways(raw, str(DIR / name), fmt)
+    assert fast == exact
+    event("error" if isinstance(exact, str) else "read")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    assert read_both_ways(text, str(DIR / name), fmt) == [exact, exact]  # content given as text
 
 
 # ------------------------------------------------------------------ load_dataset

@@ -102,13 +102,37 @@ def test_explicit_format_overrides_the_name(tmp_path):
 def test_bad_line_names_file_and_line(tmp_path, name, fmt, text, line, words):
     path = write(tmp_path, name, text)
     for format in (fmt, "auto"):
-        with pytest.raises(DataError) as info:
-            data.load_interactions(path, format=format)
-        message = str(info.value)
+        messages = []
+        for fast in (True, False):  # the fast path leaves the file to the exact parser
+            with pytest.raises(DataError) as info:
+                data.load_interactions(path, format=format, fast=fast)
+            messages.append(str(info.value))
+        message = messages[0]
+        assert messages[1] == message
         assert str(path) in message
         assert f"line {line}:" in message
         assert words in message
     assert isinstance(info.value, ValueError)
+
+
+def test_fast_and_exact_readers_agree_on_the_examples(tmp_path):
+    """Every valid example above, read by the fast path (pyarrow) and by the exact parser."""
+    files = [("x.inter", RECBOLE),
+             ("ratings.dat", "1::1193::5::978300760\r\n1::661::3::978302109\r\n"),
+             ("u.data", "196\t242\t3\t881250949\n\n186\t302\t3\t891717742\n"),
+             ("seq.txt", "1 10\n1  11\n2\t10\n"),
+             ("log.csv", "ts,Item,user,extra\n7,i1,u1,x\n3,\"i,2\",u2,y\n"),
+             ("other.csv", "user_id,item_id,timestamp\na, b ,1.5\n\nc,d, -2e3\n")]
+    for name, text in files:
+        path = write(tmp_path, name, text)
+        (fast, fast_lines), (exact, exact_lines) = (
+            data.parse_interactions(path.read_bytes(), str(path), fast=f) for f in (True, False))
+        assert (fast.format, fast.source) == (exact.format, exact.source)
+        for a, b in [(fast.users, exact.users), (fast.items, exact.items),
+                     (fast.timestamps, exact.timestamps), (fast_lines, exact_lines)]:
+            assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
+    assert exact.users.tolist() == ["a", "c"] and exact.items.tolist() == ["b", "d"]
+    assert exact.timestamps.tolist() == [1.5, -2000.0] and exact_lines.tolist() == [2, 4]
 
 
 def test_file_level_errors(tmp_path):
@@ -152,9 +176,13 @@ def test_file_level_errors(tmp_path):
 def test_wrong_separator_names_the_expected_and_the_probable_one(tmp_path, name, text, line,
                                                                  expected, found):
     path = write(tmp_path, name, text)
+    format = "sasrec" if name == "seq.txt" else "auto"
     with pytest.raises(DataError) as info:
-        data.load_interactions(path, format="sasrec" if name == "seq.txt" else "auto")
+        data.load_interactions(path, format=format)
     message = str(info.value)
+    with pytest.raises(DataError) as exact:
+        data.load_interactions(path, format=format, fast=False)
+    assert str(exact.value) == message
     assert message.startswith(f"{path}: line {line}: "), message
     assert f"the separator is {expected} and the line has none: it looks {found}" in message
 

@@ -37,6 +37,14 @@ number of fields, an empty id or a timestamp that is not a finite number raises
 a line without the format's separator also names the separator expected and the one it
 probably uses (comma, semicolon, tab, ...). Nothing is silently dropped or truncated. Timestamps must be numbers (for example Unix
 seconds).
+
+Two parsers, one result. When pyarrow is installed, a clean file (the format's separator,
+plain decimal timestamps, ids without odd whitespace or quotes) is read by
+``pyarrow.csv`` (:mod:`tfrs_linear.data.fast_reader`, several times faster), with the
+header, the format guess and the column positions still decided here; any other file, and
+every file without pyarrow or with ``fast=False``, is read by the exact pure-Python parser
+below, which alone writes the errors. Both give bit-identical :class:`Interactions` and
+line numbers (``tests/data/test_fast_reader.py``, ``tests/data/test_fuzz.py``).
 """
 
 import csv
@@ -50,6 +58,7 @@ import numpy as np
 
 # The interaction file formats (what parse_interactions reads), "auto" and "preprocessed".
 from tfrs_linear.constants import FILE_FORMATS, FORMATS, PREPROCESSED  # noqa: F401
+from tfrs_linear.data import fast_reader
 
 _CSV_COLUMNS = {
     "user": ("user_id", "user", "userid", "uid"),
@@ -160,13 +169,16 @@ def read_text(path):
     Args:
       path: a :class:`pathlib.Path`.
     """
+    return decode_text(path, _read_bytes(path))
+
+
+def _read_bytes(path):
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read the file: {e.strerror or e}") from None
-    return decode_text(path, raw)
 
 
 def decode_text(path, raw):
@@ -197,6 +209,23 @@ def _lines(text):
         line = line.rstrip("\r")
         if line.strip():
             yield lineno, line
+
+
+def _first_line(text):
+    """``(number, line)`` of the first non-blank line (as ``next(_lines(text))``), or ``(0, None)``.
+
+    Without splitting the whole text: guessing a format and reading a header look at the
+    first line of files of any size.
+    """
+    start, lineno = 0, 1
+    while start <= len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end].rstrip("\r")
+        if line.strip():
+            return lineno, line
+        start, lineno = end + 1, lineno + 1
+    return 0, None
 
 
 def _timestamp(path, lineno, value):
@@ -237,12 +266,8 @@ def _read_delimited(path, text, sep, expected, describe, positions):
     return out
 
 
-def _read_recbole(path, text):
-    lines = _lines(text)
-    try:
-        header_line, header = next(lines)
-    except StopIteration:
-        raise DataError(f"{path}: empty file (expected a RecBole header)") from None
+def _recbole_header(path, header_line, header):
+    """(number of fields, (user, item, timestamp) positions) of a RecBole header line."""
     if "\t" not in header:
         raise line_error(
             path, header_line,
@@ -265,15 +290,24 @@ def _read_recbole(path, text):
         if name not in names:
             raise line_error(path, header_line, f"the header has no {name!r} column (columns: {names})")
         cols.append(names.index(name))
+    return len(names), cols
+
+
+def _read_recbole(path, text):
+    lines = _lines(text)
+    try:
+        header_line, header = next(lines)
+    except StopIteration:
+        raise DataError(f"{path}: empty file (expected a RecBole header)") from None
+    count, (u, i, t) = _recbole_header(path, header_line, header)
     out = ([], [], [], [])  # users, items, timestamps, line numbers
-    u, i, t = cols
     for lineno, line in lines:
         parts = line.split("\t")
-        if len(parts) != len(names):
+        if len(parts) != count:
             raise line_error(
                 path, lineno,
-                f"expected {len(names)} tab-separated fields as in the header, got "
-                f"{len(parts)}: {line[:80]!r}" + _separator_hint(line, "\t", len(names)),
+                f"expected {count} tab-separated fields as in the header, got "
+                f"{len(parts)}: {line[:80]!r}" + _separator_hint(line, "\t", count),
             )
         _record(path, lineno, parts[u], parts[i], parts[t], out)
     return out
@@ -304,30 +338,36 @@ def _csv_column(names, role, path, lineno, row):
     )
 
 
+def _csv_header(path, lineno, row):
+    """(number of fields, (user, item, timestamp) positions) of a CSV header row."""
+    header = [c.strip().split(":", 1)[0].lower() for c in row]
+    return len(header), [_csv_column(header, role, path, lineno, row)
+                         for role in ("user", "item", "timestamp")]
+
+
 def _read_csv(path, text):
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = None
+    count = None  # the header's number of fields, once read
     out = ([], [], [], [])  # users, items, timestamps, line numbers
     try:
         for row in reader:
             lineno = reader.line_num
             if not row or not any(c.strip() for c in row):
                 continue
-            if header is None:
-                header = [c.strip().split(":", 1)[0].lower() for c in row]
-                cols = [_csv_column(header, r, path, lineno, row) for r in ("user", "item", "timestamp")]
+            if count is None:
+                count, cols = _csv_header(path, lineno, row)
                 continue
-            if len(row) != len(header):
+            if len(row) != count:
                 raise line_error(
                     path, lineno,
-                    f"expected {len(header)} comma-separated fields as in the header, got "
+                    f"expected {count} comma-separated fields as in the header, got "
                     f"{len(row)}: {','.join(row)[:80]!r}"
-                    + (_separator_hint(row[0], ",", len(header)) if len(row) == 1 else ""),
+                    + (_separator_hint(row[0], ",", count) if len(row) == 1 else ""),
                 )
             _record(path, lineno, row[cols[0]], row[cols[1]], row[cols[2]], out)
     except csv.Error as e:
         raise line_error(path, reader.line_num, f"malformed CSV: {e}") from None
-    if header is None:
+    if count is None:
         raise DataError(f"{path}: empty file (expected a CSV header)")
     return out
 
@@ -354,7 +394,7 @@ def guess_format(path, first_line=None):
         return "movielens"
     if first_line is None:
         text = read_text(path)
-        first_line = next((line for _, line in _lines(text)), "")
+        first_line = _first_line(text)[1] or ""
     line = first_line
     tabbed = line.split("\t")
     if "::" in line:
@@ -373,12 +413,15 @@ def guess_format(path, first_line=None):
     )
 
 
-def load_interactions(path, format="auto"):
+def load_interactions(path, format="auto", fast=True):
     """Reads an interaction file into :class:`Interactions` (events in file order).
 
     Args:
       path: the file.
       format: one of :data:`FORMATS` (see the module docstring); ``"auto"`` guesses.
+      fast: read a clean file with ``pyarrow.csv`` when pyarrow is installed (the
+        result is the exact parser's; anything else falls back to it); False: the exact
+        parser only.
 
     Raises:
       DataError: missing file, unknown format, or a bad line (the message names the file
@@ -394,10 +437,10 @@ def load_interactions(path, format="auto"):
         )
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected an interaction file")
-    return _parse(path, read_text(path), format)[0]
+    return _parse(path, _read_bytes(path), format, fast)[0]
 
 
-def parse_interactions(content, source, format="auto"):
+def parse_interactions(content, source, format="auto", fast=True):
     """Parses the content of ONE interaction file, exactly as :func:`load_interactions`.
 
     For readers that fetch the bytes themselves (``pipelines/preprocess.py`` reads them
@@ -410,6 +453,7 @@ def parse_interactions(content, source, format="auto"):
       source: the file's name, used in error messages, in ``Interactions.source`` and, for
         ``format="auto"``, to guess the format (as :func:`guess_format`).
       format: one of :data:`FORMATS` except ``"preprocessed"``.
+      fast: as in :func:`load_interactions`.
 
     Returns:
       ``(interactions, lines)``: :class:`Interactions` in file order and ``np.int64``
@@ -419,15 +463,53 @@ def parse_interactions(content, source, format="auto"):
         raise DataError(
             f"{source}: unknown format {format!r}; expected one of {('auto',) + FILE_FORMATS}"
         )
-    return _parse(source, decode_text(source, content), format)
+    return _parse(source, content, format, fast)
 
 
-def _parse(path, text, format):
-    if format == "auto":
-        first = next((line for _, line in _lines(text)), None)
-        if first is None:
-            raise DataError(f"{path}: empty file, no interactions")
-        format = guess_format(path, first)
+# The layouts of the formats without a header, for the fast path (fast_reader.Layout).
+_FAST_LAYOUTS = {
+    "movielens": fast_reader.Layout("::", 4, user=0, item=1, timestamp=3),
+    "udata": fast_reader.Layout("\t", 4, user=0, item=1, timestamp=3),
+    "sasrec": fast_reader.Layout(" ", 2, user=0, item=1),
+}
+
+
+def _read_fast(path, raw, header_line, header, format):
+    """The events of ``fast_reader.read_columns`` (None where it does not apply).
+
+    Args:
+      path: the file, as named in errors.
+      raw: its UTF-8 bytes without the byte-order mark.
+      header_line, header: its first non-blank line and that line's number.
+      format: its format.
+    """
+    try:
+        if format in _FAST_LAYOUTS:
+            layout, header_line = _FAST_LAYOUTS[format], 0
+        elif format == "recbole":
+            count, (u, i, t) = _recbole_header(path, header_line, header)
+            layout = fast_reader.Layout("\t", count, u, i, t)
+        else:  # a file with a double quote is left to the exact parser, so split() is csv's
+            count, (u, i, t) = _csv_header(path, header_line, header.split(","))
+            layout = fast_reader.Layout(",", count, u, i, t, quotes=True)
+    except DataError:  # a bad header: the exact parser says so
+        return None
+    return fast_reader.read_columns(raw, layout, header_line)
+
+
+def _utf8_bytes(content, text):
+    """The UTF-8 bytes of a file without its byte-order mark (None: not encodable)."""
+    if isinstance(content, str):
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates
+            return None
+    raw = bytes(content)
+    return raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+
+
+def _read_exact(path, text, format):
+    """The exact parser's (users, items, timestamps, line numbers) arrays."""
     if format == "recbole":
         out = _read_recbole(path, text)
     elif format == "movielens":
@@ -440,12 +522,25 @@ def _parse(path, text, format):
         out = _read_csv(path, text)
     if not out[0]:
         raise DataError(f"{path}: no interactions in the file ({format} format)")
-    interactions = Interactions(
-        users=np.asarray(out[0], dtype=str),
-        items=np.asarray(out[1], dtype=str),
-        timestamps=np.asarray(out[2], dtype=np.float64),
-        source=str(path),
-        format=format,
-    )
-    return interactions, np.asarray(out[3], dtype=np.int64)
+    return (np.asarray(out[0], dtype=str), np.asarray(out[1], dtype=str),
+            np.asarray(out[2], dtype=np.float64), np.asarray(out[3], dtype=np.int64))
 
+
+def _parse(path, content, format, fast):
+    text = decode_text(path, content)  # the exact check of the encoding
+    header_line, first = _first_line(text)
+    if format == "auto":
+        if first is None:
+            raise DataError(f"{path}: empty file, no interactions")
+        format = guess_format(path, first)
+    out = None
+    if fast and first is not None:
+        raw = _utf8_bytes(content, text)
+        if not isinstance(content, str):
+            text = None  # not held while pyarrow reads: decoded again if the exact parser runs
+        out = None if raw is None else _read_fast(path, raw, header_line, first, format)
+    if out is None:
+        out = _read_exact(path, decode_text(path, content) if text is None else text, format)
+    users, items, timestamps, lines = out
+    interactions = Interactions(users, items, timestamps, source=str(path), format=format)
+    return interactions, lines
