@@ -16,6 +16,9 @@ REGIMES = ("all", "last")
 # Position embeddings of the sequence encoder: counted from the newest item (not
 # streamable), from the user's first event (streamable), or none (order from causality).
 POSITIONS = ("from_end", "from_start", "none")
+# The newest items a streaming state keeps for history exclusion, by default
+# (tfrs-linear export --stream-history).
+DEFAULT_STREAM_HISTORY = 100
 # Training losses: full cross-entropy over the catalogue, or sampled softmax.
 LOSSES = ("full", "sampled")
 # Numeric precision of a training run: float32, or a Keras mixed-precision policy.

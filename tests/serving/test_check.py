@@ -34,6 +34,8 @@ def test_other_attentions_export_and_pass_check_serving(tmp_path, capsys, attent
     assert main(["check-serving", str(version), "--model", str(tmp_path / "model")]) == 0
     out = capsys.readouterr().out
     assert "ops scan: ok" in out and "replayed 9 of 9" in out and "compared with the Python model" in out
+    # Not streamable (softmax; positions from_end): no encode_state/step, and it checks fine.
+    assert "encode_state" not in out and " step(" not in out and "streaming:" not in out
 
 
 def test_check_serving_fails_when_model_differs(exports, tmp_path, capsys):

@@ -2,7 +2,13 @@
 
 from pathlib import Path
 
+from tfrs_linear.config import load_saved_config
+from tfrs_linear.constants import DEFAULT_STREAM_HISTORY
+
 HELP = "export a versioned SavedModel for TF Serving"
+
+# The export's default R, as help text.
+STREAM_HISTORY_DEFAULT_TEXT = str(DEFAULT_STREAM_HISTORY)
 
 
 def add_arguments(parser):
@@ -20,6 +26,36 @@ def add_arguments(parser):
                        "default of an export, whatever the run was evaluated with)")
     group.add_argument("--keep-history", dest="exclude_history", action="store_false",
                        help="history items may be recommended")
+    parser.add_argument("--stream-history", type=int, default=None, metavar="R",
+                        help="streamable models only (causal linrec/elastic, positions "
+                        "from_start or none): R, how many of a user's newest items the "
+                        "streaming state keeps so that `step` never recommends them; older "
+                        "items may come back. An integer >= 0 (default: "
+                        f"{STREAM_HISTORY_DEFAULT_TEXT}); 0 with --keep-history")
+
+
+def check(args):
+    """Refuses a bad ``--stream-history`` before TensorFlow loads and anything is written:
+    a negative R, a positive R with ``--keep-history``, any R for a model that cannot
+    stream (read from its ``config.json`` when it is there; a missing model dir is
+    reported by :func:`run`)."""
+    r = args.stream_history
+    if r is None:
+        return
+    if r < 0:
+        raise ValueError(f"--stream-history must be an integer >= 0, got {r}")
+    if r > 0 and args.exclude_history is False:
+        raise ValueError(f"--stream-history {r} keeps items for history exclusion, which "
+                         "--keep-history turns off (R is 0 then); drop one of the two flags")
+    config_file = Path(args.model) / "config.json"
+    if config_file.is_file():
+        model_config, _ = load_saved_config(config_file)
+        if not model_config.resolved().is_streamable:
+            raise ValueError(
+                f"--stream-history: the model in {args.model} cannot stream (attention "
+                f"{model_config.attention!r}, positions {model_config.positions!r}; only causal "
+                "linrec/elastic with positions from_start or none have encode_state/step), "
+                "so R does nothing; drop the flag")
 
 
 def run(args):
@@ -28,8 +64,11 @@ def run(args):
     # Deferred: the CLI's --help must not load TensorFlow.
     from tfrs_linear import serving
 
+    extra = {}
+    if args.stream_history is not None:
+        extra["stream_history"] = args.stream_history
     path = serving.export_model_dir(args.model, args.base_path, k=args.k,
-                                    exclude_history=args.exclude_history)
+                                    exclude_history=args.exclude_history, **extra)
     print(f"exported version {path.name} to {path}")
     print(f"TF Serving config: {Path(args.base_path).parent / serving.MODELS_CONFIG}")
     return 0

@@ -8,7 +8,9 @@
    (PyFunc, EagerPyFunc, custom ops, ``_XlaMustCompile``), :func:`scan_graph`;
 3. **replay warmup**: the export's warmup requests through the session;
 4. **compare** every output with the Python model read from the model dir recorded in
-   ``assets.extra/tfrs_linear.json`` (or ``--model DIR``) within ``--tolerance``.
+   ``assets.extra/tfrs_linear.json`` (or ``--model DIR``) within ``--tolerance``; the
+   streaming signatures ``encode_state`` and ``step`` as
+   :mod:`tfrs_linear.serving.check_streaming` says.
 
 A failed check is a result, not an error: the report ends with ``FAIL: n problem(s)``
 and the command exits 1.
@@ -25,6 +27,8 @@ from tensorflow.core.example import example_pb2
 from tfrs_linear.constants import NUM_RESERVED, OOV_INDEX
 from tfrs_linear.data import pad_left, vocabulary_lookup
 from tfrs_linear.models import load_model_dir
+from tfrs_linear.serving.check_streaming import stream_info_problems, streaming_cases
+from tfrs_linear.serving.streaming import STREAM_SIGNATURES
 from tfrs_linear.serving.warmup import read_warmup
 from tfrs_linear.serving.wire import EXPORT_INFO_FILE, SIGNATURES, WARMUP_FILE, decode_strings
 
@@ -123,7 +127,7 @@ def reference_outputs(model, vocab, rows, k, exclude_history):
       items (indices 2..V-1) in vocabulary order.
     """
     lookup = vocabulary_lookup(vocab)
-    max_len = int(model.config.max_len)  # the check's only read of the model configuration
+    max_len = int(model.config.max_len)
     history = np.zeros([len(rows), len(vocab)], bool)
     indices = []
     for r, row in enumerate(rows):
@@ -131,7 +135,11 @@ def reference_outputs(model, vocab, rows, k, exclude_history):
         history[r, idx] = True
         indices.append(idx)
     padded = pad_left(indices, max_len)
-    user = model.encode(padded, training=False).numpy().astype(np.float32)
+    offsets = None
+    if model.config.positions == "from_start":
+        # The row keeps the newest max_len events; the user's older ones come first.
+        offsets = tf.constant([max(len(idx) - max_len, 0) for idx in indices], tf.int32)
+    user = model.encode(padded, training=False, offsets=offsets).numpy().astype(np.float32)
     items = model.item_embeddings().numpy().astype(np.float32)
     scores = (user.astype(np.float64) @ items.T.astype(np.float64))[:, NUM_RESERVED:]
     if exclude_history:
@@ -247,6 +255,7 @@ def _reference_dir(info, info_path, sigs, warmup_path, model_dir, compare, scan_
             report.problems.append(f"missing signatures {missing}")
         if not warmup_path.exists():
             report.problems.append(f"no warmup file {warmup_path}")
+        report.problems.extend(stream_info_problems(info, sigs))
     if compare and not is_ours:
         report.problems.append(
             f"{info_path} is missing: not a tfrs-linear export, so its outputs cannot be "
@@ -302,7 +311,12 @@ def _compare_with_model(reference_dir, results, info, tolerance, report):
         results = []
     k = int(info["k"])
     exclude = bool(info["exclude_history"])
+    streamed = [r for r in results if r[1] in STREAM_SIGNATURES]
+    if streamed and not stream_info_problems(info, {s: None for s in STREAM_SIGNATURES}):
+        _compare_streaming(model, vocab, streamed, info, tolerance, report)
     for label, sig_name, inputs, outputs in results:
+        if sig_name in STREAM_SIGNATURES:
+            continue
         rows = _rows_of_request(sig_name, inputs)
         user, scores = reference_outputs(model, vocab, rows, k, exclude)
         if sig_name == "encode":
@@ -313,6 +327,26 @@ def _compare_with_model(reference_dir, results, info, tolerance, report):
                                                  vocab, k, tolerance, label))
     report.lines.append(f"outputs: {len(results)} request(s) compared with the Python model in "
                         f"{reference_dir} (tolerance {tolerance:g})")
+
+
+def _compare_streaming(model, vocab, results, info, tolerance, report):
+    """The replayed ``encode_state`` and ``step`` outputs against the Python model
+    (:func:`~tfrs_linear.serving.check_streaming.streaming_cases` says what it expects)."""
+    cases, problems, summary = streaming_cases(model, vocab, results, info, tolerance)
+    report.problems.extend(problems)
+    for case in cases:
+        got = np.asarray(case.outputs.get("user_embedding"))
+        if case.embeddings and (got.ndim != 2 or len(got) != len(case.embeddings[0][2])):
+            report.problems.append(f"{case.label}: user_embedding has shape {got.shape}")
+            continue
+        for what, rows, user in case.embeddings:
+            report.problems.extend(_compare_encode(f"{case.label} against {what}", got[rows],
+                                                   user[rows], tolerance))
+        if case.scores is not None:
+            report.problems.extend(_compare_topk(
+                case.outputs["item_ids"], case.outputs["scores"], case.scores, vocab,
+                int(info["k"]), tolerance, case.label))
+    report.lines.append(summary)
 
 
 def check_tolerance(tolerance):

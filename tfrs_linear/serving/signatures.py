@@ -13,6 +13,19 @@
   with a bytes feature ``item_ids`` (variable length) → the outputs of
   ``serving_default``.
 
+Scoring (``ServingSignatures(scoring=...)``, the export's scoring option):
+
+* ``"exact"`` (the default): one float32 scan of the catalogue, then the top-k.
+* ``"bf16"``: a candidate scan with a bfloat16 copy of the catalogue (the SavedModel's
+  variable ``item_table_bf16``, ``[V - 2, d]``), the top ``candidates`` (``C >= k``,
+  default ``max(DEFAULT_CANDIDATES, k)``, capped at the catalogue) of that scan, then an
+  exact float32 re-rank of those ``C``: the returned scores are the exact float32 scores,
+  and the top-k equals the exact scan's whenever the exact top-k is among the ``C``
+  candidates. History items are excluded before the candidate cut, so they never take a
+  candidate slot. An explicit ``candidates < k`` is refused. Whether the bfloat16 scan is
+  faster depends on the CPU (docs/bench/million.md): on CPUs without a bfloat16 matrix
+  unit TensorFlow's bfloat16 matmul is slower than the float32 scan.
+
 Plain TF ops only: no ``jit_compile`` (stock TF Serving runs without XLA), no
 ``py_function``. A wrong input dtype is rejected by the signature itself ("expected to
 be a string tensor"); a wrong rank fails a run-time check whose message names the
@@ -24,6 +37,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfrs_linear.constants import NUM_RESERVED, OOV_INDEX
+
+# The scoring options of an export (module docstring) and the bf16 path's default C.
+SCORINGS = ("exact", "bf16")
+DEFAULT_CANDIDATES = 400
 
 _IDS_WHAT = ("a string matrix [batch, length] of raw item ids, oldest first, right-padded "
              "with empty strings")
@@ -102,6 +119,9 @@ class ServingSignatures:
         becomes the SavedModel's asset ``assets/vocab.txt``.
       k: recommendations per request, capped at the catalogue size (``>= 1``).
       exclude_history: whether the items of a request's history score ``-inf``.
+      scoring: one of :data:`SCORINGS` (module docstring); ``"exact"`` by default.
+      candidates: the bf16 path's ``C``, an integer ``>= k`` (capped at the catalogue);
+        ``None``: ``max(DEFAULT_CANDIDATES, k)``. Refused with ``scoring="exact"``.
 
     Attributes:
       module: the ``tf.Module`` to save.
@@ -109,12 +129,17 @@ class ServingSignatures:
       max_len, d_model: from the model's configuration.
       vocab_size: the model's vocabulary size (reserved ids included).
       exclude_history: as given, a bool.
+      scoring: as given.
+      candidates: the effective ``C`` (``None`` with ``"exact"``).
 
     Raises:
-      ValueError: the vocabulary has no catalogue item, or ``k < 1``.
+      ValueError: the vocabulary has no catalogue item, ``k < 1``, an unknown
+        ``scoring``, or a bad ``candidates`` (not an integer ``>= k``, or given with
+        ``"exact"``).
     """
 
-    def __init__(self, model, vocab_path, k, exclude_history):
+    def __init__(self, model, vocab_path, k, exclude_history, scoring="exact",
+                 candidates=None):
         vocab_size = int(model.vocab_size)
         catalogue = vocab_size - NUM_RESERVED
         if catalogue < 1:
@@ -127,10 +152,17 @@ class ServingSignatures:
         self.d_model = int(model.config.d_model)
         self.vocab_size = vocab_size
         self.exclude_history = bool(exclude_history)
+        self.scoring = scoring
+        self.candidates = checked_scoring(scoring, candidates, self.k, catalogue)
         self._model = model
 
         module = tf.Module(name="tfrs_linear_serving")
         module.model_variables = list(model.variables)
+        if scoring == "bf16":
+            # A snapshot of the catalogue rows (2..V-1), taken at export.
+            module.item_table_bf16 = tf.Variable(
+                tf.cast(model.item_embeddings()[NUM_RESERVED:], tf.bfloat16),
+                trainable=False, name="item_table_bf16")
         module.vocab_asset = tf.saved_model.Asset(str(vocab_path))
         module.index_table, module.id_table = _vocabulary_tables(module.vocab_asset)
         ids_spec = [tf.TensorSpec([None, None], tf.string, name="item_ids")]
@@ -225,14 +257,61 @@ class ServingSignatures:
         return self.rank(user, history)
 
     def rank(self, user, history=None):
-        """User embeddings [B, d] → ``{"item_ids", "scores"}`` ``[B, k]``: the exact top-k
-        of the catalogue; items where ``history [B, V]`` is True score ``-inf``."""
+        """User embeddings [B, d] → ``{"item_ids", "scores"}`` ``[B, k]``: the top-k of
+        the catalogue by exact float32 scores (with ``"bf16"`` among the ``C`` candidates
+        of the bfloat16 scan); items where ``history [B, V]`` is True score ``-inf``."""
         items = tf.cast(self._model.item_embeddings(), tf.float32)
-        scores = tf.matmul(user, items, transpose_b=True)[:, NUM_RESERVED:]
-        if history is not None:
-            scores = tf.where(
-                history[:, NUM_RESERVED:], tf.constant(-np.inf, tf.float32), scores
-            )
-        values, indices = tf.math.top_k(scores, k=self.k, sorted=True)
+        if self.scoring == "bf16":
+            values, indices = self._bf16_top_k(user, items, history)
+        else:
+            scores = tf.matmul(user, items, transpose_b=True)[:, NUM_RESERVED:]
+            scores = _excluded(scores, history)
+            values, indices = tf.math.top_k(scores, k=self.k, sorted=True)
         ids = self.module.id_table.lookup(tf.cast(indices, tf.int64) + NUM_RESERVED)
         return {"item_ids": ids, "scores": values}
+
+    def _bf16_top_k(self, user, items, history):
+        """(exact scores [B, k], catalogue positions [B, k]): the bfloat16 scan's top C,
+        re-scored in float32 and cut to k. The candidates are sorted by position, so ties
+        of exact scores break by the lower position, as in the exact scan's top_k."""
+        approx = tf.matmul(tf.cast(user, tf.bfloat16), self.module.item_table_bf16,
+                           transpose_b=True)
+        approx = _excluded(tf.cast(approx, tf.float32), history)
+        _, cand = tf.math.top_k(approx, k=self.candidates, sorted=False)
+        cand = tf.sort(cand, axis=1)  # [B, C] catalogue positions
+        rows = tf.gather(items, cand + NUM_RESERVED)  # [B, C, d] float32
+        exact = tf.squeeze(tf.matmul(rows, user[:, :, None]), axis=2)  # [B, C]
+        if history is not None:
+            hidden = tf.gather(history[:, NUM_RESERVED:], cand, batch_dims=1)
+            exact = tf.where(hidden, tf.constant(-np.inf, tf.float32), exact)
+        values, best = tf.math.top_k(exact, k=self.k, sorted=True)
+        return values, tf.gather(cand, best, batch_dims=1)
+
+
+def _excluded(scores, history):
+    """Catalogue scores [B, V - 2] with the ``history [B, V]`` items at ``-inf``."""
+    if history is None:
+        return scores
+    return tf.where(history[:, NUM_RESERVED:], tf.constant(-np.inf, tf.float32), scores)
+
+
+def checked_scoring(scoring, candidates, k, catalogue=None):
+    """The effective ``C`` of the ``bf16`` path (``None`` for ``exact``), capped at
+    ``catalogue`` when given; raises ValueError naming the flag for an unknown
+    ``scoring`` or a bad ``candidates``. An export can call it before anything is
+    loaded or created (``catalogue=None``)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"--scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+    if scoring == "exact":
+        if candidates is not None:
+            raise ValueError("--candidates applies to --scoring bf16 only (the exact scan "
+                             f"has no candidate cut), got {candidates!r}")
+        return None
+    cap = catalogue if catalogue is not None else np.inf
+    if candidates is None:
+        return int(min(max(DEFAULT_CANDIDATES, k), cap))
+    if isinstance(candidates, bool) or not isinstance(candidates, (int, np.integer)) \
+            or candidates < k:
+        raise ValueError(f"--candidates must be an integer >= k ({k}): the exact re-rank "
+                         f"keeps k of the C candidates; got {candidates!r}")
+    return int(min(int(candidates), cap))

@@ -38,14 +38,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfrs_linear.constants import OOV_INDEX, PAD_INDEX
+from tfrs_linear.constants import DEFAULT_STREAM_HISTORY, OOV_INDEX, PAD_INDEX
 from tfrs_linear.serving.signatures import checked_rank
 
 STATE_FINGERPRINT = "fingerprint"
 STATE_RECENT = "recent_items"
 STREAM_SIGNATURES = ("encode_state", "step")
-# The newest items a streaming state keeps for history exclusion, by default.
-DEFAULT_STREAM_HISTORY = 100
 _IDS_WHAT = ("a string matrix [batch, events] of raw item ids, oldest first, right-padded "
              "with empty strings")
 
@@ -67,7 +65,9 @@ def _newest(rows, width):
     order = tf.argsort(real, axis=1, stable=True)  # padding first, real entries in order
     rows = tf.gather(rows, order, batch_dims=1)
     rows = tf.pad(rows, [[0, 0], [width, 0]])
-    return rows[:, tf.shape(rows)[1] - width:]
+    rows = rows[:, tf.shape(rows)[1] - width:]
+    rows.set_shape([None, width])
+    return rows
 
 
 class StreamingSignatures:
