@@ -48,7 +48,8 @@ over its TFRecord shards, or by passing the directory)::
   ``epochs``, ``max_len``, ``xla``, ...) over the defaults or over ``"config_file"`` (a
   JSON of ``models/``); plus ``"k"`` (top-k of the export, default 100), ``"model_name"``
   (recorded in the warmup requests, default ``"tfrs_linear"``), ``"strategy"``
-  (``"default"`` or ``"mirrored"``) and ``"preprocessed_dir"``.
+  (``"default"``, ``"mirrored"`` or ``"multiworker"``: ``TF_CONFIG`` worker tasks only;
+  worker 0 exports) and ``"preprocessed_dir"``.
 """
 
 import math
@@ -75,6 +76,7 @@ from tfrs_linear.config import (  # noqa: E402
 )
 from tfrs_linear.models import load_model_dir  # noqa: E402
 from tfrs_linear.training import train  # noqa: E402
+from tfrs_linear.training.trainer import make_strategy, worker_of  # noqa: E402
 
 _EXTRA_KEYS = ("config_file", "k", "model_name", "strategy", "preprocessed_dir")
 
@@ -193,6 +195,8 @@ def run_fn(fn_args):
     serving_dir = _field(fn_args, "serving_model_dir")
     if not run_dir or not serving_dir:
         raise ValueError("fn_args needs model_run_dir and serving_model_dir")
+    # Before any data op: MultiWorkerMirroredStrategy configures collectives at start-up.
+    strategy = make_strategy(extras.get("strategy", "default"))
     data = resolve_data(fn_args, extras.get("preprocessed_dir"))
 
     steps_per_epoch = None
@@ -200,7 +204,9 @@ def run_fn(fn_args):
     if train_steps:
         steps_per_epoch = max(1, math.ceil(int(train_steps) / train_config.epochs))
     metrics = train(model_config, train_config, data, run_dir,
-                    strategy=extras.get("strategy", "default"), steps_per_epoch=steps_per_epoch)
-    exported = export_to(run_dir, serving_dir, k=int(extras.get("k", 100)),
-                         model_name=str(extras.get("model_name", "tfrs_linear")))
+                    strategy=strategy, steps_per_epoch=steps_per_epoch)
+    exported = None
+    if worker_of(strategy)[0] == 0:  # the chief exports
+        exported = export_to(run_dir, serving_dir, k=int(extras.get("k", 100)),
+                             model_name=str(extras.get("model_name", "tfrs_linear")))
     return {"metrics": metrics, "serving_model_dir": exported}

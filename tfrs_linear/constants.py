@@ -19,6 +19,8 @@ POSITIONS = ("from_end", "from_start", "none")
 # The newest items a streaming state keeps for history exclusion, by default
 # (tfrs-linear export --stream-history).
 DEFAULT_STREAM_HISTORY = 100
+# tf.distribute strategies of `tfrs-linear train --strategy`.
+STRATEGIES = ("default", "mirrored", "multiworker")
 # Training losses: full cross-entropy over the catalogue, or sampled softmax.
 LOSSES = ("full", "sampled")
 # Numeric precision of a training run: float32, or a Keras mixed-precision policy.

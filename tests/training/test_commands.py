@@ -51,7 +51,7 @@ def test_flags_override_the_configuration_file(tmp_path):
 def test_keep_duplicates_reaches_the_loader(flag, expected, tmp_path, monkeypatch, capsys):
     calls = []
 
-    def fake_load(path, format="auto", keep_duplicates=None):
+    def fake_load(path, format="auto", keep_duplicates=None, stream=False):
         calls.append((path, format, keep_duplicates))
         raise ValueError("stop here")
 
@@ -69,7 +69,7 @@ def test_evaluate_loads_the_data_as_the_run_did(recorded, flag, expected, tmp_pa
                                                 capsys):
     calls = []
 
-    def fake_load(path, format="auto", keep_duplicates=None):
+    def fake_load(path, format="auto", keep_duplicates=None, stream=False):
         calls.append((path, keep_duplicates))
         raise ValueError("stop here")
 

@@ -8,7 +8,7 @@ from tfrs_linear.cli.config_flags import (
     refuse_inapplicable,
 )
 from tfrs_linear.config import ModelConfig, TrainConfig, load_config, replace_config
-from tfrs_linear.constants import FORMATS
+from tfrs_linear.constants import FORMATS, STRATEGIES
 
 HELP = "train an XLA-compiled TFRS retrieval model"
 
@@ -23,8 +23,11 @@ def add_arguments(p):
                    help="keep exact duplicate rows (same user, item and timestamp); by "
                    "default they are dropped and counted")
     p.add_argument("--config", help="a JSON configuration (see models/); flags override it")
-    p.add_argument("--strategy", default="default", choices=("default", "mirrored"),
-                   help="tf.distribute strategy (mirrored: all local GPUs)")
+    p.add_argument("--strategy", default="default", choices=STRATEGIES,
+                   help="tf.distribute strategy (mirrored: all local GPUs; multiworker: "
+                   "MultiWorkerMirroredStrategy over the worker tasks of TF_CONFIG, worker 0 "
+                   "the chief; every worker gets the same flags and --output, a path all "
+                   "can read; see docs/getting-started.md)")
     p.add_argument("--steps-per-epoch", type=positive_int,
                    help="cap batches per epoch (quick runs; a positive integer)")
     p.add_argument("--output", required=True, help="the run's directory (resumable)")

@@ -24,6 +24,8 @@ trainer and the evaluator run on either. Memory: O(users) integers plus the buff
 whatever the number of events.
 """
 
+import copy
+
 import numpy as np
 import tensorflow as tf
 
@@ -120,6 +122,23 @@ class ShardedSequences:
         if regime == "all":
             return int((-(-pairs // int(max_len))).sum())
         return int(pairs.sum())
+
+    def shard(self, num_workers, index):
+        """A copy that reads every ``num_workers``-th shard file from the ``index``-th
+        (``shards[index::num_workers]``): worker ``index``'s part of the data when
+        ``num_workers`` workers each read their own files (multi-worker training). Its
+        counts are its own files' (one counting pass when first needed); ``vocab`` and
+        ``item_popularity`` stay the whole directory's. Raises ``ValueError`` unless
+        ``0 <= index < num_workers <= len(shards)``."""
+        num_workers, index = int(num_workers), int(index)
+        if not 0 <= index < num_workers <= len(self.shards):
+            raise ValueError(f"{self.source}: cannot give shard {index} of {num_workers} from "
+                             f"{len(self.shards)} shard file(s)")
+        part = copy.copy(self)
+        part.shards = list(self.shards)[index::num_workers]
+        part._stats = None
+        part._meta = None  # the metadata's counts are the whole directory's
+        return part
 
     # -- reading ---------------------------------------------------------------------
     def records(self, shard_seed=None, cycle_length=1):

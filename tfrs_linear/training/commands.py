@@ -15,7 +15,7 @@ from tfrs_linear.data.loading import load_dataset
 from tfrs_linear.models.model_dir import load_model_dir
 from tfrs_linear.training import run_dir
 from tfrs_linear.training.evaluator import Evaluator, format_table, metric_subset
-from tfrs_linear.training.trainer import train
+from tfrs_linear.training.trainer import make_strategy, train
 
 
 def _log(message):
@@ -27,8 +27,13 @@ def train_command(model_config, train_config, output, data=None, format="auto",
     """Loads ``data`` (a file, a preprocessed directory, or ``None``: the embedded synthetic
     data) and trains into ``output``; returns 0. The configurations are validated first,
     and nothing is written before the data has loaded. The training clock of
-    ``metrics.json``'s ``history`` starts here, so loading the data counts."""
+    ``metrics.json``'s ``history`` starts here, so loading the data counts.
+
+    The ``tf.distribute`` strategy is created first, before the data loads: the
+    ``multiworker`` strategy configures the process's collective ops, which must happen
+    before any other TensorFlow op (a bad ``TF_CONFIG`` is a ``ValueError`` here)."""
     started = time.monotonic()
+    strategy = make_strategy(strategy)
     # A preprocessed directory is streamed from its shards (never held in memory).
     data = load_dataset(data, format=format, keep_duplicates=keep_duplicates, stream=True)
     train(model_config, train_config, data, output, strategy=strategy,

@@ -15,16 +15,22 @@ output directory before the data and the configuration were found valid. The fil
 those of :mod:`tfrs_linear.training.run_dir`.
 """
 
+import json
 import numbers
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from tfrs_linear.constants import STRATEGIES
 from tfrs_linear.config import ModelConfig, TrainConfig
-from tfrs_linear.data.datasets import evaluation_batches
+from tfrs_linear.data.datasets import evaluation_batches, training_dataset
+from tfrs_linear.data.sharded import ShardedSequences
 from tfrs_linear.models.model_dir import WEIGHTS_DIR
 from tfrs_linear.models.retrieval import check_full_loss_fits
 from tfrs_linear.training import epoch_data, run_dir
@@ -38,17 +44,91 @@ def _log(message):
     print(message, flush=True)
 
 
-def _strategy(name):
+STRATEGY_NAMES = STRATEGIES
+
+
+def parse_tf_config(text):
+    """``(workers, index)`` of a ``TF_CONFIG`` JSON string for ``--strategy multiworker``:
+    the ``host:port`` list of the cluster's ``worker`` tasks and this process's index
+    (worker 0 is the chief). Raises ``ValueError`` naming what is wrong: missing, not
+    JSON, a task type other than ``worker`` (no ``chief``, ``ps`` or ``evaluator``: every
+    process trains), an index outside the worker list."""
+    if not text:
+        raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable: "
+                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": '
+                         '"worker", "index": I}} (worker 0 is the chief)')
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError('TF_CONFIG needs a "cluster" object and a "task" object')
+    others = sorted(set(cluster) - {"worker"})
+    if others or task.get("type") != "worker":
+        raise ValueError(f"TF_CONFIG may hold worker tasks only (worker 0 is the chief), got "
+                         f"cluster tasks {sorted(cluster)} and task type {task.get('type')!r}")
+    workers = cluster["worker"]
+    if (not isinstance(workers, list) or not workers
+            or not all(isinstance(w, str) and ":" in w for w in workers)):
+        raise ValueError(f'TF_CONFIG cluster "worker" must be a non-empty list of "host:port", '
+                         f"got {workers!r}")
+    index = task.get("index")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(workers):
+        raise ValueError(f"TF_CONFIG task index must be in [0, {len(workers) - 1}], got {index!r}")
+    return list(workers), index
+
+
+def make_strategy(name):
+    """The ``tf.distribute`` strategy named ``name`` (:data:`STRATEGY_NAMES`).
+
+    ``"multiworker"`` is a ``MultiWorkerMirroredStrategy`` configured from ``TF_CONFIG``
+    (:func:`parse_tf_config`). It configures the collective ops of the process, which
+    TensorFlow allows only before any other op ran: create it first, before loading the
+    data (``tfrs-linear train`` does), and give the object to :class:`Trainer`."""
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "default":
         return tf.distribute.get_strategy()
-    raise ValueError(f"unknown strategy {name!r}; use 'default' or 'mirrored'")
+    if name == "multiworker":
+        parse_tf_config(os.environ.get("TF_CONFIG"))
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: create the multiworker strategy (make_strategy) before "
+                               "any other TensorFlow op runs") from None
+    raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGY_NAMES)}")
+
+
+def worker_of(strategy):
+    """``(index, count)`` of this process among the strategy's workers: ``(0, 1)`` for a
+    single-process strategy; the chief is worker 0."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 0, 1
+    workers = resolver.cluster_spec().as_dict().get("worker", [])
+    return int(resolver.task_id or 0), max(1, len(workers))
+
+
+def _barrier(strategy):
+    """Waits until every worker got here (an all-reduce); nothing with one worker."""
+    if worker_of(strategy)[1] > 1:
+        ones = strategy.run(lambda: tf.ones([]))
+        strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None).numpy()
 
 
 def _xla_train_step_supported(strategy):
-    """tf-keras cannot compile a whole train step under MirroredStrategy on CPU replicas
-    (``merge_call`` inside XLA): fall back to graph mode there."""
+    """Whether ``fit``'s train step may be one XLA computation under ``strategy``.
+
+    Under the default strategy the whole step (forward, loss, gradients, Adam update) is
+    compiled. With several replicas (``mirrored``, ``multiworker``) the optimizer sums
+    the replicas' gradients in a cross-replica step (``merge_call`` and the collective
+    all-reduce) between the gradients and the update; tf-keras cannot put that inside an
+    XLA computation on CPU replicas, so the train step (and fit's validation step) runs
+    as a graph (``tf.function``) there; on GPU/TPU replicas it stays compiled. The
+    evaluator's query tower (final metrics, ``tfrs-linear evaluate``) is XLA-compiled
+    under every strategy: it runs outside the replicas."""
     if strategy.num_replicas_in_sync <= 1:
         return True
     return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
@@ -107,6 +187,39 @@ class _EpochEnd(tf.keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class _ReplicaMeans(tf.keras.callbacks.Callback):
+    """Under several replicas, tf-keras reduces the outputs of a custom ``train_step`` /
+    ``test_step`` by summing the replicas' (``reduce_per_replica``, ``"sum"``): the
+    epoch's ``loss`` and ``val_*`` would be ``num_replicas`` times the real ones. Given
+    first to ``fit``, this replaces them in the epoch's logs with the metrics'
+    cross-replica results (every replica's updates), so the later callbacks
+    (TensorBoard, the Trainer's, the user's) see the global values. The loss is read
+    when validation starts (``evaluate`` resets the metrics)."""
+
+    def __init__(self):
+        super().__init__()
+        self.loss = None
+
+    def _metrics(self):
+        return {m.name: m for m in self.model.metrics}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.loss = None
+
+    def on_test_begin(self, logs=None):
+        if self.loss is None:  # fit's validation, not a user's evaluate
+            self.loss = float(self._metrics()["loss"].result())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        metrics = self._metrics()
+        if "loss" in logs:
+            logs["loss"] = self.loss if self.loss is not None else float(metrics["loss"].result())
+        for key in [k for k in logs if k.startswith("val_") and k[len("val_"):] in metrics]:
+            logs[key] = float(metrics[key[len("val_"):]].result())
+
+
 class Trainer:
     """Trains a :class:`~tfrs_linear.models.SequentialRetrievalModel` into an output
     directory, resumably.
@@ -146,7 +259,9 @@ class Trainer:
             policy is restored afterwards).
         data: a :class:`~tfrs_linear.data.SequenceData`.
         output: the run directory.
-        strategy: ``"default"`` or ``"mirrored"`` (``tf.distribute.MirroredStrategy``).
+        strategy: a name of :data:`STRATEGY_NAMES` (``"mirrored"``:
+            ``tf.distribute.MirroredStrategy``; ``"multiworker"``: see below) or a
+            ``tf.distribute.Strategy``.
         verbose: Keras ``fit`` verbosity; ``None``: 1 on a terminal, else 2.
         steps_per_epoch: a cap on the batches per epoch (quick runs), ``>= 1``.
         callbacks: more Keras callbacks for ``fit`` (they run after the Trainer's own).
@@ -154,6 +269,18 @@ class Trainer:
             the training clock (``metrics.json``'s ``history``); default: when
             :meth:`run` is called. ``tfrs-linear train`` passes its own start, so that
             loading the data counts.
+
+    Multi-worker (``MultiWorkerMirroredStrategy``, :func:`make_strategy`): every worker
+    runs the same Trainer with the same ``output``, a path all of them can read (a
+    shared file system or ``gs://``). ``batch_size`` is the global batch, split across
+    the replicas. The input is sharded by file (:meth:`ShardedSequences.shard
+    <tfrs_linear.data.sharded.ShardedSequences.shard>`, each worker reads its own
+    shards) when the data is a preprocessed directory with at least as many shards as
+    workers, else by data (every worker reads everything and keeps its part of each
+    global batch: the same global batches as one worker). Only the chief (worker 0)
+    writes ``output``; the others write their checkpoints, weights and logs (TensorFlow
+    saves on every worker) into a temporary directory removed at the end. All workers
+    restore from ``output``'s checkpoint, so starting all of them again resumes.
     """
 
     def __init__(self, model_config, train_config, data, output, strategy="default", verbose=None,
@@ -175,7 +302,11 @@ class Trainer:
         self.precision = train_precision(self.train_config)
         self.data = data
         self.output = Path(output)
-        self.strategy = _strategy(strategy)
+        self.strategy = (strategy if isinstance(strategy, tf.distribute.Strategy)
+                         else make_strategy(strategy))
+        self.worker, self.num_workers = worker_of(self.strategy)
+        self.is_chief = self.worker == 0
+        self.write_dir = self.output  # a temporary directory on the other workers (run)
         self.verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
         self.steps_per_epoch = steps_per_epoch
         self.callbacks = list(callbacks or [])
@@ -200,13 +331,14 @@ class Trainer:
         Does nothing by default."""
 
     # -- setup ------------------------------------------------------------------------
-    def _prepare_output(self):
-        """Checks that ``output`` may take this run, then writes its metadata: the first
-        files of the run, written once the data and the model were found valid."""
-        run_dir.check_resumable(self.output, self.model_config, self.train_config, self.data.vocab)
-        self.output.mkdir(parents=True, exist_ok=True)
-        run_dir.write_metadata(self.output, self.model_config, self.train_config, self.data)
-        _log(f"data: {self.data.describe()}")
+    def _write_metadata(self):
+        """The first files of the run (the chief only), written once the data, the model
+        and ``output`` were found valid, after every worker has read ``output``."""
+        _barrier(self.strategy)
+        if self.is_chief:
+            self.output.mkdir(parents=True, exist_ok=True)
+            run_dir.write_metadata(self.output, self.model_config, self.train_config, self.data)
+            _log(f"data: {self.data.describe()}")
 
     def _build(self):
         """The model, its optimizer and the checkpoint (nothing is written)."""
@@ -221,8 +353,8 @@ class Trainer:
             if self.train_config.xla and not jit:
                 _log(
                     "note: XLA is off for the train step: tf-keras cannot compile a whole "
-                    "train step under MirroredStrategy on CPU replicas (merge_call inside "
-                    "XLA). It stays on for evaluation."
+                    f"train step under {type(self.strategy).__name__} on CPU replicas "
+                    "(merge_call inside XLA). It stays on for evaluation."
                 )
             self.model.compile(optimizer=optimizer, jit_compile=jit)
             optimizer.build(self.model.trainable_variables)
@@ -234,14 +366,17 @@ class Trainer:
         self.evaluator = Evaluator(self.model, self.train_config)
 
     def _restore(self):
+        """Restores the checkpoint of ``output`` (every worker reads the chief's); saves
+        go to ``write_dir``."""
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, str(self.output / run_dir.CHECKPOINTS_DIR), max_to_keep=2
+            self.checkpoint, str(self.write_dir / run_dir.CHECKPOINTS_DIR), max_to_keep=2
         )
+        latest = tf.train.latest_checkpoint(str(self.output / run_dir.CHECKPOINTS_DIR))
         saved = run_dir.read_state(self.output)
-        if not (self.manager.latest_checkpoint and saved is not None and saved["epoch"] > 0):
+        if not (latest and saved is not None and saved["epoch"] > 0):
             return
         checkpoint = self.checkpoint
-        keys = tf.train.load_checkpoint(self.manager.latest_checkpoint).get_variable_to_shape_map()
+        keys = tf.train.load_checkpoint(latest).get_variable_to_shape_map()
         saved_rngs = len({key.split("/")[1] for key in keys if key.startswith("rng/")})
         if saved_rngs < len(self.checkpoint.rng):
             # Written before the dropout RNG (none saved) or the sampler's generator (the
@@ -250,7 +385,7 @@ class Trainer:
                                              epoch=self.epoch_var,
                                              **({"rng": self.checkpoint.rng[:saved_rngs]}
                                                 if saved_rngs else {}))
-        checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+        checkpoint.restore(latest).assert_existing_objects_matched()
         self.state = saved
         self.clock.resume(run_dir.elapsed_seconds(saved))
         if int(self.epoch_var.numpy()) != self.state["epoch"]:
@@ -292,7 +427,7 @@ class Trainer:
         self.state["epoch"] = epoch
         if score > self.state["best"]:
             self.state.update(best=score, best_epoch=epoch, wait=0)
-            run_dir.save_best_weights(self.model, self.output)
+            run_dir.save_best_weights(self.model, self.write_dir)
         else:
             self.state["wait"] += 1
         return record
@@ -300,8 +435,9 @@ class Trainer:
     def _save_epoch(self, epoch):
         """The checkpoint (model, its RNG state, optimizer) and ``state.json``."""
         self.epoch_var.assign(epoch)
-        self.manager.save(checkpoint_number=epoch)
-        run_dir.write_state(self.output, self.state)
+        self.manager.save(checkpoint_number=epoch)  # on every worker (TensorFlow's rule)
+        if self.is_chief:
+            run_dir.write_state(self.output, self.state)
 
     # -- main -------------------------------------------------------------------------
     @property
@@ -310,12 +446,50 @@ class Trainer:
         return (self.state["epoch"] >= self.train_config.epochs
                 or self.state["wait"] > self.train_config.patience)
 
-    def _fit(self):
-        first = self.state["epoch"]
+    def _training_input(self, first):
+        """What ``fit`` trains on from epoch ``first``: :func:`epoch_data.epochs_dataset`'s
+        global batches; with several workers, sharded by file or by data (class
+        docstring)."""
+        if self.num_workers > 1 and isinstance(self.data, ShardedSequences) \
+                and len(self.data.shards) >= self.num_workers:
+            return self._file_sharded_input(first)
         dataset = epoch_data.epochs_dataset(self.data, self.model_config, self.train_config,
                                             first, self.steps)
+        return _shard_by_data(dataset) if self.num_workers > 1 else dataset
+
+    def _file_sharded_input(self, first):
+        """Each worker reads its own shards, ``batch_size / replicas`` examples per
+        replica and step, ``steps`` steps per epoch (a worker whose shards hold fewer
+        examples than its share starts them again), epoch ``e`` shuffled by
+        ``epoch_seed(seed, e)``."""
+        replicas, batch = self.strategy.num_replicas_in_sync, self.train_config.batch_size
+        if batch % replicas:
+            raise ValueError(f"--batch-size {batch} must be a multiple of the {replicas} "
+                             "replicas to split it across workers reading their own shards")
+        max_len, regime = self.model_config.max_len, self.model_config.regime
+        seed0, steps = epoch_data.epoch_seed(self.train_config.seed, 0), self.steps
+        epochs = tf.data.Dataset.range(int(first), int(self.train_config.epochs))
+
+        def per_worker(context):
+            shard = self.data.shard(context.num_input_pipelines, context.input_pipeline_id)
+            take = steps * (replicas // context.num_input_pipelines)
+            shard.lengths  # its counting pass, eagerly (not inside the epochs' graph)
+
+            def one_epoch(epoch):
+                return training_dataset(shard, max_len, batch // replicas, regime=regime,
+                                        seed=tf.cast(epoch, tf.int64) + seed0).repeat().take(take)
+
+            return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+
+        return self.strategy.distribute_datasets_from_function(per_worker)
+
+    def _fit(self):
+        first = self.state["epoch"]
+        dataset = self.training_input
         validation = evaluation_batches(self.data, "valid", self.model_config.max_len,
                                         self.train_config.eval_batch_size)
+        if self.num_workers > 1:
+            validation = _shard_by_data(validation)
         _log(f"training {self.model_config.attention} ({self.model_config.regime}/"
              f"{self.model_config.loss}, max_len {self.model_config.max_len}, xla "
              f"{self.train_config.xla}, {self.precision}) for up to {self.train_config.epochs} "
@@ -323,8 +497,11 @@ class Trainer:
         # tf-keras appends its progress bar after the callbacks given to fit: given here
         # before _EpochEnd, Keras' epoch line ends before the "epoch N:" line starts.
         progbar = [tf.keras.callbacks.ProgbarLogger(count_mode="steps")] if self.verbose else []
+        replicas = [_ReplicaMeans()] if self.strategy.num_replicas_in_sync > 1 else []
         callbacks = [
-            tf.keras.callbacks.TensorBoard(log_dir=str(self.output / "logs"), profile_batch=0),
+            *replicas,
+            tf.keras.callbacks.TensorBoard(log_dir=str(self.write_dir / "logs"),
+                                           profile_batch=0),
             *progbar,
             _EpochEnd(self),
             *self.callbacks,
@@ -334,7 +511,9 @@ class Trainer:
                        callbacks=callbacks, verbose=self.verbose)
 
     def _final_metrics(self):
-        """Restores the best weights, scores valid and test, writes ``metrics.json``."""
+        """Restores the best weights, scores valid and test, writes ``metrics.json`` (the
+        chief; every worker scores, from the chief's best weights)."""
+        _barrier(self.strategy)  # the chief's last weights are written
         if not (self.output / WEIGHTS_DIR).exists():
             raise RuntimeError(f"{self.output}: no epoch completed, nothing to evaluate")
         self.model.load_weights(str(self.output / WEIGHTS_DIR / "model")).expect_partial()
@@ -344,7 +523,8 @@ class Trainer:
         metrics = {"protocol": "full", "exclude_history": bool(exclude_history),
                    "best_epoch": self.state["best_epoch"], "epochs_run": self.state["epoch"],
                    **results, "history": run_dir.metrics_history(self.state)}
-        run_dir.write_metrics(self.output, metrics)
+        if self.is_chief:
+            run_dir.write_metrics(self.output, metrics)
         _log(f"best epoch {self.state['best_epoch']} (full ranking, exclude_history="
              f"{exclude_history}):\n" + format_table(results))
         return metrics
@@ -362,12 +542,28 @@ class Trainer:
         check_full_loss_fits(self.model_config, self.train_config.batch_size, self.data.num_items)
         tf.keras.utils.set_random_seed(self.train_config.seed)
         self._build()
-        self._prepare_output()
-        self._restore()
-        self.on_train_begin(self.state)
-        if not self.finished:
-            self._fit()
-        return self._final_metrics()
+        run_dir.check_resumable(self.output, self.model_config, self.train_config,
+                                self.data.vocab)
+        if not self.is_chief:
+            self.write_dir = Path(tempfile.mkdtemp(prefix=f"tfrs-linear-worker{self.worker}-"))
+        try:
+            self._restore()
+            self.training_input = None if self.finished else self._training_input(self.state["epoch"])
+            self._write_metadata()
+            self.on_train_begin(self.state)
+            if not self.finished:
+                self._fit()
+            return self._final_metrics()
+        finally:
+            if not self.is_chief:
+                shutil.rmtree(self.write_dir, ignore_errors=True)
+
+
+def _shard_by_data(dataset):
+    """``dataset`` auto-sharded by data: each worker keeps its part of every batch."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def train(model_config, train_config, data, output, **kwargs):
@@ -377,4 +573,5 @@ def train(model_config, train_config, data, output, **kwargs):
     return Trainer(model_config, train_config, data, output, **kwargs).run()
 
 
-__all__ = ["Trainer", "TrainingClock", "train"]
+__all__ = ["Trainer", "TrainingClock", "train", "make_strategy", "parse_tf_config", "worker_of",
+           "STRATEGY_NAMES"]
