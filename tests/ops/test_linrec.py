@@ -189,3 +189,62 @@ def test_long_input_has_nothing_quadratic():
         x = tf.random.normal([1, 1, n, 16])
         loss, grads = step(x, x, x, causal)
         assert np.isfinite(loss.numpy()) and all(np.all(np.isfinite(g.numpy())) for g in grads)
+
+
+# ------------------------------------------------- the chunked causal path's pieces
+@pytest.mark.parametrize("n_chunks", [1, 2, 5, 32, 33, 40])
+def test_exclusive_chunk_sum_matches_numpy(n_chunks):
+    """Both branches: the masked matmul (<= 32 chunks) and the cumulative sum (more)."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 3, n_chunks, 4, 5))
+    want = np.cumsum(x, axis=2) - x
+    got = ops.linrec.exclusive_chunk_sum(tf.constant(x)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_exclusive_chunk_sum_with_unknown_chunk_count():
+    x = np.random.default_rng(11).standard_normal((1, 2, 7, 3))
+    fn = tf.function(ops.linrec.exclusive_chunk_sum,
+                     input_signature=[tf.TensorSpec([1, 2, None, 3], tf.float64)])
+    np.testing.assert_allclose(fn(tf.constant(x)).numpy(), np.cumsum(x, axis=2) - x, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,chunk_size", [(80, 2), (70, 1), (64, 32), (65, 32)])
+def test_causal_paper_beyond_32_chunks_and_with_a_partial_chunk(n, chunk_size):
+    """More than 32 chunks (the cumulative-sum branch) and a zero-padded last chunk,
+    against the dense oracle."""
+    rng = np.random.default_rng(12)
+    q, k, v = qkv(rng, b=2, h=2, n=n, d=4, dv=3)
+    mask = random_padding_mask(rng, 2, n)
+    got = ops.linrec_attention(q, k, v, mask=mask, causal=True, chunk_size=chunk_size)
+    np.testing.assert_allclose(got.numpy(), dense_attention(q, k, v, mask, True, "paper"), atol=1e-10)
+
+
+def test_causal_paper_under_xla_with_unknown_length_matches_oracle():
+    rng = np.random.default_rng(13)
+    q, k, v = qkv(rng, b=2, h=1, n=21, d=4, dv=3, dtype=np.float32)
+    mask = random_padding_mask(rng, 2, 21)
+    spec = tf.TensorSpec([2, 1, None, None], tf.float32)
+
+    @tf.function(input_signature=[spec, spec, spec, tf.TensorSpec([2, None], tf.bool)],
+                 jit_compile=True)
+    def step(q, k, v, m):
+        return ops.linrec_attention(q, k, v, mask=m, causal=True, chunk_size=8)
+
+    want = dense_attention(q, k, v, mask, True, "paper")
+    np.testing.assert_allclose(step(q, k, v, mask).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_linear_attention_keeps_its_signature():
+    """``causal_linear_attention(q, k, v, chunk_size)`` (used by the recurrent form) is the
+    plain masked product Σ_{s<=t} (q_t·k_s) v_s."""
+    rng = np.random.default_rng(14)
+    q, k, v = (rng.standard_normal((2, 2, 37, 3)) for _ in range(3))
+    want = np.einsum("bhts,bhse->bhte", np.tril(np.einsum("bhtd,bhsd->bhts", q, k)), v)
+    for chunk_size in (1, 4, 37, 64):
+        got = ops.causal_linear_attention(q, k, v, chunk_size)
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-10)
+    with pytest.raises(ValueError, match="chunk_size"):
+        ops.causal_linear_attention(q, k, v, 0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        ops.linrec_attention(q, k, v, causal=True, chunk_size=0)

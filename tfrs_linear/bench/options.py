@@ -139,7 +139,8 @@ def _add_shape_arguments(parser):
         "--num-blocks", type=int, default=2, help="blocks of the encoder (default 2)"
     )
     parser.add_argument(
-        "--chunk-size", type=int, default=64, help="causal LinRec chunk length"
+        "--chunk-size", type=int, default=32,
+        help="causal LinRec chunk length (default 32, the op's default)"
     )
 
 
