@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from tfrs_linear.config import load_saved_config
-from tfrs_linear.constants import DEFAULT_STREAM_HISTORY
+from tfrs_linear.constants import DEFAULT_STREAM_HISTORY, SCORINGS
 
 HELP = "export a versioned SavedModel for TF Serving"
 
@@ -32,6 +32,16 @@ def add_arguments(parser):
                         "streaming state keeps so that `step` never recommends them; older "
                         "items may come back. An integer >= 0 (default: "
                         f"{STREAM_HISTORY_DEFAULT_TEXT}); 0 with --keep-history")
+    parser.add_argument("--scoring", choices=SCORINGS, default="exact",
+                        help="how the catalogue is scored: exact (the float32 scan, default), "
+                        "exact_copy (the same scan of a float32 copy of the item table: much "
+                        "faster for big catalogues, whose table would otherwise be copied on "
+                        "every request; the export grows by 4*items*d bytes), bf16 (bfloat16 "
+                        "candidates then an exact float32 re-rank; fast only on CPUs/GPUs "
+                        "with fast bfloat16 matmuls)")
+    parser.add_argument("--candidates", type=int, default=None, metavar="C",
+                        help="--scoring bf16 only: candidates re-ranked exactly, >= k "
+                        "(default: max(400, k))")
 
 
 def check(args):
@@ -39,6 +49,9 @@ def check(args):
     a negative R, a positive R with ``--keep-history``, any R for a model that cannot
     stream (read from its ``config.json`` when it is there; a missing model dir is
     reported by :func:`run`)."""
+    if args.candidates is not None and args.scoring != "bf16":
+        raise ValueError("--candidates applies to --scoring bf16 only (the exact scans "
+                         "rank every item); drop it or add --scoring bf16")
     r = args.stream_history
     if r is None:
         return
@@ -64,7 +77,7 @@ def run(args):
     # Deferred: the CLI's --help must not load TensorFlow.
     from tfrs_linear import serving
 
-    extra = {}
+    extra = {"scoring": args.scoring, "candidates": args.candidates}
     if args.stream_history is not None:
         extra["stream_history"] = args.stream_history
     path = serving.export_model_dir(args.model, args.base_path, k=args.k,

@@ -47,7 +47,7 @@ from tfrs_linear.serving.scratch import (
     make_scratch,
     remove_stale_scratch,
 )
-from tfrs_linear.serving.signatures import ServingSignatures
+from tfrs_linear.serving.signatures import ServingSignatures, checked_scoring
 from tfrs_linear.serving.streaming import (
     DEFAULT_STREAM_HISTORY,
     STREAM_SIGNATURES,
@@ -127,7 +127,8 @@ def write_models_config(saved_models_root):
 # --------------------------------------------------------------------------- export
 
 
-def _check_export(base_path, k, exclude_history, stream_history=DEFAULT_STREAM_HISTORY):
+def _check_export(base_path, k, exclude_history, stream_history=DEFAULT_STREAM_HISTORY,
+                  scoring="exact", candidates=None):
     """The model's name (the base path's folder); raises ValueError on a bad argument.
 
     Runs before anything is loaded or created.
@@ -139,6 +140,7 @@ def _check_export(base_path, k, exclude_history, stream_history=DEFAULT_STREAM_H
         )
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"--k must be an integer >= 1, got {k!r}")
+    checked_scoring(scoring, candidates, k)
     if (isinstance(stream_history, bool) or not isinstance(stream_history, (int, np.integer))
             or stream_history < 0):
         raise ValueError(f"--stream-history must be an integer >= 0, got {stream_history!r}")
@@ -165,20 +167,23 @@ def _export_info(built, name, k, model_dir, streaming):
         "vocab_size": built.vocab_size,
         "d_model": built.d_model,
         "signatures": list(SIGNATURES) + (list(STREAM_SIGNATURES) if stream else []),
+        "scoring": built.scoring,
+        "candidates": built.candidates,
         "tensorflow": tf.__version__,
         "tfrs_linear": __version__,
     }
 
 
 def _write_version(scratch, model, vocab, name, k, exclude_history, model_dir,
-                   stream_history):
+                   stream_history, scoring="exact", candidates=None):
     """Writes the SavedModel, its warmup records and export info into
     ``scratch/version``; returns that folder. A streamable model also gets the
     ``encode_state`` and ``step`` signatures (:mod:`tfrs_linear.serving.streaming`)."""
     folder = scratch / SCRATCH_VERSION
     vocab_file = scratch / SCRATCH_VOCAB
     save_vocabulary(vocab, vocab_file)
-    built = ServingSignatures(model, vocab_file, k, exclude_history)
+    built = ServingSignatures(model, vocab_file, k, exclude_history, scoring=scoring,
+                              candidates=candidates)
     signatures = built.signatures()
     streaming = None
     if model.config.is_streamable:
@@ -210,7 +215,7 @@ def _rename_into_place(folder, base_path):
 
 
 def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir=None,
-                 stream_history=DEFAULT_STREAM_HISTORY):
+                 stream_history=DEFAULT_STREAM_HISTORY, scoring="exact", candidates=None):
     """Exports ``model`` as the next version under ``base_path``; returns its path.
 
     Built in a scratch folder ``base_path/.tmp-export-*`` (see
@@ -228,6 +233,12 @@ def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir
       model_dir: the trained model directory, recorded for ``check-serving``.
       stream_history: a streamable model's ``R``: the newest items its streaming state
         keeps for history exclusion (:mod:`tfrs_linear.serving.streaming`).
+      scoring: how the catalogue is scored (:data:`tfrs_linear.constants.SCORINGS`):
+        ``"exact"`` (default), ``"exact_copy"`` (the same scan of a float32 copy of the
+        table that no lookup touches: big catalogues avoid copying the table per request;
+        the export grows by ``4·V·d`` bytes) or ``"bf16"`` (bfloat16 candidates, exact
+        float32 re-rank; fast only where bfloat16 matmuls are).
+      candidates: the bf16 path's candidates ``C`` (default ``max(400, k)``).
 
     Raises:
       ValueError: a bad base path, ``k`` or ``exclude_history``, or a vocabulary that does
@@ -235,7 +246,7 @@ def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir
     """
     base_path = Path(base_path)
     vocab = list(vocab)
-    name = _check_export(base_path, k, exclude_history, stream_history)
+    name = _check_export(base_path, k, exclude_history, stream_history, scoring, candidates)
     if len(vocab) != int(model.vocab_size):
         raise ValueError(f"vocabulary has {len(vocab)} entries but the model has "
                          f"{model.vocab_size}")
@@ -247,7 +258,7 @@ def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir
     scratch = make_scratch(base_path)
     try:
         folder = _write_version(scratch, model, vocab, name, k, exclude_history, model_dir,
-                                stream_history)
+                                stream_history, scoring, candidates)
         target = _rename_into_place(folder, base_path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -256,14 +267,15 @@ def export_model(model, vocab, base_path, k=100, exclude_history=None, model_dir
 
 
 def export_model_dir(model_dir, base_path, k=100, exclude_history=None,
-                     stream_history=DEFAULT_STREAM_HISTORY):
+                     stream_history=DEFAULT_STREAM_HISTORY, scoring="exact", candidates=None):
     """Loads a trained model directory and exports it (see :func:`export_model`).
 
     The export's history default does not follow the run's ``exclude_history`` (an
     evaluation setting): ``None`` excludes history items, ``False`` keeps them. The
     arguments are checked before the model is loaded.
     """
-    _check_export(Path(base_path), k, exclude_history, stream_history)
+    _check_export(Path(base_path), k, exclude_history, stream_history, scoring, candidates)
     model, _, vocab = load_model_dir(model_dir)
     return export_model(model, vocab, base_path, k=k, exclude_history=exclude_history,
-                        model_dir=model_dir, stream_history=stream_history)
+                        model_dir=model_dir, stream_history=stream_history, scoring=scoring,
+                        candidates=candidates)
