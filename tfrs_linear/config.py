@@ -198,7 +198,7 @@ class ModelConfig(_FlatFields):
     dropout: float = encoder_field(0.2, "dropout of the embeddings and of each block")
     attention_dropout: float = encoder_field(0.2, "dropout inside the attention")
     layer_norm_epsilon: float = encoder_field(1e-12, "epsilon of every LayerNorm")
-    chunk_size: int = encoder_field(64, "chunk length of causal LinRec")
+    chunk_size: int = encoder_field(32, "chunk length of causal LinRec")
     num_interests: int = encoder_field(16, "ELASTIC's interest tokens k")
     positions: str = encoder_field(
         "from_end", "learned positions counted from the newest item (from_end), from the "

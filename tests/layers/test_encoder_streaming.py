@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tfrs_linear.layers import SequenceEncoder
 
-VOCAB, MAX_LEN, D = 40, 64, 16
+VOCAB, MAX_LEN, D = 40, 96, 16
 VARIANTS = {
     "linrec-paper": dict(attention="linrec", normalization="paper"),
     "linrec-token": dict(attention="linrec", normalization="token"),

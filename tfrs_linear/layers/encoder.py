@@ -187,7 +187,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         attention_dropout=0.2,
         layer_norm_epsilon=1e-12,
         normalization="paper",
-        chunk_size=64,
+        chunk_size=32,
         num_interests=16,
         recency_bias=False,
         use_memory=False,
@@ -460,13 +460,13 @@ class SequenceEncoder(tf.keras.layers.Layer):
         new_state[STATE_NEWEST] = user
         return new_state, user
 
-    def encode_state(self, item_ids, events_per_step=64, padding=None):
+    def encode_state(self, item_ids, events_per_step=None, padding=None):
         """The state after a whole history; returns ``(state, user_embedding)``.
 
         ``item_ids [B, L]`` padded as ``padding`` (default: the encoder's) says, of ANY
         length (not only ``max_len``): the state covers every event. It runs :meth:`step` on
-        ``events_per_step`` events at a time in one ``tf.while_loop`` (ELASTIC's step
-        costs O(m²) memory in its ``m`` events).
+        ``events_per_step`` events at a time in one ``tf.while_loop`` (default 64 for
+        LinRec, 16 for ELASTIC, whose step costs O(m²) in its ``m`` events).
         """
         self._check_streamable()
         item_ids = tf.convert_to_tensor(item_ids)
@@ -476,7 +476,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         if padding == "left":  # to right-padded: [0 a b] -> [a b 0]
             lengths = tf.reduce_sum(tf.cast(tf.not_equal(item_ids, PAD_INDEX), tf.int32), 1)
             item_ids = tf.reverse_sequence(tf.reverse(item_ids, [1]), lengths, 1, 0)
-        size = int(events_per_step)
+        size = int(events_per_step or (16 if self.attention == "elastic" else 64))
         missing = -tf.shape(item_ids)[1] % size
         ids = tf.pad(item_ids, [[0, 0], [0, missing]])
         batch, steps = tf.shape(ids)[0], tf.shape(ids)[1] // size

@@ -152,7 +152,7 @@ class LinRecAttention(_MHA):
         attention_axes=None,
         normalization="paper",
         causal=False,
-        chunk_size=64,
+        chunk_size=32,
         epsilon=1e-6,
         **kwargs,
     ):

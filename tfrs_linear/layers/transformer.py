@@ -59,7 +59,7 @@ class TransformerBlock(tf.keras.layers.Layer):
         activation="gelu",
         layer_norm_epsilon=1e-12,
         normalization="paper",
-        chunk_size=64,
+        chunk_size=32,
         epsilon=1e-6,
         num_interests=16,
         learned_interests=True,

@@ -276,7 +276,7 @@ class SequentialRetrievalModel(tfrs.Model):
         (``config.is_streamable``), else a ``ValueError`` saying why."""
         return self.encoder.initial_state(batch)
 
-    def encode_state(self, item_ids, events_per_step=64, padding="left"):
+    def encode_state(self, item_ids, events_per_step=None, padding="left"):
         """``(state, user_embedding [B, d] float32)`` after whole histories ``[B, L]``
         (indices padded on the ``padding`` side, any length;
         :meth:`SequenceEncoder.encode_state`)."""

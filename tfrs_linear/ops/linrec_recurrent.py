@@ -170,8 +170,28 @@ def _step_features(state, q, k, v, r, normalization, epsilon):
     return q_eff, k_eff, v, additions
 
 
+def _dense_prefix_sums(q, k, v):
+    """``Σ_{s<=t} (q_t·k_s) v_s`` over the ``m`` new events as one masked ``m x m`` matmul."""
+    m = tf.shape(q)[2]
+    scores = tf.einsum("bhtd,bhsd->bhts", q, k)
+    causal = tf.linalg.band_part(tf.ones([m, m], scores.dtype), -1, 0)
+    return tf.einsum("bhts,bhse->bhte", scores * causal, v)
+
+
+def _prefix_sums(q, k, v, chunk_size):
+    """The causal prefix sums over the new events: dense for at most ``chunk_size`` events
+    (a serving step's one event does not pay for a padded chunk), chunked beyond."""
+    m = q.shape[2]
+    if m is not None:
+        if m <= chunk_size:
+            return _dense_prefix_sums(q, k, v)
+        return causal_linear_attention(q, k, v, chunk_size)
+    return tf.cond(tf.shape(q)[2] <= chunk_size, lambda: _dense_prefix_sums(q, k, v),
+                   lambda: causal_linear_attention(q, k, v, chunk_size))
+
+
 def linrec_step(state, query, key, value, mask=None, normalization="paper", epsilon=1e-6,
-                chunk_size=64):
+                chunk_size=32):
     """Feeds ``m`` new events per user; returns ``(new_state, outputs)``.
 
     Args:
@@ -203,7 +223,7 @@ def linrec_step(state, query, key, value, mask=None, normalization="paper", epsi
         r = float_mask(mask, tf.float32, "mask")
     q_eff, k_eff, v, additions = _step_features(state, q, k, v, r, normalization, epsilon)
     past = tf.einsum("bhtd,bhde->bhte", q_eff, compensated_value(state, "kv_sum"))
-    out = past + causal_linear_attention(q_eff, k_eff, v, chunk_size)
+    out = past + _prefix_sums(q_eff, k_eff, v, chunk_size)
     out = out * r[:, tf.newaxis, :, tf.newaxis]
     new_state = {}
     for name in LINREC_STATE_SUMS[normalization]:
