@@ -49,9 +49,28 @@ What it does (``docs/protocol.md`` is the protocol):
    training seconds ``train_s`` and its validation NDCG@10). ``--plot-only`` draws it
    from an existing ``results.json`` without training (no TensorFlow work).
 
+7. Overrides: ``--set KEY=VALUE`` (repeatable; any ``ModelConfig``/``TrainConfig`` field
+   but the seed, the attention and the precision, which have their own flags),
+   ``--precision float32,mixed_bfloat16,...`` (each (seed, attention) is trained in each
+   listed precision, one right after the other: paired runs under the same load), and
+   ``--max-len``/``--batch-size``/``--epochs`` away from the setting's values. Whatever
+   differs from the setting's own configuration names the run and its result group:
+   ``linrec-seed2020-len50-ep20-mixed_bfloat16`` in setting
+   ``default-len50-ep20-mixed_bfloat16``, ``softmax-seed2020-positions_none`` in
+   ``default-positions_none``; a value equal to the setting's is no override. Results of
+   different overrides are never mixed in one row; the issue's checks are made on the
+   settings without overrides only. The records keep ``base_setting``, ``overrides`` and
+   the 1-minute load average at the start and end of the run.
+8. Precision (issue #14): ``OUT/precision.md`` pairs every run in another precision with
+   the float32 run of the same setting, attention and seed, and reports the best
+   validation NDCG@10 of each, its ratio to float32's (the bar: >= 0.97, all finite) and
+   the training seconds per epoch (ratio to float32's).
+
 Outputs: ``OUT/results.json`` (everything, merged with what earlier invocations wrote
-there), ``OUT/results.md`` (Markdown tables) and ``OUT/valid_ndcg_vs_seconds.png``.
-Progress goes to stdout.
+there), ``OUT/results.md`` (Markdown tables), ``OUT/valid_ndcg_vs_seconds.png`` and,
+when there are paired precision runs, ``OUT/precision.md``. ``--runs-dir`` puts the run
+directories elsewhere than OUT (e.g. ``runs/...`` while OUT is ``docs/quality``);
+``--stop-starting-at HH:MM`` starts no run after that UTC time. Progress goes to stdout.
 
 Usage (from the repository root)::
 
@@ -60,6 +79,11 @@ Usage (from the repository root)::
     PYTHONUNBUFFERED=1 .venv/bin/python scripts/quality_ml100k.py            # 3 seeds + throughput
     PYTHONUNBUFFERED=1 .venv/bin/python scripts/quality_ml100k.py --seeds 2020 \\
         --attentions softmax --base-config models/sasrec-ml100k.json --skip-throughput
+    PYTHONUNBUFFERED=1 .venv/bin/python scripts/quality_ml100k.py --skip-throughput \\
+        --max-len 50 --epochs 20 --precision float32,mixed_bfloat16,mixed_float16 \\
+        --out docs/quality --runs-dir runs/quality-precision          # paired precision runs
+    PYTHONUNBUFFERED=1 .venv/bin/python scripts/quality_ml100k.py --skip-throughput \\
+        --set positions=none --out docs/quality --runs-dir runs/quality-positions
     .venv/bin/python scripts/quality_ml100k.py --report-only     # rewrite results.md
     .venv/bin/python scripts/quality_ml100k.py --out docs/quality --plot-only   # the PNG
 """
@@ -89,9 +113,12 @@ from tfrs_linear import data as data_lib  # noqa: E402
 from tfrs_linear import evaluation  # noqa: E402
 from tfrs_linear import training  # noqa: E402
 from tfrs_linear.config import ModelConfig, TrainConfig, load_config, replace_config, to_flat_dict  # noqa: E402
+from tfrs_linear.constants import PRECISIONS  # noqa: E402
 from tfrs_linear.models import SequentialRetrievalModel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# The package the runs train with (PYTHONPATH may point at a frozen copy of it).
+PACKAGE_DIR = str(Path(data_lib.__file__).resolve().parents[1])
 DEFAULT_DATA = (REPO.parent / "shared" / "data" / "ml-100k" / "ml-100k.inter")
 if not DEFAULT_DATA.exists():
     DEFAULT_DATA = Path("/work/shared/data/ml-100k/ml-100k.inter")
@@ -176,34 +203,78 @@ class TimedTrainer(training.Trainer):
         self._mark = time.perf_counter()
 
 
-def make_config(variant, seed, args, base=None):
+DEFAULT_EPOCHS = 60  # the script's epoch cap; another cap is an override (in the run's name)
+# How an override appears in run and setting names; other keys as KEY_VALUE.
+_NAME_FORMS = {"max_len": "len{}", "batch_size": "batch{}", "epochs": "ep{}", "precision": "{}"}
+
+
+def make_config(variant, seed, args, base=None, overrides=None):
     """``(ModelConfig, TrainConfig)`` of one run: ``base`` (a loaded ``--base-config``, or
-    the defaults) with the variant, the seed and the flags applied."""
+    the defaults) with the variant, the seed, the flags and ``overrides`` (flat config
+    keys, from ``--set``/``--precision``) applied; ``overrides=None`` takes the script's
+    own (``args.overrides``), ``{}`` none of them."""
     model_config, train_config = base if base is not None else (ModelConfig(), TrainConfig())
-    overrides = dict(VARIANTS[variant])
-    overrides.update(seed=seed, epochs=args.epochs)
+    values = dict(VARIANTS[variant])
+    values.update(seed=seed, epochs=args.epochs)
     if base is None:
-        overrides.update(max_len=args.max_len or 200, batch_size=args.batch_size or 128)
+        values.update(max_len=args.max_len or 200, batch_size=args.batch_size or 128)
     else:
         if args.max_len:
-            overrides["max_len"] = args.max_len
+            values["max_len"] = args.max_len
         if args.batch_size:
-            overrides["batch_size"] = args.batch_size
-    return replace_config(model_config, train_config, **overrides)
+            values["batch_size"] = args.batch_size
+    values.update(getattr(args, "overrides", {}) if overrides is None else overrides)
+    return replace_config(model_config, train_config, **values)
 
 
-def setting_name(args):
+def effective_overrides(variant, seed, args, base=None, overrides=None):
+    """``{key: value}`` of the run's configuration that differ from the setting's own
+    (the base configuration with the variant and the seed, at the script's default
+    max_len, batch and epoch cap), in naming order: max_len, batch_size, epochs, the other
+    keys alphabetically, precision last. An override equal to the setting's value is none."""
+    class Plain:
+        max_len = batch_size = None
+        epochs = DEFAULT_EPOCHS
+    reference = make_config(variant, seed, Plain, base, overrides={})
+    effective = make_config(variant, seed, args, base, overrides)
+    ref = {**reference[0].to_dict(), **reference[1].to_dict()}
+    eff = {**effective[0].to_dict(), **effective[1].to_dict()}
+    diff = {k: v for k, v in eff.items() if ref.get(k) != v}
+    first, last = ("max_len", "batch_size", "epochs"), ("precision",)
+    order = [k for k in first if k in diff] + sorted(k for k in diff if k not in first + last) + [
+        k for k in last if k in diff]
+    return {k: diff[k] for k in order}
+
+
+def override_suffix(overrides):
+    """``"-len50-ep20-mixed_bfloat16"`` for ``{"max_len": 50, "epochs": 20, "precision":
+    "mixed_bfloat16"}`` ("" for none): what run and setting names end with."""
+    tokens = []
+    for key, value in overrides.items():
+        text = json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+        token = _NAME_FORMS.get(key, key + "_{}").format(text)
+        tokens.append("".join(c if c.isalnum() or c in "._" else "_" for c in token))
+    return "".join(f"-{t}" for t in tokens)
+
+
+def base_setting_name(args):
     return "default" if not args.base_config else Path(args.base_config).stem
 
 
-def run_name(variant, seed, args):
+def setting_name(args, overrides=None):
+    """The result group: the base setting's name, then the run's overrides."""
+    return base_setting_name(args) + override_suffix(overrides or {})
+
+
+def run_name(variant, seed, args, overrides=None):
     tag = "" if not args.base_config else f"-{Path(args.base_config).stem}"
-    return f"{variant}{tag}-seed{seed}"
+    return f"{variant}{tag}-seed{seed}{override_suffix(overrides or {})}"
 
 
-def summarize_run(name, variant, setting, configs, out_dir, wall_seconds=None):
+def summarize_run(name, variant, setting, configs, out_dir, wall_seconds=None, extra=None):
     """Everything the report needs about one finished run, from its directory;
-    ``configs`` is the run's ``(ModelConfig, TrainConfig)``."""
+    ``configs`` is the run's ``(ModelConfig, TrainConfig)``; ``extra``: further fields of
+    the record (the base setting, the overrides, the load averages)."""
     model_config, train_config = configs
     metrics = json.loads((out_dir / "metrics.json").read_text())
     state = json.loads((out_dir / "checkpoints" / "state.json").read_text())
@@ -246,50 +317,92 @@ def summarize_run(name, variant, setting, configs, out_dir, wall_seconds=None):
         "wall_seconds_this_invocation": None if wall_seconds is None else round(wall_seconds, 1),
         "curve": curve,
         "dir": str(out_dir),
+        **(extra or {}),
     }
     return record
 
 
+def _past_stop_time(args):
+    """Whether ``--stop-starting-at HH:MM`` (UTC, today) has passed: no run starts then."""
+    if not args.stop_starting_at:
+        return False
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%H:%M") >= args.stop_starting_at
+
+
+# Fields of a run's record that its directory does not hold (kept by --report-only).
+_RECORD_EXTRAS = ("base_setting", "overrides", "load_average_start", "load_average_end", "package")
+
+
+def _load_average():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def train_runs(args, data, results):
+    """Trains every (seed, attention, precision) of the flags, in that nesting order, so
+    that the precisions of one seed and attention run one after the other (paired runs
+    under the same load)."""
     base = load_config(args.base_config) if args.base_config else None
-    setting = setting_name(args)
     out = Path(args.out)
+    runs_dir = Path(args.runs_dir) if args.runs_dir else out
     for seed in args.seeds:
         for variant in args.attentions:
-            name = run_name(variant, seed, args)
-            configs = make_config(variant, seed, args, base)
-            model_config, train_config = configs
-            run_dir = out / name
-            n_ex = data_lib.num_training_examples(data, model_config.max_len, model_config.regime)
-            log(f"=== {name}: {variant} ({model_config.attention}/{model_config.normalization}, "
-                f"k={model_config.num_interests}), regime {model_config.regime}, loss "
-                f"{model_config.loss}, causal {model_config.is_causal}, max_len {model_config.max_len}, "
-                f"batch {train_config.batch_size}, lr {train_config.learning_rate}, <= "
-                f"{train_config.epochs} epochs, patience {train_config.patience}; {n_ex} training "
-                f"sequences -> {n_ex // train_config.batch_size} steps/epoch")
-            tf.keras.backend.clear_session()
-            t0 = time.perf_counter()
-            try:
-                TimedTrainer(model_config, train_config, data, run_dir,
-                             verbose=2 if args.keras_verbose else 0).run()
-            except Exception as e:  # keep going with the other runs; the error is reported
-                log(f"!!! {name} failed: {type(e).__name__}: {e}")
-                traceback.print_exc()
-                results["runs"][name] = {"run": name, "variant": variant, "setting": setting,
-                                         "seed": seed, "error": f"{type(e).__name__}: {e}"}
-                write_outputs(results, out)
-                continue
-            wall = time.perf_counter() - t0
-            rec = summarize_run(name, variant, setting, configs, run_dir, wall)
-            results["runs"][name] = rec
-            log(f"=== {name} done in {wall:.0f} s: test ndcg@10 {rec['test']['ndcg@10']:.4f} "
-                f"hr@10 {rec['test']['hr@10']:.4f} mrr@10 {rec['test']['mrr@10']:.4f}; best epoch "
-                f"{rec['best_epoch']}/{rec['epochs_run']} ({rec['stopped_by']}); training "
-                f"{rec['train_seconds_total']:.0f} s; valid target {VALID_TARGET} "
-                + (f"reached at epoch {rec['epoch_valid_target_reached']} after "
-                   f"{rec['train_seconds_to_valid_target']:.0f} s" if rec['epoch_valid_target_reached']
-                   else "not reached"))
-            write_outputs(results, out)
+            for precision in args.precision or [None]:
+                if _past_stop_time(args):
+                    log(f"--stop-starting-at {args.stop_starting_at} UTC passed: no further run started")
+                    return
+                overrides = dict(args.overrides)
+                if precision is not None:
+                    overrides["precision"] = precision
+                _train_one(args, data, results, variant, seed, base, overrides, runs_dir)
+
+
+def _train_one(args, data, results, variant, seed, base, overrides, runs_dir):
+    """One run (resumed if its directory holds an unfinished one), recorded in ``results``."""
+    out = Path(args.out)
+    changed = effective_overrides(variant, seed, args, base, overrides)
+    name, setting = run_name(variant, seed, args, changed), setting_name(args, changed)
+    configs = make_config(variant, seed, args, base, overrides)
+    model_config, train_config = configs
+    run_dir = runs_dir / name
+    n_ex = data_lib.num_training_examples(data, model_config.max_len, model_config.regime)
+    log(f"=== {name}: {variant} ({model_config.attention}/{model_config.normalization}, "
+        f"k={model_config.num_interests}), regime {model_config.regime}, loss "
+        f"{model_config.loss}, causal {model_config.is_causal}, max_len {model_config.max_len}, "
+        f"batch {train_config.batch_size}, lr {train_config.learning_rate}, <= "
+        f"{train_config.epochs} epochs, patience {train_config.patience}, precision "
+        f"{train_config.precision}; overrides {changed or 'none'}; {n_ex} training "
+        f"sequences -> {n_ex // train_config.batch_size} steps/epoch")
+    extra = {"base_setting": base_setting_name(args), "overrides": changed,
+             "load_average_start": _load_average(), "package": PACKAGE_DIR}
+    tf.keras.backend.clear_session()
+    t0 = time.perf_counter()
+    try:
+        TimedTrainer(model_config, train_config, data, run_dir,
+                     verbose=2 if args.keras_verbose else 0).run()
+    except Exception as e:  # keep going with the other runs; the error is reported
+        log(f"!!! {name} failed: {type(e).__name__}: {e}")
+        traceback.print_exc()
+        results["runs"][name] = {"run": name, "variant": variant, "setting": setting,
+                                 "seed": seed, "error": f"{type(e).__name__}: {e}", **extra}
+        write_outputs(results, out)
+        return
+    wall = time.perf_counter() - t0
+    extra["load_average_end"] = _load_average()
+    rec = summarize_run(name, variant, setting, configs, run_dir, wall, extra)
+    results["runs"][name] = rec
+    log(f"=== {name} done in {wall:.0f} s: test ndcg@10 {rec['test']['ndcg@10']:.4f} "
+        f"hr@10 {rec['test']['hr@10']:.4f} mrr@10 {rec['test']['mrr@10']:.4f}; best epoch "
+        f"{rec['best_epoch']}/{rec['epochs_run']} ({rec['stopped_by']}); training "
+        f"{rec['train_seconds_total']:.0f} s; valid target {VALID_TARGET} "
+        + (f"reached at epoch {rec['epoch_valid_target_reached']} after "
+           f"{rec['train_seconds_to_valid_target']:.0f} s" if rec['epoch_valid_target_reached']
+           else "not reached") + f"; load average {extra['load_average_start']} -> "
+        f"{extra['load_average_end']}")
+    write_outputs(results, out)
 
 
 def most_popular(data, max_len):
@@ -417,7 +530,12 @@ ANCHOR_CONFIGS = ("sasrec-ml100k", "linrec-ml100k", "linrec-paper-ml100k", "elas
 
 
 def _setting(rec):
-    return ANCHOR_SETTING if rec["setting"] in ANCHOR_CONFIGS else rec["setting"]
+    """The result group of a run: its setting (the base setting and the overrides' suffix),
+    the anchor's reference configurations being one base setting."""
+    base = rec.get("base_setting", rec["setting"])
+    if base in ANCHOR_CONFIGS:
+        return ANCHOR_SETTING + rec["setting"][len(base):]
+    return rec["setting"]
 
 
 def summarize(results):
@@ -446,7 +564,8 @@ def summarize(results):
                                             list(VARIANTS).index(kv[0][1]))):
         recs = sorted(recs, key=lambda r: r["seed"])
         row = {"setting": setting, "variant": variant, "seed_set": seed_set,
-               "seeds": [r["seed"] for r in recs], "n": len(recs)}
+               "seeds": [r["seed"] for r in recs], "n": len(recs),
+               "overrides": recs[0].get("overrides", {})}
         for split in ("test", "valid"):
             for m in METRICS:
                 mean, sd = _mean_sd([r[split][m] for r in recs])
@@ -465,7 +584,9 @@ def summarize(results):
 def checks(summary):
     out = []
     for seed_set in ("issue", "all"):
-        rows = {(r["setting"], r["variant"]): r for r in summary if r["seed_set"] == seed_set}
+        # The issue's bar is about the settings themselves, not their overridden variants.
+        rows = {(r["setting"], r["variant"]): r for r in summary
+                if r["seed_set"] == seed_set and not r.get("overrides")}
         for c in _checks_of(rows):
             c["seed_set"] = seed_set
             out.append(c)
@@ -580,6 +701,11 @@ def _md_header(results):
     lines.append(f"- setting `{ANCHOR_SETTING}`: the RecBole anchor's setting (regime `last` with prefix "
                  "augmentation, max_len 50, batch 512, patience 5), loaded from the reference configuration "
                  "of each attention; those files differ only in the attention.")
+    lines.append("- a setting name with a suffix is that setting with overrides, named after them: `-len50` "
+                 "max_len 50, `-ep20` an epoch cap of 20 (instead of 60), `-mixed_bfloat16`/`-mixed_float16` "
+                 "the precision, `-KEY_VALUE` any other configuration field (e.g. `-positions_none`); the "
+                 "checks below are made on settings without overrides only; the paired precision runs are "
+                 f"compared in {PRECISION_FILE}.")
     lines.append("")
     return lines
 
@@ -747,6 +873,164 @@ def _md_throughput(results):
     return lines
 
 
+# ------------------------------------------------------------------- precision report
+
+PRECISION_FILE = "precision.md"
+# The report's order of the precisions (the columns of precision.md).
+PRECISION_ORDER = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def _precision(rec):
+    return rec.get("config", {}).get("precision", "float32")
+
+
+def _steady_seconds_per_epoch(rec):
+    """Median training seconds of the epochs after the first (the first compiles)."""
+    times = [p["train_s"] for p in rec.get("curve", []) if p["epoch"] > 1 and p.get("train_s") is not None]
+    return statistics.median(times) if times else None
+
+
+def _all_finite(rec):
+    values = [p["loss"] for p in rec["curve"]] + [p["valid_ndcg@10"] for p in rec["curve"]]
+    values += list(rec["test"].values()) + list(rec["valid"].values())
+    return all(isinstance(v, (int, float)) and np.isfinite(v) for v in values)
+
+
+def precision_pairs(results):
+    """The paired precision runs: ``{(setting without the precision, variant, seed):
+    {precision: record}}`` for every (setting, variant, seed) that has a float32 run and
+    at least one run in another precision (same configuration otherwise)."""
+    groups = {}
+    for rec in results.get("runs", {}).values():
+        if "error" in rec or "overrides" not in rec:
+            continue
+        rest = {k: v for k, v in rec["overrides"].items() if k != "precision"}
+        setting = rec.get("base_setting", "default") + override_suffix(rest)
+        groups.setdefault((setting, rec["variant"], rec["seed"]), {})[_precision(rec)] = rec
+    return {k: v for k, v in sorted(groups.items(), key=lambda kv: (
+        kv[0][0], list(VARIANTS).index(kv[0][1]), kv[0][2])) if "float32" in v and len(v) > 1}
+
+
+def _ratio(x, y):
+    return None if x is None or y in (None, 0) else x / y
+
+
+def _precision_pair_rows(pairs):
+    """One Markdown row per (setting, variant, seed) of :func:`precision_pairs`."""
+    rows = []
+    for (setting, variant, seed), by in pairs.items():
+        f32 = by["float32"]
+        cells = [setting, variant, str(seed), f"{f32['valid']['ndcg@10']:.4f} ({f32['best_epoch']}/{f32['epochs_run']})"]
+        for p in PRECISION_ORDER[1:]:
+            r = by.get(p)
+            if r is None:
+                cells += ["–", "–"]
+                continue
+            ratio = _ratio(r["valid"]["ndcg@10"], f32["valid"]["ndcg@10"])
+            mark = "" if ratio >= 1 - RELATIVE_TOLERANCE else " **(below 0.97)**"
+            cells += [f"{r['valid']['ndcg@10']:.4f} ({r['best_epoch']}/{r['epochs_run']})", f"{ratio:.3f}{mark}"]
+        s32 = _steady_seconds_per_epoch(f32)
+        cells.append("–" if s32 is None else f"{s32:.1f}")
+        for p in PRECISION_ORDER[1:]:
+            r = by.get(p)
+            sp = None if r is None else _steady_seconds_per_epoch(r)
+            cells.append("–" if sp is None else f"{sp:.1f} ({_ratio(sp, s32):.2f}x)")
+        cells.append("yes" if all(_all_finite(r) for r in by.values()) else "**no**")
+        loads = [f"{r.get('load_average_start', ['?'])[0]}→{(r.get('load_average_end') or ['?'])[0]}"
+                 for p, r in sorted(by.items(), key=lambda kv: PRECISION_ORDER.index(kv[0]))]
+        cells.append(", ".join(loads))
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def _precision_mean_rows(pairs):
+    """Per (setting, attention, precision): means over the seeds of the pairs."""
+    rows = []
+    keys = sorted({(s, v) for (s, v, _) in pairs}, key=lambda k: (k[0], list(VARIANTS).index(k[1])))
+    for setting, variant in keys:
+        group = [by for (s, v, _), by in pairs.items() if (s, v) == (setting, variant)]
+        for p in PRECISION_ORDER:
+            recs = [(by[p], by["float32"]) for by in group if p in by]
+            if not recs:
+                continue
+            mean, sd = _mean_sd([r["valid"]["ndcg@10"] for r, _ in recs])
+            ratios = [_ratio(r["valid"]["ndcg@10"], f["valid"]["ndcg@10"]) for r, f in recs]
+            tmean, tsd = _mean_sd([r["test"]["ndcg@10"] for r, _ in recs])
+            speed = [_ratio(_steady_seconds_per_epoch(r), _steady_seconds_per_epoch(f)) for r, f in recs]
+            secs = [_steady_seconds_per_epoch(r) for r, _ in recs]
+            finite = all(_all_finite(r) for r, _ in recs)
+            met = finite and all(x >= 1 - RELATIVE_TOLERANCE for x in ratios)
+            verdict = "–" if p == "float32" else ("met" if met else "**missed**")
+            rows.append(
+                f"| {setting} | {variant} | {p} | {','.join(str(r['seed']) for r, _ in recs)} | "
+                f"{_fmt(mean, sd)} | {statistics.mean(ratios):.3f} (min {min(ratios):.3f}) | {_fmt(tmean, tsd)} | "
+                f"{statistics.mean(x for x in secs if x is not None):.1f} | "
+                f"{statistics.mean(x for x in speed if x is not None):.2f}x | {'yes' if finite else '**no**'} | {verdict} |")
+    return rows
+
+
+def _precision_setting_text(pairs):
+    """The setting(s) of the pairs, in words, and the command that reproduces them."""
+    lines = []
+    for setting in sorted({s for (s, _, _) in pairs}):
+        recs = [r for (s, _, _), by in pairs.items() if s == setting for r in by.values()]
+        c = recs[0]["config"]
+        rest = {k: v for k, v in recs[0]["overrides"].items() if k != "precision"}
+        variants = ",".join(v for v in VARIANTS if any(r["variant"] == v for r in recs))
+        seeds = ",".join(str(x) for x in sorted({r["seed"] for r in recs}))
+        precisions = ",".join(p for p in PRECISION_ORDER if any(_precision(r) == p for r in recs))
+        flags = []
+        for key, value in rest.items():
+            flag = {"max_len": "--max-len", "batch_size": "--batch-size", "epochs": "--epochs"}.get(key)
+            flags.append(f"{flag} {value}" if flag else f"--set {key}={json.dumps(value) if not isinstance(value, str) else value}")
+        lines.append(f"- setting `{setting}`: the `default` setting (regime {c['regime']}, full-catalogue CE, "
+                     f"hidden {c['d_model']}, {c['num_layers']} layers, {c['num_heads']} heads, dropout {c['dropout']}, "
+                     f"Adam {c['learning_rate']}, batch {c['batch_size']}, patience {c['patience']}) at max_len "
+                     f"{c['max_len']} with an epoch cap of {c['epochs']} (the default is max_len 200, cap 60: "
+                     "reduced so that 27 runs fit the time on 2 shared cores), the same for every precision.")
+        lines.append("- reproduce: `nice -n 5 .venv/bin/python scripts/quality_ml100k.py --skip-throughput "
+                     f"--attentions {variants} --seeds {seeds} {' '.join(flags)} --precision {precisions} "
+                     "--out docs/quality --runs-dir runs/quality-precision` (each seed and attention trains "
+                     "its precisions one after the other; an interrupted run resumes), then "
+                     "`.venv/bin/python scripts/quality_ml100k.py --out docs/quality --report-only`.")
+    return lines
+
+
+def render_precision(results):
+    """``precision.md``: the paired precision runs (issue #14), or None when there are none."""
+    pairs = precision_pairs(results)
+    if not pairs:
+        return None
+    lines = ["# Mixed precision on ml-100k: paired runs (issue #14)", "",
+             f"- updated {results.get('updated')}; machine: {results.get('settings', {}).get('machine')}; "
+             "each training process alone of its kind but the 2 cores shared with other work (the load "
+             "average column: 1-minute load at the start → end of each run, float32 first).",
+             "- pairs: the same setting and seed (same data order and initial weights draw), only the Keras "
+             "dtype policy differs (`mixed_float16` with a dynamic loss scale); best validation NDCG@10 "
+             "(full ranking, docs/protocol.md) at the best epoch (best / epochs run), ratio = this "
+             "precision's / float32's of the same seed. The bar: every ratio ≥ 0.97 and every loss and "
+             "metric finite.",
+             "- s/epoch: median training seconds of the epochs after the first (the first includes the "
+             "XLA compilation); the ratio is to float32's of the same seed. CPU only: bfloat16 and float16 "
+             "matmuls have no native support on this CPU, so these are not GPU speed-ups."]
+    packages = sorted({r.get("package", "?") for by in pairs.values() for r in by.values()})
+    lines.append(f"- package the runs trained with: {', '.join(f'`{x}`' for x in packages)}.")
+    lines += _precision_setting_text(pairs)
+    lines += ["", "## Per seed", "",
+              "| setting | attention | seed | float32 valid NDCG@10 (best/run) | mixed_bfloat16 | ratio | "
+              "mixed_float16 | ratio | float32 s/epoch | mixed_bfloat16 s/epoch | mixed_float16 s/epoch | "
+              "all finite | load average |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += _precision_pair_rows(pairs)
+    lines += ["", "## Mean over seeds", "",
+              "| setting | attention | precision | seeds | valid NDCG@10 | ratio to float32 (mean, min) | "
+              "test NDCG@10 | s/epoch | s/epoch vs float32 | all finite | bar (every ratio ≥ 0.97, finite) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += _precision_mean_rows(pairs)
+    lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def render_markdown(results):
     """``results.md``: the report's sections in order (each empty when it has no data)."""
     lines = []
@@ -778,6 +1062,9 @@ def write_outputs(results, out):
     tmp.write_text(json.dumps(results, indent=1) + "\n")
     os.replace(tmp, out / "results.json")
     (out / "results.md").write_text(render_markdown(results))
+    precision = render_precision(results)
+    if precision is not None:
+        (out / PRECISION_FILE).write_text(precision)
     plot_curves(results, out / PLOT_FILE)
 
 
@@ -889,7 +1176,19 @@ def parse_args(argv=None):
     p.add_argument("--max-len", type=int, default=None, help="default 200 (or the --base-config's)")
     p.add_argument("--batch-size", type=int, default=None, help="default 128 (or the --base-config's)")
     p.add_argument("--base-config", help="train in this models/*.json setting instead of the default configuration")
+    p.add_argument("--precision", type=names, default=None,
+                   help=f"comma-separated, of {','.join(PRECISIONS)}: train each (seed, attention) "
+                        "in each of these precisions, one after the other (paired runs); a precision "
+                        "other than float32 is an override (named in the run and its result group)")
+    p.add_argument("--set", dest="set_values", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a ModelConfig/TrainConfig field (repeatable; VALUE is read as "
+                        "JSON when it parses, e.g. 50, true, 0.1, else as a string): the runs and "
+                        "their result group are named after it (e.g. linrec-seed2020-positions_none)")
     p.add_argument("--out", default="runs/quality", help="output folder (default runs/quality)")
+    p.add_argument("--runs-dir", default=None,
+                   help="where the run directories go (default: OUT), e.g. runs/x while OUT is docs/quality")
+    p.add_argument("--stop-starting-at", default=None, metavar="HH:MM",
+                   help="start no run after this UTC time (a run already going finishes)")
     p.add_argument("--throughput-only", action="store_true", help="only the throughput measurement")
     p.add_argument("--skip-throughput", action="store_true", help="no throughput measurement")
     p.add_argument("--report-only", action="store_true", help="rewrite results.md from results.json")
@@ -906,7 +1205,48 @@ def parse_args(argv=None):
         p.error(f"unknown attention(s) {bad}; choose from {list(VARIANTS)}")
     if args.throughput_only and args.skip_throughput:
         p.error("--throughput-only and --skip-throughput exclude each other")
+    bad = [x for x in args.precision or [] if x not in PRECISIONS]
+    if bad:
+        p.error(f"--precision: unknown {bad}; choose from {list(PRECISIONS)}")
+    if args.stop_starting_at and not _is_hh_mm(args.stop_starting_at):
+        p.error(f"--stop-starting-at: expected HH:MM (UTC), got {args.stop_starting_at!r}")
+    try:
+        args.overrides = parse_overrides(args.set_values)
+    except ValueError as e:
+        p.error(str(e))
     return args
+
+
+def _is_hh_mm(text):
+    parts = text.split(":")
+    return (len(parts) == 2 and all(len(x) == 2 and x.isdigit() for x in parts)
+            and int(parts[0]) < 24 and int(parts[1]) < 60)
+
+
+# Keys a --set may not change: the script sets them per run (--seeds, --attentions) or by
+# their own flag.
+_NOT_SETTABLE = {"seed": "--seeds", "attention": "--attentions", "precision": "--precision"}
+
+
+def parse_overrides(items):
+    """``{key: value}`` from ``--set KEY=VALUE`` items (VALUE as JSON when it parses,
+    else a string), checked against the configuration classes (unknown keys and values of
+    the wrong type are refused)."""
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        if key in _NOT_SETTABLE:
+            raise ValueError(f"--set: {key} is set by {_NOT_SETTABLE[key]}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        overrides[key] = value
+    replace_config(ModelConfig(), TrainConfig(), **overrides)  # raises ValueError naming the key
+    return overrides
 
 
 def main(argv=None):
@@ -929,8 +1269,9 @@ def main(argv=None):
             run_dir = Path(rec.get("dir", out / name))
             if "error" not in rec and (run_dir / "metrics.json").exists():
                 configs = load_config(run_dir / "config.json")
+                extra = {k: rec[k] for k in _RECORD_EXTRAS if k in rec}
                 results["runs"][name] = summarize_run(name, rec["variant"], rec["setting"], configs, run_dir,
-                                                      rec.get("wall_seconds_this_invocation"))
+                                                      rec.get("wall_seconds_this_invocation"), extra)
         write_outputs(results, out)
         print_summary(results)
         return 0
@@ -943,7 +1284,8 @@ def main(argv=None):
     }
     data = data_lib.load_dataset(args.data)
     log(data.describe())
-    if not args.throughput_only:
+    if not args.throughput_only and ("most_popular" not in results or not args.precision
+                                     and not args.overrides and not args.max_len):
         results["most_popular"] = most_popular(data, args.max_len or 200)
         mp = results["most_popular"]["test"]
         log(f"most-popular: test NDCG@10 {mp['ndcg@10']:.4f} HR@10 {mp['hr@10']:.4f} MRR@10 {mp['mrr@10']:.4f} "
