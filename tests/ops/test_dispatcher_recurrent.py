@@ -131,7 +131,7 @@ def test_steps_equal_the_causal_op(variant, mode):
                     steps=10, m=None)
 
 
-@pytest.mark.parametrize("m", (1, 2, 3, 4, 5))
+@pytest.mark.parametrize("m", (1, 3, 5))
 @pytest.mark.parametrize("variant", ("plain", "recency+bias"))
 def test_fifty_steps_of_m_events_in_xla(variant, m):
     dispatcher_case(variant, "xla", seed=40 + m, steps=50, m=m, batch=3, heads=1, n_g=2)
