@@ -239,16 +239,19 @@ class ServingSignatures:
             tf.stack([batch, tf.constant(max_len, tf.int64)]),
         )
         padded = tf.reshape(padded, [-1, max_len])
-        history = None
-        if self.exclude_history:
-            seen = tf.where(valid)
-            hits = tf.scatter_nd(
-                tf.stack([seen[:, 0], tf.gather_nd(ids, seen)], axis=1),
-                tf.ones(tf.shape(seen)[:1], tf.float32),
-                tf.stack([batch, tf.constant(self.vocab_size, tf.int64)]),
-            )
-            history = hits > 0.0
+        history = self.history_mask(ids, valid) if self.exclude_history else None
         return padded, history
+
+    def history_mask(self, ids, valid):
+        """``[B, V]`` bool: True at every index of ``ids [B, L]`` where ``valid``."""
+        seen = tf.where(valid)
+        hits = tf.scatter_nd(
+            tf.stack([seen[:, 0], tf.cast(tf.gather_nd(ids, seen), tf.int64)], axis=1),
+            tf.ones(tf.shape(seen)[:1], tf.float32),
+            tf.stack([tf.shape(ids, out_type=tf.int64)[0],
+                      tf.constant(self.vocab_size, tf.int64)]),
+        )
+        return hits > 0.0
 
     def encode_raw(self, item_ids):
         """Raw ids [B, L] → (user embeddings [B, d] float32, history mask or ``None``)."""

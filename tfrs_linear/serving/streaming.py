@@ -135,7 +135,7 @@ class StreamingSignatures:
         recent = _newest(tf.concat([state[STATE_RECENT], indices], axis=1), self.history_size)
         history = None
         if self._serving.exclude_history:
-            history = self._history_mask(recent)
+            history = self._serving.history_mask(recent, tf.not_equal(recent, PAD_INDEX))
         top = self._serving.rank(user, history)
         return {**new_state, STATE_FINGERPRINT: state[STATE_FINGERPRINT],
                 STATE_RECENT: recent, "user_embedding": user, **top}
@@ -149,15 +149,6 @@ class StreamingSignatures:
         ids = tf.where(valid, tf.cast(ids, tf.int32), tf.zeros_like(ids, tf.int32))
         order = tf.argsort(tf.cast(tf.logical_not(valid), tf.int32), axis=1, stable=True)
         return tf.gather(ids, order, batch_dims=1)
-
-    def _history_mask(self, recent):
-        """``[B, V]`` bool: True at the indices in ``recent`` (padding 0 included, unused)."""
-        batch = tf.shape(recent, out_type=tf.int64)[0]
-        rows = tf.repeat(tf.range(batch), tf.shape(recent, out_type=tf.int64)[1])
-        cols = tf.reshape(tf.cast(recent, tf.int64), [-1])
-        hits = tf.scatter_nd(tf.stack([rows, cols], axis=1), tf.ones_like(cols, tf.float32),
-                             tf.stack([batch, tf.constant(self._serving.vocab_size, tf.int64)]))
-        return hits > 0.0
 
     def _checked_state(self, state):
         """The state after run-time checks: every tensor's shape, one batch size, and the
