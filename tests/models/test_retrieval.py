@@ -117,6 +117,29 @@ def test_sampled_loss_trains_xla_compiled_in_regime_all(tiny_data):
     assert full_loss() < before - 0.1
 
 
+@pytest.mark.parametrize("regime", ["all", "last"])
+def test_the_sampled_loss_gives_the_item_table_a_sparse_gradient(regime):
+    """A million-item table must not get a dense [V, d] gradient per position (the map_fn
+    over positions once gathered the targets' rows inside the loop: hours per epoch)."""
+    config = ModelConfig(attention="linrec", regime=regime, loss="sampled", dropout=0.0,
+                         attention_dropout=0.0, **TINY_MODEL)
+    model = SequentialRetrievalModel(config, vocab_size=50).build_all()
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(2, 50, (3, 12)).astype(np.int32)
+    targets = rng.integers(2, 50, (3, 12) if regime == "all" else (3,)).astype(np.int32)
+    table = model.candidate_embedding.embeddings
+
+    @tf.function
+    def gradient():
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss({"inputs": inputs, "targets": targets}, training=True)
+        return tape.gradient(loss, table)
+
+    sparse = gradient()
+    assert isinstance(sparse, tf.IndexedSlices)
+    assert np.all(np.isfinite(sparse.values.numpy()))
+
+
 @pytest.mark.parametrize("source", ["legacy", "generator"])
 def test_log_uniform_sampler_matches_its_probabilities(source):
     kwargs = {"generator": tf.random.Generator.from_seed(5)} if source == "generator" else {}

@@ -357,9 +357,9 @@ class SequentialRetrievalModel(tfrs.Model):
         top = log_uniform_probability(0, catalogue)
 
         def block(args):
-            q, t, w = args
+            q, t, w, positives = args
             ids = tf.concat([t, negatives], axis=0)
-            candidates = tf.concat([tf.gather(table, t), negative_embeddings], axis=0)
+            candidates = tf.concat([positives, negative_embeddings], axis=0)
             probability = log_uniform_probability(tf.maximum(ids - NUM_RESERVED, 0), catalogue) / top
             real = tf.broadcast_to(ids[tf.newaxis, :] > OOV_INDEX, [tf.shape(q)[0], tf.shape(ids)[0]])
             return self.task(
@@ -373,11 +373,16 @@ class SequentialRetrievalModel(tfrs.Model):
                 score_mask=real,
             )
 
+        # The targets' rows are gathered here, outside the loop: a gather of the captured
+        # table inside tf.map_fn would make the table's gradient a dense [V, d] sum per
+        # position (hours per epoch at a million items); out here it stays IndexedSlices.
+        positives = tf.gather(table, targets)
         if queries.shape.rank == 2:
-            return block((queries, targets, weights))
+            return block((queries, targets, weights, positives))
         per_position = tf.map_fn(
             block,
-            (tf.transpose(queries, [1, 0, 2]), tf.transpose(targets), tf.transpose(weights)),
+            (tf.transpose(queries, [1, 0, 2]), tf.transpose(targets), tf.transpose(weights),
+             tf.transpose(positives, [1, 0, 2])),
             fn_output_signature=tf.TensorSpec([], tf.float32),
         )
         return tf.reduce_sum(per_position)
