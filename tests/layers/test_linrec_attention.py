@@ -131,6 +131,41 @@ def test_mixed_precision(policy, float32_policy):
     np.testing.assert_allclose(out.numpy().astype(np.float32), want, atol=tol * 10, rtol=tol)
 
 
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_gradients_follow_float32s(policy, float32_policy):
+    """Low-precision key projections land on exactly zero where their matmul and a trained
+    bias cancel, and the causal prefix norms' gradient there is ~1/epsilon: bfloat16
+    training got every gradient below the attention 30-700x too large. Keys are computed
+    in float32 under mixed policies, so the gradients stay those of float32."""
+    rng = np.random.default_rng(13)
+    x = tf.constant(rng.normal(size=[32, 16, 32]), tf.float32)
+    mask = tf.constant(random_padding_mask(rng, 32, 16))
+    ref = LinRecAttention(num_heads=2, key_dim=16, causal=True)
+    ref(x, x)
+    weights = ref.get_weights()
+    # A trained model's key bias (zero at initialisation), of the projections' scale.
+    weights[3] = rng.normal(scale=0.5, size=weights[3].shape).astype(np.float32)
+    ref.set_weights(weights)
+    tf.keras.mixed_precision.set_global_policy(policy)
+    layer = LinRecAttention(num_heads=2, key_dim=16, causal=True)
+    layer(x, x)
+    layer.set_weights(weights)
+    assert layer._key_dense.compute_dtype == "float32"
+    assert layer._query_dense.compute_dtype == policy.split("_")[1]
+
+    def grads(attention):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.cast(attention(x, x, attention_mask=mask), tf.float32)
+            loss = tf.reduce_sum(y * tf.sin(tf.range(32, dtype=tf.float32)))
+        return [tf.convert_to_tensor(g).numpy() for g in
+                tape.gradient(loss, [x] + attention.trainable_variables)]
+
+    for want, got in zip(grads(ref), grads(layer)):
+        assert np.all(np.isfinite(got))
+        assert np.linalg.norm(got - want) <= 0.1 * np.linalg.norm(want)
+
+
 def test_attention_hook_gets_masks_and_flags_as_arguments_and_no_state_is_kept():
     """A subclass overriding the documented `_compute_attention` hook receives the
     padding masks, the causal flag and the scores request as arguments; calls with
