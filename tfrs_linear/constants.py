@@ -29,6 +29,8 @@ SCORINGS = ("exact", "exact_copy", "bf16")
 LOSSES = ("full", "sampled")
 # Numeric precision of a training run: float32, or a Keras mixed-precision policy.
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+#: ``TrainConfig.optimizer``: Adam, or Adam with row-wise updates of sparse gradients.
+OPTIMIZERS = ("adam", "lazy_adam")
 # Interaction file formats (tfrs_linear.data.readers parses them), "auto" (guess), and
 # the output directory of pipelines/preprocess.py.
 FILE_FORMATS = ("recbole", "movielens", "udata", "sasrec", "csv")

@@ -13,6 +13,9 @@
 ``epoch_data``
     Training batches shuffled per epoch from (seed, epoch): a resumed run sees the same
     batches as an uninterrupted one.
+``lazy_adam``
+    :class:`LazyAdam`: Adam on the rows a sparse gradient touches (``--optimizer
+    lazy_adam``; the item table of a large catalogue under the sampled loss).
 ``model_scope``
     The dtype policy and the checkpointed random generators a model is built under.
 ``run_dir``
@@ -47,6 +50,7 @@ from tfrs_linear.training.evaluator import (  # noqa: E402
     format_table,
     make_encode_fn,
 )
+from tfrs_linear.training.lazy_adam import LazyAdam  # noqa: E402
 from tfrs_linear.training.trainer import Trainer, train  # noqa: E402
 from tfrs_linear.training.fit_model import FitRetrievalModel  # noqa: E402,F401
 
@@ -60,4 +64,5 @@ __all__ = [
     "SELECTION_METRIC",
     "train_command",
     "evaluate_command",
+    "LazyAdam",
 ]

@@ -12,7 +12,7 @@ changed global state):
   (``SequentialRetrievalModel.sampler_generator``, seeded by the Trainer with the run's
   seed) is kept out of the weights the same way and listed there too.
 
-:func:`make_optimizer` wraps the optimizer in a ``LossScaleOptimizer`` for
+:func:`make_optimizer` makes ``TrainConfig.optimizer`` and wraps it in a ``LossScaleOptimizer`` for
 ``mixed_float16`` (the model's ``train_step`` scales the loss through it).
 """
 
@@ -20,7 +20,8 @@ import contextlib
 
 import tensorflow as tf
 
-from tfrs_linear.constants import PRECISIONS
+from tfrs_linear.constants import OPTIMIZERS, PRECISIONS
+from tfrs_linear.training.lazy_adam import LazyAdam
 
 
 def train_precision(train_config):
@@ -71,9 +72,13 @@ def random_generators(model):
     return generators
 
 
-def make_optimizer(learning_rate, precision):
-    """Adam, in a ``LossScaleOptimizer`` (dynamic loss scale) for ``mixed_float16``."""
-    optimizer = tf.keras.optimizers.Adam(learning_rate)
+def make_optimizer(learning_rate, precision, optimizer="adam"):
+    """``optimizer`` (``"adam"`` or ``"lazy_adam"``, :class:`LazyAdam`), in a
+    ``LossScaleOptimizer`` (dynamic loss scale) for ``mixed_float16``."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    kind = LazyAdam if optimizer == "lazy_adam" else tf.keras.optimizers.Adam
+    optimizer = kind(learning_rate)
     if precision == "mixed_float16":
         optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer

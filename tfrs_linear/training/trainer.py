@@ -348,7 +348,8 @@ class Trainer:
                 exclude_history=self.train_config.exclude_history,
                 sampler_seed=self.train_config.seed,
             ).build_all()
-            optimizer = make_optimizer(self.train_config.learning_rate, self.precision)
+            optimizer = make_optimizer(self.train_config.learning_rate, self.precision,
+                                       getattr(self.train_config, "optimizer", "adam"))
             jit = self.train_config.xla and _xla_train_step_supported(self.strategy)
             if self.train_config.xla and not jit:
                 _log(
