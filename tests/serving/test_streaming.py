@@ -139,8 +139,13 @@ def test_a_state_tensor_of_a_wrong_shape_is_refused_naming_it(served):
     state = _state(s.run("encode_state", item_ids=[["item1"], ["item2"]]))
     # Another batch size in one tensor: refused at run time (what TF Serving runs).
     bad = dict(state, count=np.zeros([3], np.float32))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="state tensor count must be"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"each state tensor must be .*\(count \[batch\] \+ \[\], ") as err:
         s.run("step", item_ids=[["item3"], ["item4"]], **bad)
+    # The tensors are flagged in the message's order: count, the first, is the wrong one.
+    flags = str(err.value).split("in that order:]")[1].split("[got")[0]
+    flags = flags.replace("[", " ").replace("]", " ").split()
+    assert flags == ["0"] + ["1"] * (len(state) - 1)
     # recent_items of an export with another R: refused naming the tensor.
     bad = dict(state, recent_items=np.zeros([2, STREAM_R + 1], np.int32))
     with pytest.raises(ValueError, match="step_recent_items"):
