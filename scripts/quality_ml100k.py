@@ -331,7 +331,8 @@ def _past_stop_time(args):
 
 
 # Fields of a run's record that its directory does not hold (kept by --report-only).
-_RECORD_EXTRAS = ("base_setting", "overrides", "load_average_start", "load_average_end", "package")
+_RECORD_EXTRAS = ("base_setting", "overrides", "load_average_start", "load_average_end", "package",
+                  "recorded")
 
 
 def _load_average():
@@ -392,6 +393,7 @@ def _train_one(args, data, results, variant, seed, base, overrides, runs_dir):
         return
     wall = time.perf_counter() - t0
     extra["load_average_end"] = _load_average()
+    extra["recorded"] = datetime.datetime.now().isoformat(timespec="seconds")
     rec = summarize_run(name, variant, setting, configs, run_dir, wall, extra)
     results["runs"][name] = rec
     log(f"=== {name} done in {wall:.0f} s: test ndcg@10 {rec['test']['ndcg@10']:.4f} "
@@ -1049,8 +1051,12 @@ def write_outputs(results, out):
             disk = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             disk = {}
+        # Another invocation may have rerun a run this one loaded at its start: the record
+        # made last wins (records without a time are older than any with one).
         for name, rec in disk.get("runs", {}).items():
-            results["runs"].setdefault(name, rec)
+            mine = results["runs"].get(name)
+            if mine is None or rec.get("recorded", "") > mine.get("recorded", ""):
+                results["runs"][name] = rec
         for key in ("throughput", "most_popular", "settings"):
             if key not in results and key in disk:
                 results[key] = disk[key]
