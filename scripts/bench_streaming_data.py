@@ -24,6 +24,7 @@ Writes ``docs/bench/streaming_data.md`` and ``.json``. Usage::
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,18 +90,23 @@ def run_training(directory, output, regime, steps, max_len):
 
     start = time.monotonic()
     child = psutil.Popen(cmd, stdout=subprocess.DEVNULL)
-    peak = 0
+    peak, peak_at, trace = 0, 0.0, []
     while child.poll() is None:
         try:
-            peak = max(peak, child.memory_info().rss)
+            rss = child.memory_info().rss
         except psutil.NoSuchProcess:
             break
+        now = time.monotonic() - start
+        if rss > peak:
+            peak, peak_at = rss, now
+        if not trace or now - trace[-1][0] >= 1.0:
+            trace.append((round(now, 1), round(rss / 2**20)))
         time.sleep(0.1)
     if child.returncode != 0:
         raise SystemExit(f"training failed: {' '.join(cmd)}")
     metrics = json.loads((Path(output) / "metrics.json").read_text())
     return {"seconds": time.monotonic() - start, "peak_rss_mb": peak / 2**20,
-            "history": metrics.get("history")}
+            "peak_at_s": peak_at, "rss_trace_mb": trace, "history": metrics.get("history")}
 
 
 def pipeline_rate(directory, regime, max_len, batch_size=128, batches=200):
@@ -128,22 +134,30 @@ def main():
     p.add_argument("--regimes", default="all,last")
     p.add_argument("--workdir", default=None)
     p.add_argument("--report", default=str(ROOT / "docs" / "bench" / "streaming_data.md"))
+    p.add_argument("--merge", action="store_true",
+                   help="keep the report's earlier rows for sizes not run now (a long size "
+                        "measured in a later session)")
     args = p.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tfrs-linear-stream-"))
-    results = []
-    for size in map(int, args.sizes.split(",")):
+    sizes = [int(s) for s in args.sizes.split(",")]
+    earlier = Path(args.report).with_suffix(".json")
+    results = ([r for r in json.loads(earlier.read_text()) if r["events"] not in sizes]
+               if args.merge and earlier.exists() else [])
+    for size in sizes:
         directory = work / f"events-{size}"
         start = time.monotonic()
         meta = (json.loads((directory / "metadata.json").read_text()) if directory.exists()
                 else write_directory(directory, size, args.items, args.shards))
         written = time.monotonic() - start
         for regime in args.regimes.split(","):
-            run = run_training(directory, work / f"run-{size}-{regime}", regime, args.steps,
-                               args.max_len)
+            output = work / f"run-{size}-{regime}"
+            if output.exists():  # a stopped earlier attempt: measure a whole run again
+                shutil.rmtree(output)
+            run = run_training(directory, output, regime, args.steps, args.max_len)
             rate = pipeline_rate(directory, regime, args.max_len)
             results.append({"events": meta["num_interactions"], "users": meta["num_users"],
                             "items": args.items, "regime": regime, "write_s": written,
-                            "pipeline_batches_per_s": rate, **run})
+                            "pipeline_batches_per_s": rate, "load": os.getloadavg()[0], **run})
             print(json.dumps(results[-1]), flush=True)
     write_report(results, args, Path(args.report))
 
