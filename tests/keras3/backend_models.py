@@ -187,6 +187,31 @@ def test_mixed_precision_keeps_float32_norms_and_state():
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * np.abs(want).max())
 
 
+def test_mixed_precision_linrec_keys_are_float32_and_gradients_follow_float32s():
+    """A bfloat16 key projection lands on 0 where its matmul and a trained bias cancel,
+    and the causal prefix norms' gradient there is ~1/epsilon: keys run in float32."""
+    from tests.keras3._harness import gradients
+
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(64, 16, 32)).astype("float32")
+    cotangent = rng.normal(size=(64, 16, 32)).astype("float32")
+    twins = [LinRecAttention(num_heads=2, key_dim=16, causal=True, dtype=policy)
+             for policy in ("float32", "mixed_bfloat16")]
+    for layer in twins:
+        layer.build((None, 16, 32), (None, 16, 32))
+    weights = twins[0].get_weights()
+    weights[3] = rng.normal(scale=0.5, size=weights[3].shape).astype("float32")  # key bias
+    for layer in twins:
+        layer.set_weights(weights)
+    assert twins[1]._key_dense.compute_dtype == "float32"
+    assert twins[1]._query_dense.compute_dtype == "bfloat16"
+    (want_x, want_w), (got_x, got_w) = (gradients(layer, x, cotangent, x) for layer in twins)
+    for want, got in zip([want_x, *want_w], [got_x, *got_w]):
+        got = np.asarray(got, np.float32)
+        assert np.all(np.isfinite(got))
+        assert np.linalg.norm(got - want) <= 0.1 * np.linalg.norm(want)
+
+
 _IMPORT_SCRIPT = r"""
 import os, sys
 assert "TF_USE_LEGACY_KERAS" not in os.environ

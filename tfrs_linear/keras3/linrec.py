@@ -128,6 +128,13 @@ class LinRecAttention(keras.layers.MultiHeadAttention):
                     f"shape {tuple(shape)}."
                 )
         super().build(query_shape, value_shape, key_shape)
+        if self._key_dense.compute_dtype in ("float16", "bfloat16"):
+            # Keys in float32 under a mixed policy (the weights are float32 already): a
+            # low-precision projection rounds its matmul and bias before adding them, so
+            # where they nearly cancel a key lands on exactly 0, and LinRec's causal
+            # prefix column norms have gradients of order 1/epsilon there (tf-keras'
+            # LinRecAttention does the same; see its _compute_keys_in_float32).
+            self._key_dense.dtype_policy = "float32"
 
     def _compute_attention_mask(
         self,
