@@ -19,7 +19,6 @@ machines each worker has its own cores. Writes ``docs/bench/multiworker.md`` and
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,31 +35,22 @@ FLAGS = ["--regime", "all", "--epochs", "1", "--max-len", "50", "--d-model", "32
          "--eval-batch-size", "1024"]
 
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def run(workers, directory, output, steps, attention):
     """Runs the training as ``workers`` processes; returns its measurements."""
     cmd = [sys.executable, "-m", "tfrs_linear", "train", "--data", str(directory),
            "--output", str(output), "--steps-per-epoch", str(steps), "--attention",
            attention, *FLAGS]
+    from tfrs_linear.training.trainer import loopback_tf_configs
+
     base = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    hosts = [f"127.0.0.1:{p}" for p in free_ports(workers)]
+    configs = loopback_tf_configs(workers)
     procs = []
     start = time.monotonic()
     for index in range(workers):
         env = dict(base)
         extra = []
         if workers > 1:
-            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": hosts},
-                                           "task": {"type": "worker", "index": index}})
+            env["TF_CONFIG"] = configs[index]
             extra = ["--strategy", "multiworker"]
         procs.append(psutil.Popen(cmd + extra, env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True))

@@ -3,7 +3,6 @@ against a single-process run of the same global batches, and the TF_CONFIG check
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 
 from tfrs_linear import data
 from tfrs_linear.cli import main
-from tfrs_linear.training.trainer import parse_tf_config
+from tfrs_linear.training.trainer import loopback_tf_configs, parse_tf_config
 from tests.data.test_preprocessed import sequence_data, write_preprocessed
 
 # The machine running the suite may be heavily loaded: generous, never asserted.
@@ -44,16 +43,6 @@ def csv_file(tmp_path):
     return path
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _train(args, env):
     return subprocess.Popen([sys.executable, "-m", "tfrs_linear", "train", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -74,13 +63,12 @@ def _run_workers(args, output, tmp_path, tag, meanwhile=None):
     temporary directories go to ``tmp_path / f"{tag}{i}"``. ``meanwhile()`` (must
     return 0) runs in this process while the workers run."""
     base = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    configs = loopback_tf_configs(2)
     procs = []
     for index in range(2):
         scratch = tmp_path / f"{tag}{index}"
         scratch.mkdir()
-        env = dict(base, TMPDIR=str(scratch), TF_CONFIG=json.dumps(
-            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        env = dict(base, TMPDIR=str(scratch), TF_CONFIG=configs[index])
         procs.append(_train([*args, "--strategy", "multiworker", "--output", str(output)], env))
     try:
         if meanwhile is not None:
@@ -187,3 +175,12 @@ def test_good_tf_config_names_the_workers():
     text = json.dumps({"cluster": {"worker": ["h0:1", "h1:2", "h2:3"]},
                        "task": {"type": "worker", "index": 1}})
     assert parse_tf_config(text) == (["h0:1", "h1:2", "h2:3"], 1)
+
+
+def test_loopback_tf_configs_name_each_worker_on_distinct_local_ports():
+    configs = loopback_tf_configs(3)
+    parsed = [parse_tf_config(text) for text in configs]
+    workers = parsed[0][0]
+    assert [index for _, index in parsed] == [0, 1, 2]
+    assert all(w == workers for w, _ in parsed)
+    assert len(set(workers)) == 3 and all(w.startswith("127.0.0.1:") for w in workers)

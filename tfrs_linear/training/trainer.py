@@ -16,6 +16,7 @@ those of :mod:`tfrs_linear.training.run_dir`.
 """
 
 import json
+import socket
 import numbers
 import os
 import shutil
@@ -78,6 +79,20 @@ def parse_tf_config(text):
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(workers):
         raise ValueError(f"TF_CONFIG task index must be in [0, {len(workers) - 1}], got {index!r}")
     return list(workers), index
+
+
+def loopback_tf_configs(num_workers):
+    """``TF_CONFIG`` JSON strings for ``num_workers`` workers on free loopback ports of this
+    machine, one per worker (index i for worker i): to try ``--strategy multiworker``
+    locally (the tests and ``scripts/bench_multiworker.py`` start their workers so)."""
+    sockets = [socket.socket() for _ in range(num_workers)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    workers = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
+            for i in range(num_workers)]
 
 
 def make_strategy(name):
@@ -575,4 +590,4 @@ def train(model_config, train_config, data, output, **kwargs):
 
 
 __all__ = ["Trainer", "TrainingClock", "train", "make_strategy", "parse_tf_config", "worker_of",
-           "STRATEGY_NAMES"]
+           "loopback_tf_configs", "STRATEGY_NAMES"]
