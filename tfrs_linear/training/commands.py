@@ -58,7 +58,8 @@ def evaluate_command(model, data=None, format="auto", protocol="full", exclude_h
     path = data if data else run_dir.training_data_source(model)
     if keep_duplicates is None:
         keep_duplicates = _run_kept_duplicates(model)
-    sequences = load_dataset(path, format=format, keep_duplicates=keep_duplicates)
+    # A preprocessed directory is streamed from its shards, as `train` does.
+    sequences = load_dataset(path, format=format, keep_duplicates=keep_duplicates, stream=True)
     if list(sequences.vocab) != list(vocab):
         raise ValueError(
             f"{path or 'the embedded dataset'} does not give the vocabulary {model} was "
