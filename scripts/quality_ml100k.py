@@ -961,8 +961,11 @@ def _precision_mean_rows(pairs):
             speed = [_ratio(_steady_seconds_per_epoch(r), _steady_seconds_per_epoch(f)) for r, f in recs]
             secs = [_steady_seconds_per_epoch(r) for r, _ in recs]
             finite = all(_all_finite(r) for r, _ in recs)
-            met = finite and all(x >= 1 - RELATIVE_TOLERANCE for x in ratios)
-            verdict = "–" if p == "float32" else ("met" if met else "**missed**")
+            # The bar (issue #14): the paired runs' ratio, averaged over the seeds, within 3%.
+            met = finite and statistics.mean(ratios) >= 1 - RELATIVE_TOLERANCE
+            every = all(x >= 1 - RELATIVE_TOLERANCE for x in ratios)
+            verdict = "–" if p == "float32" else (
+                ("met" if met else "**missed**") + ("" if every else " (a seed below 0.97)"))
             rows.append(
                 f"| {setting} | {variant} | {p} | {','.join(str(r['seed']) for r, _ in recs)} | "
                 f"{_fmt(mean, sd)} | {statistics.mean(ratios):.3f} (min {min(ratios):.3f}) | {_fmt(tmean, tsd)} | "
@@ -1010,8 +1013,10 @@ def render_precision(results):
              "- pairs: the same setting and seed (same data order and initial weights draw), only the Keras "
              "dtype policy differs (`mixed_float16` with a dynamic loss scale); best validation NDCG@10 "
              "(full ranking, docs/protocol.md) at the best epoch (best / epochs run), ratio = this "
-             "precision's / float32's of the same seed. The bar: every ratio ≥ 0.97 and every loss and "
-             "metric finite.",
+             "precision's / float32's of the same seed. The bar: the ratio averaged over the seeds "
+             "≥ 0.97 and every loss and metric finite (a single seed's ratio is noisy: "
+             "two float32 runs of one seed whose code differed only in rounding gave valid "
+             "NDCG@10 1.1% and 1.6% apart).",
              "- s/epoch: median training seconds of the epochs after the first (the first includes the "
              "XLA compilation); the ratio is to float32's of the same seed. CPU only: bfloat16 and float16 "
              "matmuls have no native support on this CPU, so these are not GPU speed-ups."]
@@ -1026,7 +1031,7 @@ def render_precision(results):
     lines += _precision_pair_rows(pairs)
     lines += ["", "## Mean over seeds", "",
               "| setting | attention | precision | seeds | valid NDCG@10 | ratio to float32 (mean, min) | "
-              "test NDCG@10 | s/epoch | s/epoch vs float32 | all finite | bar (every ratio ≥ 0.97, finite) |",
+              "test NDCG@10 | s/epoch | s/epoch vs float32 | all finite | bar (mean ratio ≥ 0.97, finite) |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += _precision_mean_rows(pairs)
     lines.append("")
