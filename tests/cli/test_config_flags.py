@@ -46,6 +46,7 @@ SETS = {
     "exclude_history": (["--exclude-history"], [], True),
     "eval_batch_size": (["--eval-batch-size", "64"], [], 64),
     "precision": (["--precision", "mixed_bfloat16"], [], "mixed_bfloat16"),
+    "optimizer": (["--optimizer", "lazy_adam"], [], "lazy_adam"),
 }
 
 
