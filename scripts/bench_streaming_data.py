@@ -164,8 +164,8 @@ def main():
 
 def write_report(results, args, path):
     load = os.getloadavg()
-    base = {r["regime"]: r["peak_rss_mb"] for r in results if r is results[0] or
-            r["events"] == results[0]["events"]}
+    base = {r["regime"]: r["peak_rss_mb"] for r in results
+            if r["events"] == results[0]["events"]}
     lines = ["# Training from a streamed preprocessed directory: peak memory",
              "",
              f"- `scripts/bench_streaming_data.py`, {time.strftime('%Y-%m-%d')}; 2-core CPU, "

@@ -4,6 +4,12 @@ Oracles are independent of the export code: NumPy brute-force top-k from the Pyt
 model's ``encode`` and ``item_embeddings`` on manually left-padded inputs.
 """
 
+import contextlib
+import json
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import numpy as np
 import tensorflow as tf
 
@@ -60,3 +66,43 @@ ROWS = [
     [f"item{i}" for i in range(12)],  # longer than max_len
     ["item5", "item5", "item9", "[PAD]"],  # a repeat; a reserved token is OOV, not padding
 ]
+
+
+class JsonReplyHandler(BaseHTTPRequestHandler):
+    """The base of the REST stand-ins: quiet, and ``_reply(status, payload)`` as JSON."""
+
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, status, payload):
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextlib.contextmanager
+def loopback_servers(handler, servicer):
+    """Serves REST with ``handler`` and gRPC ``PredictionService`` with ``servicer`` on
+    127.0.0.1 ephemeral ports; yields ``(rest_port, grpc_port)``, shuts both down after."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                              daemon=True)
+    thread.start()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield httpd.server_address[1], grpc_port
+    finally:
+        server.stop(0).wait(5)
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)

@@ -12,34 +12,21 @@ import base64
 import json
 import re
 import socket
-import threading
 import time
-from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.serving.common import K, ROWS, left_pad, numpy_scores, numpy_topk, strs
+from tests.serving.common import (K, ROWS, JsonReplyHandler, left_pad, loopback_servers,
+                                  numpy_scores, numpy_topk, strs)
 from tfrs_linear import serving
 
 
-class _RestStandIn(BaseHTTPRequestHandler):
+class _RestStandIn(JsonReplyHandler):
     """TF Serving's REST :predict, row and columnar, over a loaded SavedModel."""
 
     model_name, version, loaded = None, None, None
-
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, status, payload):
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -86,10 +73,6 @@ def stand_in(exports):
 
     loaded = exports["l1"]
     handler = type("Handler", (_RestStandIn,), {"model_name": "recs", "version": 1, "loaded": loaded})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
 
     class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
@@ -109,15 +92,8 @@ def stand_in(exports):
                 response.outputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))
             return response
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield {"rest_port": httpd.server_address[1], "grpc_port": grpc_port}
-    server.stop(0).wait(5)
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
+    with loopback_servers(handler, Servicer()) as (rest_port, grpc_port):
+        yield {"rest_port": rest_port, "grpc_port": grpc_port}
 
 
 def _client(stand_in, **kw):

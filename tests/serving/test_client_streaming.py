@@ -8,15 +8,13 @@ signatures loaded by ``tf.saved_model.load``. They bind to 127.0.0.1 on ephemera
 """
 
 import json
-import threading
-from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.serving.common import K, left_pad, numpy_scores, numpy_topk, strs
+from tests.serving.common import (K, JsonReplyHandler, left_pad, loopback_servers,
+                                  numpy_scores, numpy_topk, strs)
 from tests.serving.conftest import STREAM_R
 from tfrs_linear import serving
 
@@ -36,21 +34,10 @@ def _outputs(fn, columns):
     return {k: v.numpy() for k, v in fn(**inputs).items()}
 
 
-class _RestStandIn(BaseHTTPRequestHandler):
+class _RestStandIn(JsonReplyHandler):
     """TF Serving's REST :predict over a loaded SavedModel, any number of inputs."""
 
     loaded = None
-
-    def log_message(self, *args):
-        pass
-
-    def _reply(self, status, payload):
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -82,11 +69,6 @@ def stand_in(stream_exports):
 
     loaded = tf.saved_model.load(str(stream_exports["linrec"]["version"]))
     handler = type("Handler", (_RestStandIn,), {"loaded": loaded})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                              daemon=True)
-    thread.start()
 
     class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         def Predict(self, request, context):
@@ -101,15 +83,8 @@ def stand_in(stream_exports):
                 response.outputs[k].CopyFrom(tf.make_tensor_proto(v.numpy()))
             return response
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
-    grpc_port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield {"rest_port": httpd.server_address[1], "grpc_port": grpc_port, "loaded": loaded}
-    server.stop(0).wait(5)
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(5)
+    with loopback_servers(handler, Servicer()) as (rest_port, grpc_port):
+        yield {"rest_port": rest_port, "grpc_port": grpc_port, "loaded": loaded}
 
 
 def _client(stand_in):

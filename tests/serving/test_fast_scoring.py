@@ -169,15 +169,21 @@ def test_an_export_can_check_before_loading_the_model():
         checked_scoring("bf16", 50, 100)
 
 
-def test_saved_model_has_the_bf16_table_and_no_xla(tiny):
-    root, model, vocab_file = tiny
-    fast = ServingSignatures(model, vocab_file, K, True, scoring="bf16", candidates=C)
-    path = root / "saved_bf16"
-    tf.saved_model.save(fast.module, str(path), signatures=fast.signatures())
+def _save_and_scan(signatures, path):
+    """Saves ``signatures``' module as a SavedModel at ``path``; asserts TF Serving's
+    loader (a TF1 session on ``serve``) finds no XLA or Python ops; returns ``path``."""
+    tf.saved_model.save(signatures.module, str(path), signatures=signatures.signatures())
     graph = tf.Graph()
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
     assert serving.scan_graph(meta) == []
+    return path
+
+
+def test_saved_model_has_the_bf16_table_and_no_xla(tiny):
+    root, model, vocab_file = tiny
+    fast = ServingSignatures(model, vocab_file, K, True, scoring="bf16", candidates=C)
+    path = _save_and_scan(fast, root / "saved_bf16")
     loaded = tf.saved_model.load(str(path))
     table = [loaded.item_table_bf16]
     assert len(table) == 1 and table[0].dtype == tf.bfloat16
@@ -206,9 +212,4 @@ def test_exact_copy_equals_exact_and_owns_its_table(tiny):
     np.testing.assert_allclose(c_scores, e_scores, atol=1e-6, rtol=1e-6)
     o_ids, _ = _oracle_top_k(user, model.item_embeddings().numpy(), K, history)
     np.testing.assert_array_equal(c_ids, o_ids)
-    path = root / "saved_copy"
-    tf.saved_model.save(copy.module, str(path), signatures=copy.signatures())
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
-        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(path))
-    assert serving.scan_graph(meta) == []
+    path = _save_and_scan(copy, root / "saved_copy")
