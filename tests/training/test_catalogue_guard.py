@@ -1,6 +1,8 @@
-"""The full-CE loss refuses a catalogue whose ``[batch·positions, items]`` logits would not
-fit in memory, before anything is written, with one line that names the sampled loss.
-The memory is monkeypatched small: nothing large is ever allocated."""
+"""The full-CE loss refuses a catalogue whose logits would not fit in memory, before
+anything is written, with one line that names the sampled loss. The logits are those of
+one chunk of rows (the loss scores ``rows_per_chunk(V)`` rows at a time): ``[min(batch ·
+positions, chunk), items]``. The memory is monkeypatched small: nothing large is ever
+allocated."""
 
 import os
 import sys
@@ -11,6 +13,7 @@ from tfrs_linear.cli import main
 from tfrs_linear.config import ModelConfig, TrainConfig
 from tfrs_linear.data import synthetic
 from tfrs_linear.models import retrieval
+from tfrs_linear.ops import rows_per_chunk
 from tfrs_linear.training import train
 from tests.models.common import TINY_MODEL, TINY_TRAIN, tiny_sequences
 
@@ -37,8 +40,8 @@ def test_a_full_loss_run_over_the_memory_is_refused_before_anything_is_written(
               TrainConfig(**TINY_TRAIN), tiny_data, out, verbose=0)
     message = str(error.value)
     assert "\n" not in message
-    assert (f"batch size 8 x {positions} positions x a catalogue of 30 items "
-            "(32 vocabulary ids)") in message
+    assert (f"batch size 8 x {positions} positions, scored {8 * positions} at a time, x a "
+            "catalogue of 30 items (32 vocabulary ids)") in message
     assert f"({logits:,} bytes) of float32 logits" in message
     assert f"({2 * logits - 1:,} bytes) of memory available" in message
     assert "--loss sampled" in message
@@ -56,14 +59,27 @@ def test_the_limit_is_the_logits_and_their_gradient(tiny_data):
     retrieval.check_full_loss_fits(config.replace(loss="sampled"), 8, 32, available=1)
 
 
-def test_a_million_item_catalogue_is_refused_on_this_machines_real_memory():
-    """The default run (batch 256, max_len 50, regime all) over 10⁷ items needs
-    2 x 4 x 256 x 50 x 10⁷ bytes ≈ 1 TB: more than any test machine has."""
+def test_the_logits_are_one_chunk_of_rows():
+    """A big batch over a big catalogue holds one chunk's logits: at 10⁷ items the loss
+    scores 16 rows at a time (2 x 4 x 16 x 10⁷ bytes = 1.3 GB with the gradient), where
+    [256 x 200, 10⁷] logits would be 2 TB."""
     config = ModelConfig()
     assert config.loss == "full" and config.regime == "all"
+    assert rows_per_chunk(10_000_002) == 16
+    assert retrieval.full_loss_rows(config, 256, 10_000_002) == (256 * config.max_len, 16)
+    assert retrieval.full_loss_logits_bytes(config, 256, 10_000_002) == 4 * 16 * 10_000_002
+    retrieval.check_full_loss_fits(config, 256, 10_000_002, available=2 * 4 * 16 * 10_000_002)
+    # Fewer rows than a chunk: all of them at once.
+    assert retrieval.full_loss_rows(config.replace(regime="last"), 8, 1_002) == (8, 8)
+
+
+def test_a_catalogue_too_big_for_one_chunk_is_refused_on_this_machines_real_memory():
+    """10¹¹ items: 16 rows of logits and their gradient need 2 x 4 x 16 x 10¹¹ bytes
+    = 12.8 TB, more than any test machine has."""
+    config = ModelConfig()
     host = retrieval.available_memory_bytes()
     with pytest.raises(ValueError, match=r"of memory available; use --loss sampled"):
-        retrieval.check_full_loss_fits(config, 256, 10_000_002, available=host)
+        retrieval.check_full_loss_fits(config, 256, 10**11 + 2, available=host)
     retrieval.check_full_loss_fits(config, 256, 1_002, available=host)  # a small catalogue fits
 
 
@@ -100,6 +116,6 @@ def test_the_cli_prints_one_error_line_and_exits_2(tmp_path, monkeypatch, capsys
                  "--batch-size", "8"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("tfrs-linear train: error: the full loss cannot hold its logits: "
-                          "batch size 8 x 12 positions x a catalogue of ")
+                          "batch size 8 x 12 positions, scored 96 at a time, x a catalogue of ")
     assert "--loss sampled" in err and "\n" not in err
     assert not out.exists()

@@ -15,13 +15,15 @@ targets at that position, so the logits are ``N`` blocks of ``[B, B + S]`` — n
 the run's checkpoint holds, so a resumed sampled-loss run draws what the uninterrupted
 run draws.
 
-The full loss materialises float32 logits ``[B·positions, V]`` (``positions``:
-``max_len`` in regime ``all``, 1 in ``last``) and, in training, their gradient of the
-same size. :func:`check_full_loss_fits` (called by the Trainer before anything is
-written) refuses a configuration whose two tensors exceed the host memory available
-when training on CPU, with a one-line error that names ``--loss sampled`` (whose logits
-are ``N`` blocks of ``[B, B + S]``). There is no override: a smaller ``--batch-size`` or
-``--max-len``, or the sampled loss, is the way through.
+The full loss (:func:`tfrs_linear.ops.catalogue_cross_entropy`) scores only the real
+positions (padding targets weigh 0 and are never scored), in chunks of
+:func:`tfrs_linear.ops.rows_per_chunk` rows: its float32 logits are at most
+``[min(B·positions, chunk), V]`` at a time (``positions``: ``max_len`` in regime ``all``,
+1 in ``last``), with their gradient of the same size. :func:`check_full_loss_fits`
+(called by the Trainer before anything is written) refuses a configuration whose two
+tensors exceed the host memory available when training on CPU, with a one-line error that
+names ``--loss sampled``; with chunks of 16 rows from a million items on, that takes a
+catalogue of about 10⁸ items on a 24 GB machine.
 """
 
 import os
@@ -34,6 +36,7 @@ import tensorflow_recommenders as tfrs
 from tfrs_linear.config import ModelConfig
 from tfrs_linear.constants import NUM_RESERVED, OOV_INDEX, PAD_INDEX
 from tfrs_linear.layers.encoder import SequenceEncoder, embedding_initializer
+from tfrs_linear.ops.catalogue_loss import catalogue_cross_entropy, rows_per_chunk
 
 # The logit bias that keeps padding and OOV out of the full softmax.
 _NEG = -1e9
@@ -79,11 +82,19 @@ def sample_log_uniform(num_samples, range_max, seed=None, generator=None):
     return tf.clip_by_value(tf.cast(k, tf.int32), 0, range_max - 1)
 
 
-def full_loss_logits_bytes(config, batch_size, vocab_size):
-    """Bytes of the full loss's float32 logits ``[batch_size · positions, vocab_size]``
-    (``positions``: ``max_len`` in regime ``all``, 1 in regime ``last``)."""
+def full_loss_rows(config, batch_size, vocab_size):
+    """``(rows, rows at a time)`` of the full loss: ``batch_size · positions`` rows
+    (``positions``: ``max_len`` in regime ``all``, 1 in regime ``last``), scored at most
+    :func:`tfrs_linear.ops.rows_per_chunk` of ``vocab_size`` at a time."""
     positions = config.max_len if config.regime == "all" else 1
-    return 4 * int(batch_size) * int(positions) * int(vocab_size)
+    rows = int(batch_size) * int(positions)
+    return rows, min(rows, rows_per_chunk(vocab_size))
+
+
+def full_loss_logits_bytes(config, batch_size, vocab_size):
+    """Bytes of the full loss's float32 logits held at a time: ``[rows at a time,
+    vocab_size]`` (:func:`full_loss_rows`)."""
+    return 4 * full_loss_rows(config, batch_size, vocab_size)[1] * int(vocab_size)
 
 
 def available_memory_bytes():
@@ -116,9 +127,9 @@ def _gigabytes(n):
 
 def check_full_loss_fits(config, batch_size, vocab_size, available=None):
     """Refuses (``ValueError``, one line naming ``--loss sampled``) a ``full``-loss
-    configuration whose training step cannot hold its logits: the float32
-    ``[batch_size · positions, vocab_size]`` logits and their gradient (the softmax, the
-    same size), twice :func:`full_loss_logits_bytes`, must fit in ``available`` bytes
+    configuration whose training step cannot hold its logits: one chunk's float32
+    logits and their gradient (the softmax, the same size), twice
+    :func:`full_loss_logits_bytes`, must fit in ``available`` bytes
     (default: :func:`memory_limit_bytes`, the host's memory available now when training
     on CPU). Does nothing for the sampled loss or where the limit is unknown."""
     if config.loss != "full":
@@ -128,9 +139,11 @@ def check_full_loss_fits(config, batch_size, vocab_size, available=None):
     if available is None or 2 * logits <= available:
         return
     positions = config.max_len if config.regime == "all" else 1
+    at_a_time = full_loss_rows(config, batch_size, vocab_size)[1]
     raise ValueError(
         f"the full loss cannot hold its logits: batch size {batch_size} x {positions} "
-        f"positions x a catalogue of {vocab_size - NUM_RESERVED} items ({vocab_size} "
+        f"positions, scored {at_a_time:,} at a time, x a catalogue of "
+        f"{vocab_size - NUM_RESERVED} items ({vocab_size} "
         f"vocabulary ids) is {_gigabytes(logits)} of float32 logits, twice that with their "
         f"gradient, more than the {_gigabytes(available)} of memory available; use "
         "--loss sampled (in-batch and shared log-uniform negatives), or a smaller "
@@ -322,13 +335,9 @@ class SequentialRetrievalModel(tfrs.Model):
             weights = tf.reshape(weights, [-1])
         else:
             queries = sequence[:, -1, :]
-        per_example = self._full_loss(queries, targets)
-        return tf.reduce_sum(per_example * weights) / denominator
-
-    def _full_loss(self, queries, targets):
-        logits = tf.matmul(queries, self.item_embeddings(), transpose_b=True)
-        logits = logits + self._candidate_bias
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        # Only the real positions are scored, a chunk of rows at a time (module docstring).
+        return catalogue_cross_entropy(queries, self.item_embeddings(), targets, weights,
+                                       bias=self._candidate_bias) / denominator
 
     def _sampled_loss(self, queries, targets, weights):
         """Sum of the weighted sampled-softmax losses, via ``tfrs.tasks.Retrieval``.
@@ -389,5 +398,5 @@ class SequentialRetrievalModel(tfrs.Model):
 
 
 __all__ = ["SequentialRetrievalModel", "log_uniform_probability", "sample_log_uniform",
-           "full_loss_logits_bytes", "available_memory_bytes", "memory_limit_bytes",
-           "check_full_loss_fits"]
+           "full_loss_rows", "full_loss_logits_bytes", "available_memory_bytes",
+           "memory_limit_bytes", "check_full_loss_fits"]

@@ -12,11 +12,14 @@ One concept per module, each opening with its numerics contract:
   the per-event (recurrent) forms of the causal ops: a constant-size float32 state per
   user, updated by m new events at a time (streaming inference).
 * :mod:`~tfrs_linear.ops.product_keys`: product-key top-m lookup.
+* :mod:`~tfrs_linear.ops.catalogue_loss`: softmax cross-entropy over a whole catalogue,
+  on the real rows only, a chunk of rows at a time (the full loss).
 * :mod:`~tfrs_linear.ops.reference`: dense O(N²) references of LinRec and the
   dispatcher, for inspection and tests.
 """
 
 from tfrs_linear.constants import NORMALIZATIONS  # noqa: F401
+from tfrs_linear.ops.catalogue_loss import catalogue_cross_entropy, rows_per_chunk  # noqa: F401
 from tfrs_linear.ops.dispatcher import (  # noqa: F401
     dispatcher_aggregate,
     dispatcher_attention,
