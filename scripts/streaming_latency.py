@@ -79,8 +79,11 @@ class Session:
         self.graph = tf.Graph()
         self.sess = tf.compat.v1.Session(graph=self.graph)
         meta = tf.compat.v1.saved_model.loader.load(self.sess, ["serve"], str(export_dir))
+        self.meta = meta
         self.inputs, self.outputs, self.callables = {}, {}, {}
         for name in SIGNATURES:
+            if name not in meta.signature_def:
+                continue  # the floor export has `step` only
             sig = meta.signature_def[name]
             self.inputs[name] = {k: v.name for k, v in sig.inputs.items()}
             self.outputs[name] = {k: v.name for k, v in sig.outputs.items()}
@@ -96,6 +99,40 @@ class Session:
                 feed_list=[self.inputs[signature][k] for k in keys])
         values = self.callables[signature, keys](*[feeds[k] for k in keys])
         return dict(zip(self.outputs[signature], values))
+
+
+FLOOR = "floor"  # the pass-through export's key in the sessions and points
+
+
+def build_floor_export(session, root):
+    """The per-call floor: a SavedModel whose ``step`` signature has the same inputs and
+    outputs (names, dtypes, shapes) as ``session``'s ``step`` and only passes the state
+    through (an output that is no input is a slice of the first float input): what one
+    ``Session::Run`` with that many tensors costs on this machine, before any model op."""
+    inputs = session.meta.signature_def["step"].inputs
+    outputs = session.meta.signature_def["step"].outputs
+    specs = {k: tf.TensorSpec([None] + [d.size if d.size >= 0 else None
+                                        for d in v.tensor_shape.dim][1:],
+                              tf.as_dtype(v.dtype), name=k) for k, v in inputs.items()}
+    first = next(k for k, v in specs.items() if v.dtype == tf.float32)
+
+    def passthrough(feeds):
+        out = {}
+        for name, info in outputs.items():
+            if name in feeds:
+                out[name] = tf.identity(feeds[name])
+            elif tf.as_dtype(info.dtype) == tf.string:
+                out[name] = tf.identity(feeds["item_ids"])
+            else:
+                out[name] = feeds[first][:, :1]
+        return out
+
+    module = tf.Module()
+    module.step = tf.function(passthrough, input_signature=[specs])
+    path = Path(root) / "floor"
+    tf.saved_model.save(module, str(path),
+                        signatures={"step": module.step.get_concrete_function()})
+    return path
 
 
 def make_points(sessions, vocabs, batches, encode_batches, rng):
@@ -177,9 +214,13 @@ def state_bytes(state):
 
 def summarise(times, states, config, loads, args, started, wall, setup):
     """The JSON record of a run."""
-    rows = []
+    rows, floor = [], None
     for (attention, length, batch, signature), t in times.items():
         ms = np.array(t) * 1e3
+        if attention == FLOOR:
+            floor = {"p50_ms": float(np.percentile(ms, 50)),
+                     "p99_ms": float(np.percentile(ms, 99)), "n": len(ms), "batch": batch}
+            continue
         rows.append({"attention": attention, "history": length, "batch": batch,
                      "signature": signature, "n": len(ms),
                      "p50_ms": float(np.percentile(ms, 50)),
@@ -199,7 +240,7 @@ def summarise(times, states, config, loads, args, started, wall, setup):
         "num_heads": config.num_heads,
         "load_1min": {"min": min(loads), "max": max(loads), "mean": float(np.mean(loads)),
                       "per_round": [round(x, 2) for x in loads]},
-        "rows": rows, "state_bytes": state,
+        "rows": rows, "state_bytes": state, "floor": floor,
     }
 
 
@@ -345,6 +386,22 @@ exporting, or reusing exports, and loading them); TensorFlow {result['tensorflow
 Absolute times depend on the load; the ratios are within one run."""
 
 
+def _floor_text(result):
+    """The per-call floor's sentence (runs made before it was measured have none)."""
+    floor = result.get("floor")
+    if not floor:
+        return ""
+    step = _row(result, _dims(result)[0][0], _dims(result)[1][0], 1, "step")
+    return (f"\nThe floor of one call on this machine: a SavedModel whose `step` signature "
+            f"takes and returns the same tensors and only passes them through (batch 1) "
+            f"runs in {_ms(floor['p50_ms'])} / {_ms(floor['p99_ms'])} ms (p50 / p99, "
+            f"n {floor['n']}), {floor['p50_ms'] / step['p50_ms']:.0%} of "
+            f"{LABELS.get(_dims(result)[0][0])}'s batch-1 `step` at {_dims(result)[1][0]:,} "
+            f"events ({_ms(step['p50_ms'])} ms): feeding and fetching the state costs that "
+            "much before any model op runs. 100× over re-encoding needs a `step` under 1% of "
+            "`serving_default`.\n")
+
+
 def report(result):
     """The Markdown page of a run."""
     attentions, lengths, batches = _dims(result)
@@ -380,6 +437,7 @@ table below). Made by `scripts/streaming_latency.py` (this page, `streaming.json
 
 Speed-up of `step` over `serving_default` at {hi:,} events (p50; target ≥ 100×):
 {'; '.join(targets)}.
+{_floor_text(result)}
 
 ![p50 latency against history length](streaming.png)
 
@@ -515,6 +573,13 @@ def main(argv=None):
         setup = time.perf_counter() - t_start
         encode_batches = [int(x) for x in args.encode_batches.split(",")]
         points, states = make_points(sessions, vocabs, batches, encode_batches, rng)
+        # The per-call floor, measured in the same rounds at batch 1, with the first
+        # attention's step tensors at the shortest history.
+        key = attentions[0], lengths[0], 1, "step"
+        if key in points:
+            floor_dir = build_floor_export(sessions[key[:2]], scratch)
+            sessions[FLOOR, lengths[0]] = Session(floor_dir)
+            points[FLOOR, lengths[0], 1, "step"] = points[key]
         warm = warm_up(sessions, points)
         plan = schedule(warm, args.rounds, args.min_reps, args.seconds_per_point)
         expected = sum(warm[key] * len(plan[key]) for key in points)
