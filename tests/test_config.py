@@ -207,4 +207,26 @@ def test_resolved_makes_the_attention_defaults_explicit():
     config = ModelConfig(attention="elastic")
     assert config.recency_bias is None and config.resolved().recency_bias is True
     assert config.resolved().causal is None  # causal stays as given (config.json records None)
-    assert dataclasses.replace(config.resolved(), recency_bias=None) == config
+    assert config.positions is None and config.resolved().positions == "from_start"
+    assert dataclasses.replace(config.resolved(), recency_bias=None, positions=None) == config
+
+
+@pytest.mark.parametrize("fields, positions", [
+    ({}, "from_start"),                                        # causal LinRec (regime all)
+    ({"attention": "elastic"}, "from_start"),                  # causal ELASTIC
+    ({"attention": "softmax"}, "from_end"),                    # no recurrent form
+    ({"attention": "elastic", "regime": "last"}, "from_end"),  # non-causal
+    ({"attention": "linrec", "regime": "last", "causal": True}, "from_start"),
+    ({"attention": "elastic", "regime": "last", "use_memory": True}, "from_end"),
+    ({"attention": "softmax", "positions": "none"}, "none"),   # explicit wins
+    ({"positions": "from_end"}, "from_end"),
+])
+def test_positions_default_by_model_is_streamable_where_the_model_can_stream(fields, positions):
+    config = ModelConfig(**fields)
+    assert config.resolved_positions == positions
+    assert config.resolved().positions == positions  # what config.json records
+    assert config.encoder_kwargs()["positions"] == positions
+    assert config.is_streamable == (config.can_stream and positions != "from_end")
+    if "positions" not in fields:
+        assert config.positions is None
+        assert config.is_streamable == config.can_stream

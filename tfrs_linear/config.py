@@ -168,7 +168,9 @@ class ModelConfig(_FlatFields):
             newest item), ``"from_start"`` (an event's index in the user's history; past
             ``max_len - 1`` every index shares the table's last row) or ``"none"``. Only
             ``"from_start"`` and ``"none"`` can be streamed (a new event does not move the
-            older events' positions).
+            older events' positions). ``None``: by model (:attr:`resolved_positions`):
+            ``"from_start"`` for the models that can stream (causal LinRec and ELASTIC
+            without the memory), ``"from_end"`` otherwise.
         recency_bias: ELASTIC's learned per-interest recency slopes on the aggregate
             logits (not in the paper; see ``LinearDispatcherAttention``); ``None``: on for
             attention ``"elastic"`` (:attr:`uses_recency_bias`).
@@ -201,10 +203,11 @@ class ModelConfig(_FlatFields):
     layer_norm_epsilon: float = encoder_field(1e-12, "epsilon of every LayerNorm")
     chunk_size: int = encoder_field(32, "chunk length of causal LinRec")
     num_interests: int = encoder_field(16, "ELASTIC's interest tokens k")
-    positions: str = encoder_field(
-        "from_end", "learned positions counted from the newest item (from_end), from the "
+    positions: str | None = encoder_field(
+        None, "learned positions counted from the newest item (from_end), from the "
         "user's first event (from_start, streamable; indices past max_len share the last "
-        "row) or none (streamable)", choices=POSITIONS)
+        "row) or none (streamable)", choices=POSITIONS,
+        default_help="by model: from_start for causal linrec/elastic, else from_end")
     recency_bias: bool | None = encoder_field(
         None, "ELASTIC's learned per-interest recency slopes",
         default_help="by attention: on for elastic")
@@ -224,11 +227,25 @@ class ModelConfig(_FlatFields):
         return bool(self.recency_bias)
 
     @property
+    def can_stream(self):
+        """Whether the architecture has a recurrent form (causal LinRec or ELASTIC, no
+        interest memory), whatever its positions."""
+        return self.is_causal and self.attention != "softmax" and not self.use_memory
+
+    @property
+    def resolved_positions(self):
+        """``positions``, or for ``None`` the default by model: ``"from_start"`` where the
+        model can stream (:attr:`can_stream`; within seed noise of ``"from_end"`` on
+        ml-100k, docs/quality/results.md), else ``"from_end"``."""
+        if self.positions is not None:
+            return self.positions
+        return "from_start" if self.can_stream else "from_end"
+
+    @property
     def is_streamable(self):
         """Whether the model has a constant-size per-user state (docs/streaming.md): a
         causal LinRec or ELASTIC encoder whose positions do not move with a new event."""
-        return (self.is_causal and self.attention != "softmax" and not self.use_memory
-                and self.positions != "from_end")
+        return self.can_stream and self.resolved_positions != "from_end"
 
     @property
     def is_causal(self):
@@ -237,7 +254,8 @@ class ModelConfig(_FlatFields):
     def resolved(self):
         """This configuration with its defaults-by-attention made explicit (what a trained
         model's ``config.json`` records, so that a later default cannot change it)."""
-        return self.replace(recency_bias=self.uses_recency_bias)
+        return self.replace(recency_bias=self.uses_recency_bias,
+                            positions=self.resolved_positions)
 
     def inapplicable_fields(self):
         """``{field: why}`` for the fields that change nothing in this model: LinRec's
@@ -263,10 +281,11 @@ class ModelConfig(_FlatFields):
 
     def encoder_kwargs(self):
         """The :class:`~tfrs_linear.layers.SequenceEncoder` arguments of this model (every
-        :func:`encoder_field`), with ``causal`` and ``recency_bias`` resolved."""
+        :func:`encoder_field`), with ``causal``, ``recency_bias`` and ``positions`` resolved."""
         kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.metadata.get("encoder")}
-        kwargs.update(causal=self.is_causal, recency_bias=self.uses_recency_bias)
+        kwargs.update(causal=self.is_causal, recency_bias=self.uses_recency_bias,
+                      positions=self.resolved_positions)
         return kwargs
 
     def validate(self):
@@ -279,7 +298,7 @@ class ModelConfig(_FlatFields):
             self.normalization in NORMALIZATIONS,
             f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}",
         )
-        _check(self.positions in POSITIONS,
+        _check(self.positions is None or self.positions in POSITIONS,
                f"positions must be one of {POSITIONS}, got {self.positions!r}")
         _check_positive(self, ("max_len", "d_model", "num_layers", "num_heads", "ffn_dim",
                                "chunk_size", "num_interests", "num_negatives"))

@@ -24,17 +24,19 @@ def test_check_serving_passes_on_good_exports(exports, capsys):
 def test_other_attentions_export_and_pass_check_serving(tmp_path, capsys, attention):
     """Causal softmax and causal ELASTIC (whose op holds a tf.cond fallback inside a custom
     gradient; with and without the recency bias) load and run in a TF1 session, with no
-    op TF Serving lacks, and serve what the Python model computes."""
+    op TF Serving lacks, and serve what the Python model computes. Positions from_end: the
+    exports without the streaming signatures (test_check_streaming has those)."""
     config = ModelConfig(attention=attention.split("-")[0], max_len=MAX_LEN, d_model=16,
                          num_heads=2, ffn_dim=32, num_layers=1, num_interests=4, dropout=0.0,
-                         attention_dropout=0.0, recency_bias=attention == "elastic-recency")
+                         attention_dropout=0.0, recency_bias=attention == "elastic-recency",
+                         positions="from_end")
     model = SequentialRetrievalModel(config, vocab_size=len(VOCAB)).build_all()
     save_model_dir(model, VOCAB, tmp_path / "model")
     version = serving.export_model_dir(tmp_path / "model", tmp_path / "saved" / "m", k=K)
     assert main(["check-serving", str(version), "--model", str(tmp_path / "model")]) == 0
     out = capsys.readouterr().out
     assert "ops scan: ok" in out and "replayed 9 of 9" in out and "compared with the Python model" in out
-    # Not streamable (softmax; positions from_end): no encode_state/step, and it checks fine.
+    # Not streamable (positions from_end): no encode_state/step, and it checks fine.
     assert "encode_state" not in out and " step(" not in out and "streaming:" not in out
 
 

@@ -12,6 +12,7 @@ from tfrs_linear import evaluation
 from tfrs_linear.config import ModelConfig, TrainConfig
 from tfrs_linear.data.datasets import evaluation_batches, training_dataset
 from tfrs_linear.training import Trainer
+from tfrs_linear.training.evaluator import make_encode_fn, uses_offsets
 from tfrs_linear.training.epoch_data import epochs_dataset
 from tfrs_linear.training.fit_model import METRIC_NAMES, FitRetrievalModel
 from tests.models.common import TINY_MODEL, TINY_TRAIN, tiny_sequences
@@ -39,13 +40,18 @@ def test_stock_callbacks_see_the_protocols_validation_metrics(tiny_data, exclude
               validation_data=valid, callbacks=[history, stop], verbose=0)
     assert len(history.history["loss"]) == 2  # stopped by the stock callback
     assert set(history.history) == {"loss"} | {f"val_{name}" for name in METRIC_NAMES}
-    expected = evaluation.evaluate(lambda ids: model.encode(ids), model.item_embeddings(), valid,
-                                   exclude_history=exclude_history)
+    # The oracle encodes as the model's own evaluation does (with the rows' offsets under
+    # positions from_start, the default of this causal LinRec).
+    encode = make_encode_fn(model, xla=False)
+    expected = evaluation.evaluate(encode, model.item_embeddings(), valid,
+                                   exclude_history=exclude_history,
+                                   with_offsets=uses_offsets(model))
     for name in METRIC_NAMES:
         assert history.history[f"val_{name}"][-1] == pytest.approx(expected[name], abs=1e-12), name
     # The same model without exclusion ranks against more items: never a better HR.
     if exclude_history:
-        kept = evaluation.evaluate(lambda ids: model.encode(ids), model.item_embeddings(), valid)
+        kept = evaluation.evaluate(encode, model.item_embeddings(), valid,
+                                   with_offsets=uses_offsets(model))
         assert kept["hr@20"] <= history.history["val_hr@20"][-1] + 1e-12
 
 
