@@ -15,3 +15,12 @@ def float32_policy():
 
     yield
     tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def pytest_collection_finish(session):
+    """Starts the Keras 3 backend subprocesses (tests/keras3/test_backends.py) right after
+    collection when one of their tests was selected: they then run beside the rest of the
+    suite instead of holding it up for minutes when their module's turn comes."""
+    if any(item.nodeid.startswith("tests/keras3/test_backends.py") for item in session.items):
+        from tests.keras3.test_backends import start_backend_runs
+        start_backend_runs()

@@ -53,9 +53,22 @@ def _start(backend):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+# The subprocesses, started once: by tests/conftest.py as soon as collection has selected a
+# test of this module (so they run beside the rest of the suite, much of which waits on
+# one core), or by the fixture below when this module runs first.
+_PROCESSES = {}
+
+
+def start_backend_runs():
+    """Starts the backend subprocesses unless they were started; returns them."""
+    if not _PROCESSES:
+        _PROCESSES.update({backend: _start(backend) for backend in BACKENDS})
+    return _PROCESSES
+
+
 @pytest.fixture(scope="module")
 def runs():
-    processes = {backend: _start(backend) for backend in BACKENDS}
+    processes = start_backend_runs()
     yield processes
     for process in processes.values():
         if process.poll() is None:
