@@ -138,8 +138,8 @@ def check_full_loss_fits(config, batch_size, vocab_size, available=None):
     logits = full_loss_logits_bytes(config, batch_size, vocab_size)
     if available is None or 2 * logits <= available:
         return
-    positions = config.max_len if config.regime == "all" else 1
-    at_a_time = full_loss_rows(config, batch_size, vocab_size)[1]
+    rows, at_a_time = full_loss_rows(config, batch_size, vocab_size)
+    positions = rows // int(batch_size)
     raise ValueError(
         f"the full loss cannot hold its logits: batch size {batch_size} x {positions} "
         f"positions, scored {at_a_time:,} at a time, x a catalogue of "
