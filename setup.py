@@ -35,7 +35,7 @@ setup(
         # `import tensorflow_recommenders` under TF 2.21. Top-k is exact (brute force).
     ],
     extras_require={
-        "test": ["pytest>=8", "psutil>=5.9", "hypothesis>=6.100", "pyarrow>=25,<26"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "psutil>=5.9", "hypothesis>=6.100", "pyarrow>=25,<26"],
         # The fast path of the raw-file readers (pyarrow.csv; the exact parser otherwise).
         "fast": ["pyarrow>=25,<26"],
         "bench": ["matplotlib>=3.8", "psutil>=5.9"],

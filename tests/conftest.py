@@ -20,7 +20,13 @@ def float32_policy():
 def pytest_collection_finish(session):
     """Starts the Keras 3 backend subprocesses (tests/keras3/test_backends.py) right after
     collection when one of their tests was selected: they then run beside the rest of the
-    suite instead of holding it up for minutes when their module's turn comes."""
+    suite instead of holding it up for minutes when their module's turn comes.
+
+    Under pytest-xdist (``scripts/test.sh`` runs two workers) every worker collects every
+    test but only one runs that module: the workers leave the start to the module's own
+    fixture, or each would start its own pair of subprocesses."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
     if any(item.nodeid.startswith("tests/keras3/test_backends.py") for item in session.items):
         from tests.keras3.test_backends import start_backend_runs
         start_backend_runs()
