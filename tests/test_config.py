@@ -137,8 +137,9 @@ INAPPLICABLE_IN_FIXTURES = {
 
 def test_a_saved_config_is_written_back_with_the_keys_that_apply(tmp_path):
     """config.json of a model saved by 0.1.0: loaded and saved again, every key that applies
-    keeps its value (and the new ``precision``, ``positions`` and ``optimizer`` are how it
-    was trained: float32, positions counted from the newest item, Adam); the keys
+    keeps its value (and the new ``precision``, ``positions``, ``optimizer``,
+    ``lr_schedule`` and ``warmup_steps`` are how it was trained: float32, positions counted
+    from the newest item, Adam at a constant rate); the keys
     that do nothing for the model are left out, and the configuration is the same."""
     fixtures = ROOT / "tests" / "fixtures" / "model_dir_v0_1_0"
     for name, skipped in INAPPLICABLE_IN_FIXTURES.items():
@@ -148,7 +149,8 @@ def test_a_saved_config_is_written_back_with_the_keys_that_apply(tmp_path):
         new = json.loads((tmp_path / "config.json").read_text())
         assert new == {**{k: v for k, v in old.items() if k not in skipped},
                        "precision": "float32", "positions": "from_end",
-                       "optimizer": "adam"}, name
+                       "optimizer": "adam", "lr_schedule": "constant",
+                       "warmup_steps": 0}, name
         assert load_saved_config(tmp_path / "config.json") == load_saved_config(saved)
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from tfrs_linear.constants import (  # noqa: F401
     ATTENTIONS,
     LOSSES,
+    LR_SCHEDULES,
     NORMALIZATIONS,
     OPTIMIZERS,
     POSITIONS,
@@ -350,6 +351,12 @@ class TrainConfig(_FlatFields):
             (:class:`~tfrs_linear.training.LazyAdam`: Adam on the rows a sparse gradient
             touches; it differs only for the item table under the sampled loss, where it
             makes a step at a million items several times faster).
+        lr_schedule: ``"constant"`` (``learning_rate`` throughout) or ``"cosine"``
+            (``learning_rate`` decayed to 0 along a half cosine, reaching 0 at the end of
+            the epoch cap; :mod:`tfrs_linear.training.lr_schedule`). Under ``"cosine"`` the
+            epoch cap is part of the schedule: a run resumes only with the same ``epochs``.
+        warmup_steps: train steps over which the learning rate rises linearly from 0 to
+            ``learning_rate`` before the schedule starts (0: none).
     """
 
     learning_rate: float = config_field(1e-3, "Adam's learning rate")
@@ -368,6 +375,11 @@ class TrainConfig(_FlatFields):
     optimizer: str = config_field(
         "adam", "adam, or lazy_adam: Adam on the rows a sparse gradient touches (the item "
         "table under the sampled loss; much faster with large catalogues)", choices=OPTIMIZERS)
+    lr_schedule: str = config_field(
+        "constant", "the learning rate held (constant), or decayed to 0 along a half cosine "
+        "that ends with the epoch cap (cosine)", choices=LR_SCHEDULES)
+    warmup_steps: int = config_field(
+        0, "train steps of linear learning-rate warm-up from 0 (0: none)")
 
     def validate(self):
         """Returns ``self``; raises ``ValueError("invalid configuration: ...")``."""
@@ -376,6 +388,9 @@ class TrainConfig(_FlatFields):
                f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         _check(self.optimizer in OPTIMIZERS,
                f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(self.lr_schedule in LR_SCHEDULES,
+               f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         _check_positive(self, ("batch_size", "epochs", "eval_batch_size"))
         _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         _check(self.patience >= 0, f"patience must be >= 0, got {self.patience}")

@@ -31,6 +31,9 @@ LOSSES = ("full", "sampled")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 #: ``TrainConfig.optimizer``: Adam, or Adam with row-wise updates of sparse gradients.
 OPTIMIZERS = ("adam", "lazy_adam")
+#: ``TrainConfig.lr_schedule``: the learning rate held, or decayed to 0 along a half cosine
+#: over the epoch cap (both after ``warmup_steps`` of linear warm-up).
+LR_SCHEDULES = ("constant", "cosine")
 # Interaction file formats (tfrs_linear.data.readers parses them), "auto" (guess), and
 # the output directory of pipelines/preprocess.py.
 FILE_FORMATS = ("recbole", "movielens", "udata", "sasrec", "csv")

@@ -48,7 +48,10 @@ def check_resumable(output, model_config, train_config, vocab):
         return
     old = to_flat_dict(*load_saved_config(existing))
     new = to_flat_dict(model_config, train_config)
-    diff = sorted(k for k in new if k not in RESUMABLE_KEYS and old.get(k) != new[k])
+    resumable = RESUMABLE_KEYS
+    if new.get("lr_schedule") == "cosine":  # the cosine ends with the epoch cap
+        resumable = resumable - {"epochs"}
+    diff = sorted(k for k in new if k not in resumable and old.get(k) != new[k])
     if diff:
         raise ValueError(
             f"{output} holds a run with a different configuration "

@@ -37,6 +37,7 @@ from tfrs_linear.models.retrieval import check_full_loss_fits
 from tfrs_linear.training import epoch_data, run_dir
 from tfrs_linear.training.evaluator import SELECTION_METRIC, Evaluator, format_table, metric_subset
 from tfrs_linear.training.fit_model import FitRetrievalModel
+from tfrs_linear.training.lr_schedule import learning_rate
 from tfrs_linear.training.model_scope import (make_optimizer, model_scope, random_generators,
                                               train_precision)
 
@@ -363,8 +364,8 @@ class Trainer:
                 exclude_history=self.train_config.exclude_history,
                 sampler_seed=self.train_config.seed,
             ).build_all()
-            optimizer = make_optimizer(self.train_config.learning_rate, self.precision,
-                                       getattr(self.train_config, "optimizer", "adam"))
+            optimizer = make_optimizer(learning_rate(self.train_config, self.steps),
+                                       self.precision, self.train_config.optimizer)
             jit = self.train_config.xla and _xla_train_step_supported(self.strategy)
             if self.train_config.xla and not jit:
                 _log(
