@@ -47,6 +47,8 @@ SETS = {
     "eval_batch_size": (["--eval-batch-size", "64"], [], 64),
     "precision": (["--precision", "mixed_bfloat16"], [], "mixed_bfloat16"),
     "optimizer": (["--optimizer", "lazy_adam"], [], "lazy_adam"),
+    "lr_schedule": (["--lr-schedule", "cosine"], [], "cosine"),
+    "warmup_steps": (["--warmup-steps", "100"], [], 100),
 }
 
 
