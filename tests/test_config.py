@@ -209,18 +209,18 @@ def test_resolved_makes_the_attention_defaults_explicit():
     config = ModelConfig(attention="elastic")
     assert config.recency_bias is None and config.resolved().recency_bias is True
     assert config.resolved().causal is None  # causal stays as given (config.json records None)
-    assert config.positions is None and config.resolved().positions == "from_start"
+    assert config.positions is None and config.resolved().positions == "none"
     assert ModelConfig().resolved().positions == "from_end"  # LinRec
     assert dataclasses.replace(config.resolved(), recency_bias=None, positions=None) == config
 
 
 @pytest.mark.parametrize("fields, positions", [
     ({}, "from_end"),                                          # causal LinRec: -6% HR@10
-    ({"attention": "elastic"}, "from_start"),                  # causal ELASTIC + recency
+    ({"attention": "elastic"}, "none"),                        # causal ELASTIC + recency
     ({"attention": "elastic", "recency_bias": False}, "from_end"),
     ({"attention": "softmax"}, "from_end"),                    # no recurrent form
     ({"attention": "elastic", "regime": "last"}, "from_end"),  # non-causal
-    ({"attention": "elastic", "regime": "last", "causal": True}, "from_start"),
+    ({"attention": "elastic", "regime": "last", "causal": True}, "none"),
     ({"attention": "elastic", "regime": "last", "use_memory": True}, "from_end"),
     ({"positions": "from_start"}, "from_start"),               # explicit wins
     ({"attention": "softmax", "positions": "none"}, "none"),   # explicit wins
