@@ -17,7 +17,9 @@ next to the test NDCG@10 / HR@10 at the best epoch (the anchor's test NDCG@10 is
 and the load average before and after each run (the measurement wants an idle machine).
 
 An interrupted measurement resumes: a run whose ``metrics.json`` exists is read, not
-trained again; one that stopped part-way resumes where it stopped (the CLI does that).
+trained again (its wall time and load averages come from the previous report); one that
+stopped part-way resumes where it stopped (the CLI does that). A ``note`` in the report's
+JSON (a remark on how it was made) is kept and printed under the tables.
 
 Usage::
 
@@ -71,19 +73,22 @@ def _load():
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def run_one(config, seed, args):
-    """Trains one (configuration, seed) through the CLI (unless done); its record."""
+def run_one(config, seed, args, earlier=None):
+    """Trains one (configuration, seed) through the CLI (unless done); its record. A run
+    read back keeps the wall time and load averages of ``earlier`` (its record in the
+    previous report), which only the invocation that trained it could measure."""
     name = Path(config).stem
     output = Path(args.runs_dir) / f"{name}-seed{seed}"
     metrics_file = output / "metrics.json"
-    load_before, wall = _load(), None
+    measured = {k: (earlier or {}).get(k) for k in ("wall_seconds", "load_before", "load_after")}
     if not metrics_file.exists():
         command = [sys.executable, "-m", "tfrs_linear", "train", "--config", config,
                    "--data", args.data, "--output", str(output), "--seed", str(seed)]
         print(f"[{datetime.datetime.now():%H:%M:%S}] {' '.join(command)}", flush=True)
-        t0 = time.monotonic()
+        load_before, t0 = _load(), time.monotonic()
         subprocess.run(command, check=True, cwd=ROOT)
-        wall = time.monotonic() - t0
+        measured = {"wall_seconds": time.monotonic() - t0, "load_before": load_before,
+                    "load_after": _load()}
     metrics = json.loads(metrics_file.read_text())
     history = metrics["history"]
     reached = next((h for h in history if h["valid"]["ndcg@10"] >= args.target), None)
@@ -94,8 +99,7 @@ def run_one(config, seed, args):
         "best_epoch": metrics["best_epoch"], "epochs_run": metrics["epochs_run"],
         "best_valid_ndcg@10": max(h["valid"]["ndcg@10"] for h in history),
         "test": {k: metrics["test"][k] for k in ("ndcg@10", "hr@10", "mrr@10")},
-        "train_seconds": history[-1]["seconds"], "wall_seconds": wall,
-        "load_before": load_before, "load_after": _load() if wall else None,
+        "train_seconds": history[-1]["seconds"], **measured,
     }
 
 
@@ -157,6 +161,8 @@ def render(report):
             f"| {Path(r['config']).stem}-seed{r['seed']} | {to} | {r['best_epoch']}/"
             f"{r['epochs_run']} | {r['best_valid_ndcg@10']:.4f} | {r['test']['ndcg@10']:.4f} | "
             f"{r['test']['hr@10']:.4f} | {r['train_seconds']:.0f} | {load} |")
+    if report.get("note"):
+        lines += ["", report["note"]]
     return "\n".join(lines) + "\n"
 
 
@@ -164,15 +170,19 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
     json_file = out / "time_to_quality.json"
+    earlier = json.loads(json_file.read_text()) if json_file.exists() else {}
     if args.report_only:
-        report = json.loads(json_file.read_text())
+        report = earlier
     else:
-        records = [run_one(c, s, args) for c in args.configs for s in args.seeds]
+        before = {(r["config"], r["seed"]): r for r in earlier.get("runs", [])}
+        records = [run_one(c, s, args, before.get((c, s)))
+                   for c in args.configs for s in args.seeds]
         report = {
             "updated": datetime.datetime.now().isoformat(timespec="seconds"),
             "data": args.data, "target": args.target,
             "machine": f"{platform.node() or 'host'}, {os.cpu_count()} logical cores",
             "summary": summarize(records, args.target), "runs": records,
+            **({"note": earlier["note"]} if earlier.get("note") else {}),
         }
         out.mkdir(parents=True, exist_ok=True)
         json_file.write_text(json.dumps(report, indent=1) + "\n")
