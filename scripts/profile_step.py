@@ -1,0 +1,250 @@
+"""Where the time of one XLA-compiled step goes: thunk CPU time by kind and by TensorFlow op.
+
+Two scopes:
+
+* ``--scope layer``: the attention layer's forward+backward exactly as ``tfrs-linear
+  bench`` times it (its configurations, e.g. ``softmax-causal``, ``linrec-paper-causal``,
+  ``elastic-k16-causal-recency``; batch 8, d_model 64, 2 heads by default);
+* ``--scope train``: a whole training step of the retrieval model (``ModelConfig``'s
+  defaults with ``--attention``, full-catalogue loss, regime ``all``, Adam), on real
+  batches of ``--data`` (ml-100k by default), as the quality script's throughput measure
+  runs it (batch 128).
+
+The step is compiled once with XLA's HLO dump on, timed (median wall time of
+``--repeats`` calls), then run ``--profile-steps`` times under ``tf.profiler``. Every
+XLA CPU thunk the trace shows is matched to its instruction in the optimised HLO, whose
+metadata names the TensorFlow op it came from. Thunks run on several threads at once, so
+their CPU time adds up to more than the wall time when both cores are busy and to less
+when the step waits on dependencies; the "thunks" line says how many there are.
+
+Kinds: ``matmul`` (dot and its fusions), ``copy/transpose`` (copies, transposes,
+pads, concatenations, slices), ``reduce`` (reductions and reduce-windows), ``control``
+(conditionals, loops), ``elementwise`` (every other fusion and op).
+
+    .venv/bin/python scripts/profile_step.py --scope layer --attention linrec-paper-causal --length 1024
+    .venv/bin/python scripts/profile_step.py --scope train --attention elastic --length 200 --top 30
+    .venv/bin/python scripts/profile_step.py --scope layer --attention softmax-causal \\
+        --length 256 --json runs/profile-softmax-256.json
+"""
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "ml-100k" / "ml-100k.inter"
+
+_KIND_OF_OPCODE = {
+    "dot": "matmul", "convolution": "matmul",
+    "copy": "copy/transpose", "transpose": "copy/transpose", "pad": "copy/transpose",
+    "concatenate": "copy/transpose", "slice": "copy/transpose",
+    "dynamic-slice": "copy/transpose", "dynamic-update-slice": "copy/transpose",
+    "reduce": "reduce", "reduce-window": "reduce",
+    "conditional": "control", "while": "control", "call": "control",
+}
+_RANDOM_BITS = re.compile(r"%rng-get-and-update-state|rng-bit-generator\(|= \S+ rng\(")
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+(?: \S+)*? ([a-z\-]+)\(")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scope", choices=("layer", "train"), default="layer")
+    p.add_argument("--attention", required=True,
+                   help="layer: a bench configuration (tfrs-linear bench --attentions); "
+                        "train: softmax, linrec or elastic")
+    p.add_argument("--length", type=int, default=256, help="N (layer) or max_len (train)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default 8 (layer, the bench's) or 128 (train)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="train scope: the .inter file")
+    p.add_argument("--repeats", type=int, default=9, help="timed calls (median)")
+    p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--top", type=int, default=25, help="TensorFlow ops listed")
+    p.add_argument("--json", default=None, help="also write the tables here")
+    args = p.parse_args(argv)
+    if args.length < 1 or args.repeats < 1 or args.profile_steps < 1:
+        p.error("--length, --repeats and --profile-steps must be >= 1")
+    if args.scope == "train" and args.attention not in ("softmax", "linrec", "elastic"):
+        p.error(f"--scope train takes --attention softmax, linrec or elastic, "
+                f"not {args.attention!r}")
+    if args.scope == "train" and not Path(args.data).is_file():
+        p.error(f"--data {args.data}: no such file")
+    return args
+
+
+def layer_step(args):
+    """``(step, inputs)``: the bench's forward+backward of one attention layer (XLA)."""
+    from tfrs_linear.bench.plan import CONFIGS
+    from tfrs_linear.bench.worker import build_subject, step_function
+    if args.attention not in CONFIGS:
+        sys.exit(f"--attention {args.attention!r}: not a bench configuration; one of "
+                 f"{', '.join(sorted(CONFIGS))}")
+    spec = dict(batch_size=args.batch_size or 8, d_model=64, heads=2, num_blocks=2,
+                chunk_size=32)
+    forward, make_inputs, variables = build_subject("layer", CONFIGS[args.attention], spec)
+    step = step_function(forward, variables, "fwdbwd", "xla")
+    inputs = make_inputs(args.length)
+    return (lambda: step(*inputs).numpy()), "step"
+
+
+def train_step(args):
+    """``(run one step, module name pattern)``: the model's XLA train step on real data."""
+    import tensorflow as tf
+    from tfrs_linear import data as data_lib
+    from tfrs_linear.config import ModelConfig, TrainConfig
+    from tfrs_linear.models import SequentialRetrievalModel
+    data = data_lib.load_dataset(args.data)
+    batch = args.batch_size or 128
+    batches = data_lib.training_dataset(data, args.length, batch, regime="all", seed=0)
+    batches = iter(batches.take(4).cache().repeat())
+    tf.keras.utils.set_random_seed(0)
+    config = ModelConfig().replace(attention=args.attention, max_len=args.length)
+    model = SequentialRetrievalModel(config, data.num_items).build_all()
+    model.compile(optimizer=tf.keras.optimizers.Adam(TrainConfig().learning_rate),
+                  jit_compile=True)
+    step = model.make_train_function()
+    return (lambda: float(step(batches)["loss"])), "run_step"
+
+
+def hlo_instructions(dump_dir, module_pattern):
+    """``{instruction: (opcode, tf op name)}`` of the largest optimised HLO module."""
+    modules = [f for f in glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt"))
+               if module_pattern in os.path.basename(f)]
+    if not modules:
+        sys.exit(f"no optimised HLO module matching {module_pattern!r} in {dump_dir}")
+    found = {}
+    with open(max(modules, key=os.path.getsize)) as f:
+        for line in f:
+            m = _INSTRUCTION.match(line)
+            if not m:
+                continue
+            op = re.search(r'op_name="([^"]*)"', line)
+            if op:
+                op = op.group(1)
+            elif _RANDOM_BITS.search(line):
+                op = "(random bits)"  # XLA's expansion of a random op (e.g. dropout's)
+            else:
+                op = "(no TF op)"
+            found[m.group(1)] = (m.group(2), op)
+    return found
+
+
+def thunk_times(trace_dir, instructions, steps):
+    """``{instruction: CPU ms per step}`` of the thunks in the profiler trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    planes = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    space = xplane_pb2.XSpace()
+    with open(planes[0], "rb") as f:
+        space.ParseFromString(f.read())
+    total = collections.Counter()
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id)
+                if name in instructions:
+                    total[name] += event.duration_ps / 1e9 / steps
+    return total
+
+
+def kind_of(opcode, name):
+    if opcode == "fusion":
+        if "dot" in name or "matmul" in name.lower():
+            return "matmul"
+        if any(w in name for w in ("transpose", "copy", "concatenate", "pad", "slice")):
+            return "copy/transpose"
+        if "reduce" in name:
+            return "reduce"
+        return "elementwise"
+    return _KIND_OF_OPCODE.get(opcode, "elementwise")
+
+
+# Parts of a step, by the TensorFlow op name (gradients count with their forward op).
+# The ELASTIC layer's projections are plain einsums of the layer: "attention (rest)".
+_PARTS = (
+    ("dropout (random bits, masks)", r"^\(random bits\)$|(^|/|_)dropout(_\d+)?/"),
+    ("projections (q, k, v, output)", r"(^|/)(query|key|value|attention_output)(/|$)"),
+    ("feed-forward", r"ffn_(inner|outer)"),
+    ("loss", r"(^|/)(while(_\d+)?|argsort|catalogue\w*)(/|$)"),
+    ("layer norms", r"_norm(/|$)|layer_norm"),
+    ("attention (rest)", r"attention"),
+    ("embeddings", r"embedding|UnsortedSegmentSum"),
+)
+
+
+def part_of(op):
+    op = op.replace("gradient_tape/", "")
+    for part, pattern in _PARTS:
+        if re.search(pattern, op):
+            return part
+    return "other"
+
+
+def summarise(times, instructions, top):
+    total = sum(times.values())
+    kinds, ops, parts = collections.Counter(), collections.Counter(), collections.Counter()
+    for name, ms in times.items():
+        opcode, op = instructions[name]
+        kinds[kind_of(opcode, name)] += ms
+        ops[op] += ms
+        parts[part_of(op)] += ms
+    return {
+        "thunk_cpu_ms": round(total, 2),
+        "thunks": len(times),
+        "kinds": {k: round(v, 2) for k, v in kinds.most_common()},
+        "parts": {k: round(v, 2) for k, v in parts.most_common()},
+        "ops": [[op, round(ms, 2)] for op, ms in ops.most_common(top)],
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dump = tempfile.mkdtemp(prefix="profile-step-hlo-")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump}"
+                               " --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*step.*")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tfrs_linear  # noqa: F401  (Keras 2 before TensorFlow is used)
+    import tensorflow as tf
+
+    run, module_pattern = (layer_step if args.scope == "layer" else train_step)(args)
+    for _ in range(3):  # compile and warm up
+        run()
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    trace = tempfile.mkdtemp(prefix="profile-step-trace-")
+    tf.profiler.experimental.start(trace)
+    for _ in range(args.profile_steps):
+        run()
+    tf.profiler.experimental.stop()
+
+    instructions = hlo_instructions(dump, module_pattern)
+    report = summarise(thunk_times(trace, instructions, args.profile_steps), instructions,
+                       args.top)
+    report.update(scope=args.scope, attention=args.attention, length=args.length,
+                  step_wall_ms=round(1000 * statistics.median(times), 2),
+                  load_average=list(os.getloadavg()))
+    print(f"{args.scope} {args.attention} N={args.length}: step {report['step_wall_ms']} ms "
+          f"(median of {args.repeats}); thunk CPU {report['thunk_cpu_ms']} ms over "
+          f"{report['thunks']} thunks; load {os.getloadavg()[0]:.2f}")
+    for table in ("kinds", "parts"):
+        for name, ms in report[table].items():
+            print(f"  {name:30s} {ms:9.2f} ms  {100 * ms / report['thunk_cpu_ms']:5.1f}%")
+    for op, ms in report["ops"]:
+        print(f"  {ms:9.2f} ms  {op}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
