@@ -10,6 +10,7 @@ import math
 import tensorflow as tf
 
 from tfrs_linear.layers._common import check_inputs, fresh, input_dim, keras_mask_or
+from tfrs_linear.layers.dropout import CounterDropout
 from tfrs_linear.ops.dispatcher import (
     dispatcher_aggregate,
     dispatcher_attention,
@@ -280,7 +281,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
                 name="interest_norm",
             )
             self.interest_norm.build([None, k, dim])
-        self.dropout_layer = tf.keras.layers.Dropout(
+        self.dropout_layer = CounterDropout(
             self.dropout, dtype=self.dtype_policy, name="dropout"
         )
         super().build(input_shape)

@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrs_linear.constants import PAD_INDEX, POSITIONS
+from tfrs_linear.layers.dropout import CounterDropout
 from tfrs_linear.layers.interest_memory import InterestMemory
 from tfrs_linear.layers.transformer import TransformerBlock
 
@@ -242,7 +243,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         self.input_norm = tf.keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, name="input_norm"
         )
-        self.input_dropout = tf.keras.layers.Dropout(self.dropout)
+        self.input_dropout = CounterDropout(self.dropout)
 
     def _make_block(self, i):
         # Non-causal ELASTIC hands P' from block to block (and the memory gives the first

@@ -5,6 +5,7 @@ import contextlib
 import tensorflow as tf
 
 from tfrs_linear.constants import NORMALIZATIONS
+from tfrs_linear.layers.dropout import CounterDropout
 from tfrs_linear.ops.linrec import linrec_attention
 from tfrs_linear.ops.linrec_recurrent import linrec_initial_state, linrec_step
 from tfrs_linear.ops.reference import linrec_attention_scores
@@ -264,6 +265,12 @@ class LinRecAttention(_MHA):
         # Recorded in SavedModels as `build_input_shape`: the loader calls build with it.
         self._build_input_shape = [query_shape, value_shape, key_shape]
         self.built = True
+
+    def _build_attention(self, rank):
+        """The parent's, with the head-output dropout as a :class:`CounterDropout` (the
+        same distribution as Keras' ``Dropout``, far cheaper random bits under XLA)."""
+        super()._build_attention(rank)
+        self._dropout_layer = CounterDropout(rate=self._dropout, dtype=self._dtype_policy)
 
     def _own_name_scope(self):
         """The layer's name scope, unless already in it (its own ``__call__``), so that the

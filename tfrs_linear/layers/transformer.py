@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from tfrs_linear.constants import ATTENTIONS
 from tfrs_linear.layers.dispatcher import LinearDispatcherAttention
+from tfrs_linear.layers.dropout import CounterDropout
 from tfrs_linear.layers.linrec import LinRecAttention
 
 
@@ -137,7 +138,7 @@ class TransformerBlock(tf.keras.layers.Layer):
         else:
             shape = tf.TensorShape(input_shape)
             self.attention_layer._build_from_signature(query=shape, value=shape)
-        self.attention_dropout_layer = tf.keras.layers.Dropout(self.dropout)
+        self.attention_dropout_layer = CounterDropout(self.dropout)
         self.attention_norm = tf.keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, name="attention_norm"
         )
@@ -145,7 +146,7 @@ class TransformerBlock(tf.keras.layers.Layer):
             ffn_dim, activation=self.activation, name="ffn_inner"
         )
         self.ffn_outer = tf.keras.layers.Dense(d_model, name="ffn_outer")
-        self.ffn_dropout = tf.keras.layers.Dropout(self.dropout)
+        self.ffn_dropout = CounterDropout(self.dropout)
         self.ffn_norm = tf.keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, name="ffn_norm"
         )
