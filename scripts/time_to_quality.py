@@ -78,7 +78,8 @@ def run_one(config, seed, args, earlier=None):
     read back keeps the wall time and load averages of ``earlier`` (its record in the
     previous report), which only the invocation that trained it could measure."""
     name = Path(config).stem
-    output = Path(args.runs_dir) / f"{name}-seed{seed}"
+    # Absolute: the command runs in the repository (cwd=ROOT), the script may not.
+    output = Path(args.runs_dir).resolve() / f"{name}-seed{seed}"
     metrics_file = output / "metrics.json"
     measured = {k: (earlier or {}).get(k) for k in ("wall_seconds", "load_before", "load_after")}
     if not metrics_file.exists():
