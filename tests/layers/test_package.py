@@ -29,7 +29,7 @@ def test_import_sets_legacy_keras_and_refuses_keras_3():
 
 
 @pytest.mark.parametrize("name", ["LinRecAttention", "LinearDispatcherAttention",
-                                  "InterestMemory", "TransformerBlock"])
+                                  "InterestMemory", "TransformerBlock", "CounterDropout"])
 def test_layers_keep_their_serialization_names(name):
     cls = getattr(layers, name)
     assert tf.keras.utils.get_registered_name(cls) == f"tfrs_linear>{name}"

@@ -11,6 +11,8 @@ under the package name ``tfrs_linear``.
   whose attention is chosen by name (:data:`ATTENTIONS`).
 * :class:`SequenceEncoder` (:mod:`~tfrs_linear.layers.encoder`): item ids to per-position
   states (embedding, positions, a stack of blocks); the query tower of the models.
+* :class:`CounterDropout` (:mod:`~tfrs_linear.layers.dropout`): Keras' ``Dropout`` with
+  its random bits from a counter-based hash, cheap under XLA; every dropout above.
 """
 
 from tfrs_linear.keras2 import require_keras2
@@ -22,6 +24,7 @@ from tfrs_linear.layers.dispatcher import (  # noqa: E402,F401
     MAX_RECENCY_SLOPE,
     LinearDispatcherAttention,
 )
+from tfrs_linear.layers.dropout import CounterDropout  # noqa: E402,F401
 from tfrs_linear.layers.interest_memory import InterestMemory  # noqa: E402,F401
 from tfrs_linear.layers.linrec import LinRecAttention  # noqa: E402,F401
 from tfrs_linear.layers.transformer import TransformerBlock  # noqa: E402,F401
