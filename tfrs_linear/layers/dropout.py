@@ -39,8 +39,8 @@ def keep_mask(shape, key, rate):
 
     Args:
       shape: the noise shape (a 1-D int tensor or list).
-      key: two non-negative integers (an int tensor of shape ``[2]``, any int dtype);
-        only their low 32 bits are used.
+      key: two integers (an int tensor of shape ``[2]``, any int dtype); only the low
+        32 bits of each are used.
       rate: the drop probability, in ``[0, 1)`` (a Python number).
 
     Returns:
