@@ -24,6 +24,7 @@ a cryptographic or a statistical-simulation generator. Noise shapes of 2**32 ele
 more use Keras' own dropout.
 """
 
+import math
 import numbers
 
 import tensorflow as tf
@@ -107,20 +108,12 @@ class CounterDropout(tf.keras.layers.Dropout):
 
 
 def _too_large(inputs, noise_shape):
-    """Whether the noise shape may reach ``2**32`` elements (the counter's range)."""
-    shape = noise_shape if noise_shape is not None else inputs.shape
-    dims = list(shape)
-    if any(d is None for d in dims):
-        known = [d for d in dims if d is not None]
-        # Unknown sizes (the batch) are assumed small next to 2**32 / the known ones.
-        size = 1
-        for d in known:
-            size *= int(d)
-        return size * 4096 >= _MAX_COUNTER
-    size = 1
-    for d in dims:
-        size *= int(d)
-    return size >= _MAX_COUNTER
+    """Whether the noise shape may reach ``2**32`` elements (the counter's range).
+
+    Unknown sizes (the batch) count as 4,096 in all: small next to ``2**32``."""
+    dims = list(noise_shape if noise_shape is not None else inputs.shape)
+    known = math.prod(int(d) for d in dims if d is not None)
+    return known * (4096 if None in dims else 1) >= _MAX_COUNTER
 
 
 __all__ = ["CounterDropout", "keep_mask"]
