@@ -29,7 +29,8 @@ def test_import_sets_legacy_keras_and_refuses_keras_3():
 
 
 @pytest.mark.parametrize("name", ["LinRecAttention", "LinearDispatcherAttention",
-                                  "InterestMemory", "TransformerBlock", "CounterDropout"])
+                                  "InterestMemory", "TransformerBlock", "CounterDropout",
+                                  "SoftmaxAttention"])
 def test_layers_keep_their_serialization_names(name):
     cls = getattr(layers, name)
     assert tf.keras.utils.get_registered_name(cls) == f"tfrs_linear>{name}"

@@ -11,6 +11,8 @@ under the package name ``tfrs_linear``.
   whose attention is chosen by name (:data:`ATTENTIONS`).
 * :class:`SequenceEncoder` (:mod:`~tfrs_linear.layers.encoder`): item ids to per-position
   states (embedding, positions, a stack of blocks); the query tower of the models.
+* :class:`SoftmaxAttention` (:mod:`~tfrs_linear.layers.softmax`): Keras'
+  ``MultiHeadAttention`` with a :class:`CounterDropout`; the softmax baseline.
 * :class:`CounterDropout` (:mod:`~tfrs_linear.layers.dropout`): Keras' ``Dropout`` with
   its random bits from a counter-based hash, cheap under XLA; every dropout above.
 """
@@ -27,5 +29,6 @@ from tfrs_linear.layers.dispatcher import (  # noqa: E402,F401
 from tfrs_linear.layers.dropout import CounterDropout  # noqa: E402,F401
 from tfrs_linear.layers.interest_memory import InterestMemory  # noqa: E402,F401
 from tfrs_linear.layers.linrec import LinRecAttention  # noqa: E402,F401
+from tfrs_linear.layers.softmax import SoftmaxAttention  # noqa: E402,F401
 from tfrs_linear.layers.transformer import TransformerBlock  # noqa: E402,F401
 from tfrs_linear.layers.encoder import SequenceEncoder  # noqa: E402,F401

@@ -6,6 +6,7 @@ from tfrs_linear.constants import ATTENTIONS
 from tfrs_linear.layers.dispatcher import LinearDispatcherAttention
 from tfrs_linear.layers.dropout import CounterDropout
 from tfrs_linear.layers.linrec import LinRecAttention
+from tfrs_linear.layers.softmax import SoftmaxAttention
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
@@ -15,7 +16,8 @@ class TransformerBlock(tf.keras.layers.Layer):
     The post-LN block of SASRec/RecBole, so that the three attentions are compared on the
     same architecture. ``attention`` picks the mechanism:
 
-    * ``"softmax"``: plain ``tf.keras.layers.MultiHeadAttention`` (O(N²)), the baseline;
+    * ``"softmax"``: :class:`~tfrs_linear.layers.SoftmaxAttention`, Keras'
+      ``MultiHeadAttention`` (O(N²)) with a cheaper probability dropout, the baseline;
     * ``"linrec"``: :class:`~tfrs_linear.layers.LinRecAttention`;
     * ``"elastic"``: :class:`~tfrs_linear.layers.LinearDispatcherAttention`; the block
       then also takes and can return the interest tokens handed from block to block.
@@ -111,7 +113,7 @@ class TransformerBlock(tf.keras.layers.Layer):
             name="attention",
         )
         if self.attention == "softmax":
-            self.attention_layer = tf.keras.layers.MultiHeadAttention(**common)
+            self.attention_layer = SoftmaxAttention(**common)
         elif self.attention == "linrec":
             # Causal through `use_causal_mask` at each call (not the constructor's
             # always-causal flag), so that `last_only` can attend the newest position
