@@ -605,7 +605,7 @@ def paired(results):
             by[(_setting(rec), rec["variant"], rec["seed"])] = rec
     out = []
     keys = sorted({(s, v) for (s, v, _) in by if v != "softmax"},
-                  key=lambda k: (k[0] != "default", list(VARIANTS).index(k[1])))
+                  key=lambda k: (k[0] != "default", list(VARIANTS).index(k[1]), k[0]))
     for setting, variant in keys:
         seeds = sorted(seed for (s, v, seed) in by if (s, v) == (setting, variant) and (s, "softmax", seed) in by)
         if len(seeds) < 2:
