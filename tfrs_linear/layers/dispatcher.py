@@ -13,10 +13,10 @@ from tfrs_linear.layers._common import check_inputs, fresh, input_dim, keras_mas
 from tfrs_linear.layers.dropout import CounterDropout
 from tfrs_linear.ops.dispatcher import (
     dispatcher_aggregate,
-    dispatcher_attention,
+    dispatcher_attention_from_values,
     dispatcher_dispatch,
 )
-from tfrs_linear.ops.dispatcher_causal import check_causal_path
+from tfrs_linear.ops.dispatcher_causal import check_causal_path, fold_values
 from tfrs_linear.ops.dispatcher_recurrent import dispatcher_initial_state, dispatcher_step
 
 _initializers = tf.keras.initializers
@@ -69,9 +69,9 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
     Causal (``causal=True``, per-position training): docs/elastic.md's design. ``P`` is
     always the layer's learned tokens (passing ``interests`` raises); no LayerNorm on the
     interest stream; ``P'_t = P + concat_h(mean_{s<=t} of X_s W_v1^h under A_h) W_o1``,
-    computed by :func:`tfrs_linear.ops.dispatcher_attention` with ``W_o1 W_k2`` and
-    ``W_o1 W_v2`` folded into the values, chunk-wise. Returned interests are ``P'`` at the
-    last position (= over all real items), ``[batch, k, dim]``.
+    computed by :func:`tfrs_linear.ops.dispatcher_attention_from_values` with
+    ``W_o1 W_k2`` and ``W_o1 W_v2`` folded into the values, chunk-wise. Returned interests
+    are ``P'`` at the last position (= over all real items), ``[batch, k, dim]``.
 
     Reconstruction choices (the paper is silent on them):
 
@@ -364,19 +364,19 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
     def _causal_attention(self, x, p, q1, k1, v1, mask, bias):
         """The causal fused attention ``[B, H, N, dv]``: prefix means of folded values."""
         q2 = self._heads(x, self.query_2_kernel, self.query_2_bias)  # [B,H,N,dk]
-        # Fold W_o1 W_k2 and W_o1 W_v2 into the per-position values (docs/elastic.md):
-        # value_key[b, h, n, g, :] = (X W_v1 + b_v1)^h W_o1^h W_k2^g.
-        value_key, value_value = self._folded_values(v1)
+        # W_o1 W_k2 and W_o1 W_v2 are folded into the per-position values (docs/elastic.md):
+        # value_key[b, h, n, g, :] = (X W_v1 + b_v1)^h W_o1^h W_k2^g; the op applies the
+        # folds after its sums, never forming the folded values on its fast path.
         k2 = self._heads(p, self.key_2_kernel, self.key_2_bias)  # P W_k2 + b_k2
         v2 = self._heads(p, self.value_2_kernel, self.value_2_bias)
-        return dispatcher_attention(
+        return dispatcher_attention_from_values(
             q2,
             k1,
             q1,
             k2,
             v2,
-            value_key,
-            value_value,
+            v1,
+            *self._folds(),
             mask=mask,
             causal=True,
             chunk_size=self.chunk_size,
@@ -384,13 +384,15 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             causal_path=self.causal_path,
         )
 
+    def _folds(self):
+        """``(W_o1 W_k2, W_o1 W_v2)`` per head pair: ``[H, dv, H, d]`` each."""
+        return (tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.key_2_kernel),
+                tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.value_2_kernel))
+
     def _folded_values(self, v1):
         """``(value_key, value_value) [B, H, N, H, d]``: the values with ``W_o1 W_k2`` and
         ``W_o1 W_v2`` folded in (docs/elastic.md)."""
-        fold_k = tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.key_2_kernel)
-        fold_v = tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.value_2_kernel)
-        return (tf.einsum("bhnv,hvge->bhnge", v1, fold_k),
-                tf.einsum("bhnv,hvge->bhnge", v1, fold_v))
+        return fold_values(v1, *self._folds())
 
     # -- the recurrent (streaming) form ------------------------------------------------
     def initial_state(self, batch):

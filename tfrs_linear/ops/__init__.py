@@ -6,8 +6,8 @@ One concept per module, each opening with its numerics contract:
 * :mod:`~tfrs_linear.ops.linrec`: LinRec, chunked causal linear attention.
 * :mod:`~tfrs_linear.ops.dispatcher`: ELASTIC's linear dispatcher attention (aggregate,
   dispatch, the fused form) and its masked softmax.
-* :mod:`~tfrs_linear.ops.dispatcher_causal`: the causal dispatcher's fast path, exact
-  fallback and scans (``causal_path``).
+* :mod:`~tfrs_linear.ops.dispatcher_causal`: the causal dispatcher's fast path and exact
+  fallback (``causal_path``); :mod:`~tfrs_linear.ops.causal_scans`: their prefix scans.
 * :mod:`~tfrs_linear.ops.linrec_recurrent`, :mod:`~tfrs_linear.ops.dispatcher_recurrent`:
   the per-event (recurrent) forms of the causal ops: a constant-size float32 state per
   user, updated by m new events at a time (streaming inference).
@@ -23,10 +23,15 @@ from tfrs_linear.ops.catalogue_loss import catalogue_cross_entropy, rows_per_chu
 from tfrs_linear.ops.dispatcher import (  # noqa: F401
     dispatcher_aggregate,
     dispatcher_attention,
+    dispatcher_attention_from_values,
     dispatcher_dispatch,
     masked_softmax_weights,
 )
-from tfrs_linear.ops.dispatcher_causal import CAUSAL_PATHS, causal_fast_path_ok  # noqa: F401
+from tfrs_linear.ops.dispatcher_causal import (  # noqa: F401
+    CAUSAL_PATHS,
+    causal_fast_path_ok,
+    fold_values,
+)
 from tfrs_linear.ops.dispatcher_recurrent import (  # noqa: F401
     DISPATCHER_STATE_SUMS,
     dispatcher_initial_state,

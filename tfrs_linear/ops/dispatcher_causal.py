@@ -61,6 +61,9 @@ from tfrs_linear.ops._common import (
     aggregate_logits, check_aggregate_bias, check_rank, chunk_layout, chunked, compute_dtype,
     dims, float_mask, inverse_sqrt_width, very_negative,
 )
+from tfrs_linear.ops.causal_scans import (
+    exclusive_prefix_states, linear_recurrence, running_max, shift_right,
+)
 
 # The implementations of the causal form that `causal_path` chooses from.
 CAUSAL_PATHS = ("auto", "fast", "exact")
@@ -138,132 +141,58 @@ def causal_dispatcher(q2, k1, q1, ik, iv, vk, vv, m, chunk, causal_path="auto", 
     ``[B, H, k, N]``). ``causal_path`` as in :data:`CAUSAL_PATHS` (see the module
     docstring). Returns ``[B, G, N, d_v]`` in the compute dtype.
     """
+    return _dispatch_path(q2, k1, q1, ik, iv, (vk, vv), None, m, chunk, causal_path, bias)
+
+
+def causal_dispatcher_from_values(q2, k1, q1, ik, iv, values, fold_k, fold_v, m, chunk,
+                                  causal_path="auto", bias=None):
+    """:func:`causal_dispatcher` with ``vk, vv = fold_values(values, fold_k, fold_v)``.
+
+    What :func:`tfrs_linear.ops.dispatcher_attention_from_values` runs for
+    ``causal=True``: ``values [B, H, N, d]``, ``fold_k [H, d, G, d_k]``, ``fold_v
+    [H, d, G, d_v]``, other arguments as in :func:`causal_dispatcher`. The fast path
+    never forms the folded values (the folds move out of its sums: cheaper, the same
+    numbers up to rounding); the exact fallback forms them inside its branch, a batch row
+    at a time, so a call that takes the fast path never does.
+    """
+    return _dispatch_path(q2, k1, q1, ik, iv, (values,), (fold_k, fold_v), m, chunk,
+                          causal_path, bias)
+
+
+def fold_values(values, fold_k, fold_v):
+    """``(value_key, value_value)``: ``values [B, H, N, d]`` times the per-head folds
+    ``fold_k [H, d, G, d_k]`` and ``fold_v [H, d, G, d_v]`` (``[B, H, N, G, d_*]``)."""
+    return (tf.einsum("bhnv,hvge->bhnge", values, fold_k),
+            tf.einsum("bhnv,hvge->bhnge", values, fold_v))
+
+
+def _dispatch_path(q2, k1, q1, ik, iv, vals, folds, m, chunk, causal_path, bias):
+    """The ``causal_path`` switch for folded values ``vals = (vk, vv)`` (``folds`` None)
+    or ``vals = (values,)`` with ``folds = (fold_k, fold_v)``."""
     check_causal_path(causal_path)
     if bias is not None:
         # Materialised once so that the per-position form can take it row by row.
         bias = tf.broadcast_to(tf.cast(bias, q1.dtype), dims(q1)[:3] + dims(k1)[2:3])
     logits = aggregate_logits(q1, k1, bias)
+
+    def fast(lg):
+        if folds is None:
+            return _causal_dispatcher_fast(q2, lg, ik, iv, *vals, m, chunk)
+        return _causal_dispatcher_fast_values(q2, lg, ik, iv, *vals, *folds, m, chunk)
+
     if causal_path == "fast":
-        return _causal_dispatcher_fast(q2, logits, ik, iv, vk, vv, m, chunk)
+        return fast(logits)
     if causal_path == "exact":
+        vk, vv = vals if folds is None else fold_values(*vals, *folds)
         return _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk, bias)
     fast_ok = _fast_path_ok(logits, k1, m, chunk)
     # Where the fast path is not exact it runs on zeroed logits (range 0), so that its
     # values and gradients stay finite; the tf.where then takes the fallback's result
     # instead and hands the fast path zero gradients.
     safe_logits = tf.where(fast_ok, logits, tf.zeros_like(logits))
-    fast = _causal_dispatcher_fast(q2, safe_logits, ik, iv, vk, vv, m, chunk)
-    slow = _per_position_unless(fast_ok, q2, k1, q1, ik, iv, vk, vv, m, chunk, bias)
-    return tf.where(fast_ok, fast, slow)
-
-
-# ------------------------------------------------------------------ scans
-def _shift_right(x, shift, axis, fill):
-    """``x`` moved ``shift`` places along ``axis`` (static), the gap filled with ``fill``."""
-    paddings = [[0, 0]] * x.shape.rank
-    paddings[axis] = [shift, 0]
-    size = dims(x)
-    x = tf.pad(x, paddings, constant_values=fill)
-    return tf.slice(x, [0] * x.shape.rank, size)
-
-
-def _running_max(x, axis, neg):
-    """Inclusive running maximum along ``axis``: log-depth doubling when the length is
-    static (XLA, training), ``tf.scan`` otherwise."""
-    axis = axis % x.shape.rank
-    n = x.shape[axis]
-    if n is None:
-        perm = [axis] + [i for i in range(x.shape.rank) if i != axis]
-        inverse = [perm.index(i) for i in range(x.shape.rank)]
-        return tf.transpose(tf.scan(tf.maximum, tf.transpose(x, perm)), inverse)
-    shift = 1
-    while shift < n:
-        x = tf.maximum(x, _shift_right(x, shift, axis, neg))
-        shift *= 2
-    return x
-
-
-def _linear_recurrence(decay, local, axis):
-    """``S_c = decay_c · S_{c-1} + local_c`` along ``axis`` (``S_{-1} = 0``), inclusive.
-
-    ``decay`` broadcasts against ``local`` (``decay`` has no feature axis, ``local`` has
-    one more trailing axis). Log-depth doubling (Hillis-Steele) for a static length,
-    ``tf.scan`` otherwise. Every decay is in ``[0, 1]``, so nothing overflows.
-    """
-    axis = axis % decay.shape.rank
-    n = decay.shape[axis]
-    if n is None:
-        perm = [axis] + [i for i in range(decay.shape.rank) if i != axis]
-        inverse = [perm.index(i) for i in range(decay.shape.rank)]
-        lperm = perm + [decay.shape.rank]
-        linverse = inverse + [decay.shape.rank]
-        out = tf.scan(
-            lambda state, e: e[0][..., tf.newaxis] * state + e[1],
-            (tf.transpose(decay, perm), tf.transpose(local, lperm)),
-            initializer=tf.zeros_like(tf.transpose(local, lperm)[0]),
-        )
-        return tf.transpose(out, linverse)
-    shift = 1
-    while shift < n:
-        local = local + decay[..., tf.newaxis] * _shift_right(local, shift, axis, 0.0)
-        decay = decay * _shift_right(decay, shift, axis, 0.0)
-        shift *= 2
-    return local
-
-
-def _exclusive_prefix_states(run_max, center, locals_):
-    """``prev[c] = Σ_{c' < c} exp(R[c'] - center[c]) local[c']`` along the chunk axis.
-
-    ``run_max`` (``R``, non-decreasing) and ``center`` are ``[..., n]`` stop-gradient
-    references with ``center[c] >= R[c - 1]``; ``locals_`` is a list of ``[..., n, F_j]``
-    tensors (the same weights for each; one result per tensor). Every weight
-    is ``exp(min(., 0)) <= 1`` (the products of the step decays telescope), so nothing
-    overflows. Two levels of masked matmuls instead of a scan: within groups of ``g``
-    chunks a ``g x g`` strictly lower-triangular weighting, across the ``n / g`` groups an
-    inclusive one of the group totals (``g ~ sqrt(n)``, so ``O(n^1.5 F)`` work in a few
-    large matmuls; the log-depth scan's ``log n`` elementwise passes over ``[n, F]`` cost
-    more in time and memory traffic).
-    """
-    dtype = run_max.dtype
-    neg = very_negative(dtype)
-    n = dims(run_max)[-1]
-    if isinstance(n, int):
-        group = 1 << (((max(n, 1) - 1).bit_length() + 1) // 2)  # a power of 2 >= sqrt(n)
-    else:
-        group = 16
-    pad = (-n) % group
-    n_groups = (n + pad) // group
-    rank = run_max.shape.rank
-    lead = dims(run_max)[:-1]
-
-    def grouped(x, extra):
-        paddings = [[0, 0]] * x.shape.rank
-        paddings[rank - 1] = [0, pad]
-        x = tf.pad(x, paddings)
-        return tf.reshape(x, lead + [n_groups, group] + extra)
-
-    r = grouped(run_max, [])  # [..., J, g]
-    cen = grouped(center, [])
-    strict = tf.linalg.band_part(tf.ones([group, group], dtype), -1, 0) - tf.eye(group, dtype=dtype)
-    w_in = tf.exp(tf.minimum(r[..., tf.newaxis, :] - cen[..., :, tf.newaxis], 0.0)) * strict
-    r_end = r[..., -1]  # [..., J]
-    w_end = tf.exp(tf.minimum(r - r_end[..., tf.newaxis], 0.0))[..., tf.newaxis, :]
-    incl = tf.linalg.band_part(tf.ones([n_groups, n_groups], dtype), -1, 0)
-    w_x = tf.exp(tf.minimum(r_end[..., tf.newaxis, :] - r_end[..., :, tf.newaxis], 0.0)) * incl
-    prev_r_end = _shift_right(r_end, 1, rank - 1, neg)
-    carry = tf.exp(tf.minimum(prev_r_end[..., tf.newaxis] - cen, 0.0))  # [..., J, g]
-    results = []
-    for local in locals_:
-        feat = dims(local)[-1]
-        loc = grouped(local, [feat])  # [..., J, g, F]
-        within = tf.matmul(w_in, loc)  # [..., J, g, F]
-        totals = tf.matmul(w_end, loc)[..., 0, :]  # [..., J, F], relative to r_end
-        ends = tf.matmul(w_x, totals)  # [..., J, F]: inclusive, relative to r_end
-        prev_ends = _shift_right(ends, 1, rank - 1, 0.0)
-        out = within + carry[..., tf.newaxis] * prev_ends[..., tf.newaxis, :]
-        out = tf.reshape(out, lead + [n_groups * group, feat])
-        results.append(out[..., :n, :])
-    return results
+    slow = _per_position_unless(fast_ok, (q2, k1, q1, ik, iv) + tuple(vals), folds, m, chunk,
+                                bias)
+    return tf.where(fast_ok, fast(safe_logits), slow)
 
 
 # ------------------------------------------------------------------ shared steps
@@ -304,10 +233,10 @@ def _causal_references(logits_c, mask_c, has_prefix):
     masked = tf.where(valid, logits_c, neg)
     plain = tf.stop_gradient(masked)
     chunk_max = tf.reduce_max(plain, axis=-1)  # [B, H, k, n]
-    run_max = _running_max(chunk_max, 3, neg)
-    prev_max = _shift_right(run_max, 1, 3, neg)
+    run_max = running_max(chunk_max, 3, neg)
+    prev_max = shift_right(run_max, 1, 3, neg)
     # The running maximum over the prefix s <= t (previous chunks included).
-    ref = tf.maximum(_running_max(plain, 4, neg), prev_max[..., tf.newaxis])
+    ref = tf.maximum(running_max(plain, 4, neg), prev_max[..., tf.newaxis])
     low = tf.reduce_min(
         tf.where(has_prefix[:, tf.newaxis, tf.newaxis], ref, run_max[..., tf.newaxis]),
         axis=-1,
@@ -319,7 +248,7 @@ def _causal_references(logits_c, mask_c, has_prefix):
 
 
 # ------------------------------------------------------------------ the fallback
-def _per_position_unless(skip, q2, k1, q1, ik, iv, vk, vv, m, chunk, bias=None):
+def _per_position_unless(skip, inputs, folds, m, chunk, bias=None):
     """:func:`_causal_dispatcher_per_position`, or zeros (and zero gradients) if ``skip``.
 
     A ``tf.cond`` in a ``tf.custom_gradient``: the forward pass runs one branch; the
@@ -327,10 +256,19 @@ def _per_position_unless(skip, q2, k1, q1, ik, iv, vk, vv, m, chunk, bias=None):
     tape) only when it was taken. Nothing of the untaken branch is ever materialised.
     The per-position form runs one batch row at a time (``tf.map_fn``), so that its
     ``[k, C, C]`` weights take ``1 / B`` of the memory they would: XLA reserves the
-    buffers of a branch whether it runs or not. ``bias`` (None or ``[B, H, k, N]``) is
-    the aggregate logits' additive bias; it gets its gradient like the other inputs.
+    buffers of a branch whether it runs or not. ``inputs`` are ``(q2, k1, q1, ik, iv, vk,
+    vv)``, or ``(q2, k1, q1, ik, iv, values)`` with ``folds = (fold_k, fold_v)``: the
+    folded values are then formed inside the branch, row by row (the folds go through
+    ``map_fn`` tiled over the batch; their gradient is the sum over the rows). ``bias``
+    (None or ``[B, H, k, N]``) is the aggregate logits' additive bias; it gets its
+    gradient like the other inputs.
     """
-    xs = (q2, k1, q1, ik, iv, vk, vv) + (() if bias is None else (bias,))
+    q2, iv = inputs[0], inputs[4]
+    xs = tuple(inputs)
+    if folds is not None:
+        batch = tf.shape(q2)[0]
+        xs += tuple(tf.tile(f[tf.newaxis], [batch] + [1] * f.shape.rank) for f in folds)
+    xs += () if bias is None else (bias,)
     n_x = len(xs)
     out_spec = tf.TensorSpec([q2.shape[1], q2.shape[2], iv.shape[-1]], q2.dtype)
     in_specs = [tf.TensorSpec(x.shape[1:], x.dtype) for x in xs]
@@ -338,6 +276,9 @@ def _per_position_unless(skip, q2, k1, q1, ik, iv, vk, vv, m, chunk, bias=None):
     def per_position(x_row, m_row):
         x_row = list(x_row)
         row_bias = x_row.pop() if bias is not None else None
+        if folds is not None:
+            fold_v, fold_k = x_row.pop()[0], x_row.pop()[0]
+            x_row += list(fold_values(x_row.pop(), fold_k, fold_v))
         return _causal_dispatcher_per_position(*x_row, m_row, chunk, row_bias)
 
     def forward_row(row):
@@ -392,11 +333,11 @@ def _per_position_weights(logits_c, mask_c, chunk):
     masked = tf.where(valid, logits_c, neg)
     chunk_max = tf.stop_gradient(tf.reduce_max(masked, axis=-1))  # [B, H, k, n]
     # R_c: the running maximum at the end of chunk c (an inclusive cumulative max).
-    run_max = _running_max(chunk_max, 3, neg)
-    prev_max = _shift_right(run_max, 1, 3, neg)
+    run_max = running_max(chunk_max, 3, neg)
+    prev_max = shift_right(run_max, 1, 3, neg)
     # ref[t]: the running maximum over the prefix s <= t (previous chunks included).
     ref = tf.stop_gradient(
-        tf.maximum(_running_max(masked, 4, neg), prev_max[..., tf.newaxis])
+        tf.maximum(running_max(masked, 4, neg), prev_max[..., tf.newaxis])
     )  # [B, H, k, n, C]
     tril = tf.linalg.band_part(tf.ones([chunk, chunk], logits_c.dtype), -1, 0)
     # [B, 1, 1, n, C(t), C(s)]: s <= t and s real (shared by heads and interests).
@@ -428,8 +369,8 @@ def _per_position_states(valid, masked, run_max, prev_max, vk, vv, chunker, size
     local = tf.concat([local, tf.reduce_sum(end_w, axis=-1)[..., tf.newaxis]], axis=-1)
     step_decay = tf.exp(prev_max - run_max)  # [B, H, k, n]
 
-    states = _linear_recurrence(step_decay, local, 3)  # [B, H, k, n, F + 1], inclusive
-    prev = _shift_right(states, 1, 3, 0.0)
+    states = linear_recurrence(step_decay, local, 3)  # [B, H, k, n, F + 1], inclusive
+    prev = shift_right(states, 1, 3, 0.0)
     prev_z = prev[..., -1]  # [B, H, k, n]
     g_dk = n_g * d_k
     prev_key = tf.reshape(prev[..., :g_dk], [batch, heads, k_int, n_chunks, n_g, d_k])
@@ -498,26 +439,59 @@ def _causal_dispatcher_per_position(q2, k1, q1, ik, iv, vk, vv, m, chunk, bias=N
 
 
 # ------------------------------------------------------------------ the fast path
-def _fast_prefix_states(valid, masked, run_max, center, vk_c, vv_c, sizes):
+def _fast_prefix_states(valid, masked, run_max, center, locals_):
     """The fast path's states before each chunk, relative to its reference ``m_c``.
 
-    Chunk sums relative to ``R_c``, then the states before each chunk relative to ``m_c``
-    (``>= R_{c-1}``) by :func:`_exclusive_prefix_states`. ``sizes`` are
-    ``(batch, heads, k, n_chunks, G, d_k, d_v)``. Returns ``(prev_key
-    [B, H, k, n, G, d_k], prev_val [B, H, k, n, G, d_v], prev_z [B, H, k, n])``.
+    ``locals_``: chunked values ``[B, H, n, C, F_j]``. Their chunk sums relative to
+    ``R_c``, then the states before each chunk relative to ``m_c`` (``>= R_{c-1}``) by
+    :func:`exclusive_prefix_states`. Returns one ``[B, H, k, n, F_j]`` state per tensor
+    and the normaliser ``prev_z [B, H, k, n]``.
     """
-    batch, heads, k_int, n_chunks, n_g, d_k, d_v = sizes
     end_w = tf.where(valid, tf.exp(masked - run_max[..., tf.newaxis]), tf.zeros_like(masked))
-    local_key = tf.einsum("bhknc,bhncgd->bhkngd", end_w, vk_c)
-    local_val = tf.einsum("bhknc,bhncgd->bhkngd", end_w, vv_c)
-    prev_key, prev_val, prev_z = _exclusive_prefix_states(run_max, center, [
-        tf.reshape(local_key, [batch, heads, k_int, n_chunks, n_g * d_k]),
-        tf.reshape(local_val, [batch, heads, k_int, n_chunks, n_g * d_v]),
-        tf.reduce_sum(end_w, axis=-1, keepdims=True),
-    ])
-    prev_key = tf.reshape(prev_key, [batch, heads, k_int, n_chunks, n_g, d_k])
-    prev_val = tf.reshape(prev_val, [batch, heads, k_int, n_chunks, n_g, d_v])
-    return prev_key, prev_val, prev_z[..., 0]
+    sums = [tf.einsum("bhknc,bhncf->bhknf", end_w, x) for x in locals_]
+    states = exclusive_prefix_states(
+        run_max, center, sums + [tf.reduce_sum(end_w, axis=-1, keepdims=True)]
+    )
+    return states[:-1], states[-1][..., 0]
+
+
+def _fast_factors(logits, m, chunk, like):
+    """The chunk layout and the column factors of the fast path.
+
+    Returns ``(chunker, sizes, valid, masked, run_max, center, e, tril)``: ``sizes`` =
+    ``(chunk, n_chunks)``, ``e = exp(a[s] - m_c)`` (``[B, H, k, n, C]``, 0 for padding,
+    ``<= exp(30)`` where the fast path is taken: the clamp acts only where it is not) and
+    the ``[t, s]`` lower-triangular ones. ``like`` is any ``[B, ., N, ...]`` input.
+    """
+    chunk, pad, n_chunks, mask_c, has_prefix = _causal_setup(like, m, chunk)
+    chunker = _chunker(pad, n_chunks, chunk)
+    logits_c = chunker(logits, 3)  # [B, H, k, n, C]
+    valid, masked, run_max, _, _, center = _causal_references(logits_c, mask_c, has_prefix)
+    e = tf.where(
+        valid,
+        tf.exp(tf.minimum(masked - center[..., tf.newaxis], _FAST_HALF_RANGE)),
+        tf.zeros_like(masked),
+    )
+    tril = tf.linalg.band_part(tf.ones([chunk, chunk], logits.dtype), -1, 0)
+    return chunker, (chunk, n_chunks), valid, masked, run_max, center, e, tril
+
+
+def _fast_dispatch(q_c, ik, scale, prev_z, e, tril, q_state, q_intra):
+    """The dispatch softmax of the fast path from its two parts of the mean logits.
+
+    ``q_state``/``q_intra`` ``[B, H, G, n, C, k]``: ``q_t`` against the state before the
+    chunk and against the chunk's own prefix (both relative to ``m_c``, unnormalised).
+    Returns ``(probs [B, G, n, C, k], alpha [B, H, G, n, C, k])`` with ``alpha = probs /
+    z``, the weight of each state and prefix term in the outputs.
+    """
+    # Normalisers relative to m_c: >= exp(-30) with a real prefix, else exactly 0.
+    z = prev_z[..., tf.newaxis] + tf.einsum("bhkns,ts->bhknt", e, tril)
+    inv_z = 1.0 / tf.where(z > 0, z, tf.ones_like(z))  # [B, H, k, n, C]
+    inv_z = tf.transpose(inv_z, [0, 1, 3, 4, 2])[:, :, tf.newaxis]  # [B, H, 1, n, C, k]
+    mean_logits = tf.reduce_sum((q_state + q_intra) * inv_z, axis=1)  # [B, G, n, C, k]
+    dispatch_logits = (tf.einsum("bgncd,bgkd->bgnck", q_c, ik) + mean_logits) * scale
+    probs = tf.nn.softmax(dispatch_logits, axis=-1)
+    return probs, probs[:, tf.newaxis] * inv_z
 
 
 def _causal_dispatcher_fast(q2, logits, ik, iv, vk, vv, m, chunk):
@@ -544,45 +518,26 @@ def _causal_dispatcher_fast(q2, logits, ik, iv, vk, vv, m, chunk):
     Exact only when every half-range is ``<= _FAST_HALF_RANGE`` (see the module's
     numerics); :func:`causal_dispatcher` never uses it elsewhere under ``"auto"``.
     """
-    dtype = q2.dtype
-    batch, heads, length = dims(logits)[0], dims(vk)[1], dims(logits)[3]
-    chunk, pad, n_chunks, mask_c, has_prefix = _causal_setup(vk, m, chunk)
-    k_int = dims(logits)[2]
+    batch, length = dims(logits)[0], dims(logits)[3]
     n_g, d_k, d_v, scale = _dispatch_sizes(q2, ik, iv)
-    chunker = _chunker(pad, n_chunks, chunk)
-
-    logits_c = chunker(logits, 3)  # [B, H, k, n, C]
-    valid, masked, run_max, _, _, center = _causal_references(logits_c, mask_c, has_prefix)
-    # Column factors exp(a[s] - m_c), <= exp(30) where the fast path is taken (the clamp
-    # acts only where it is not); 0 for padding.
-    e = tf.where(
-        valid,
-        tf.exp(tf.minimum(masked - center[..., tf.newaxis], _FAST_HALF_RANGE)),
-        tf.zeros_like(masked),
-    )  # [B, H, k, n, C]
-
+    chunker, (chunk, n_chunks), valid, masked, run_max, center, e, tril = _fast_factors(
+        logits, m, chunk, vk)
     q_c = chunker(q2, 2)  # [B, G, n, C, d_k]
     vk_c = chunker(vk, 2)  # [B, H, n, C, G, d_k]
     vv_c = chunker(vv, 2)  # [B, H, n, C, G, d_v]
-    prev_key, prev_val, prev_z = _fast_prefix_states(
-        valid, masked, run_max, center, vk_c, vv_c,
-        (batch, heads, k_int, n_chunks, n_g, d_k, d_v),
+    lead = dims(vk_c)[:4]
+    (prev_key, prev_val), prev_z = _fast_prefix_states(
+        valid, masked, run_max, center,
+        [tf.reshape(vk_c, lead + [n_g * d_k]), tf.reshape(vv_c, lead + [n_g * d_v])],
     )
-
-    tril = tf.linalg.band_part(tf.ones([chunk, chunk], dtype), -1, 0)  # [t, s]
-    # Normalisers relative to m_c: >= exp(-30) with a real prefix, else exactly 0.
-    z = prev_z[..., tf.newaxis] + tf.einsum("bhkns,ts->bhknt", e, tril)
-    inv_z = 1.0 / tf.where(z > 0, z, tf.ones_like(z))  # [B, H, k, n, C]
-    inv_z = tf.transpose(inv_z, [0, 1, 3, 4, 2])[:, :, tf.newaxis]  # [B, H, 1, n, C, k]
+    prev_key = tf.reshape(prev_key, dims(prev_key)[:4] + [n_g, d_k])  # [B, H, k, n, G, d_k]
+    prev_val = tf.reshape(prev_val, dims(prev_val)[:4] + [n_g, d_v])
     e_t = tf.transpose(e, [0, 1, 3, 4, 2])  # [B, H, n, C(s), k]
 
     q_state = tf.einsum("bgncd,bhkngd->bhgnck", q_c, prev_key)
     q_vk = tf.einsum("bgntd,bhnsgd->bhgnts", q_c, vk_c) * tril
     q_intra = tf.einsum("bhgnts,bhnsk->bhgntk", q_vk, e_t)
-    mean_logits = tf.reduce_sum((q_state + q_intra) * inv_z, axis=1)  # [B, G, n, C, k]
-    dispatch_logits = (tf.einsum("bgncd,bgkd->bgnck", q_c, ik) + mean_logits) * scale
-    probs = tf.nn.softmax(dispatch_logits, axis=-1)  # [B, G, n, C, k]
-    alpha = probs[:, tf.newaxis] * inv_z  # [B, H, G, n, C, k]
+    probs, alpha = _fast_dispatch(q_c, ik, scale, prev_z, e, tril, q_state, q_intra)
     out = tf.einsum("bgnck,bgkv->bgncv", probs, iv)
     out += tf.einsum("bhgnck,bhkngv->bgncv", alpha, prev_val)
     beta = tf.einsum("bhgntk,bhnsk->bhgnts", alpha, e_t) * tril
@@ -591,4 +546,40 @@ def _causal_dispatcher_fast(q2, logits, ik, iv, vk, vv, m, chunk):
     return out * m[:, tf.newaxis, :, tf.newaxis]
 
 
-__all__ = ["CAUSAL_PATHS", "causal_fast_path_ok"]
+def _causal_dispatcher_fast_values(q2, logits, ik, iv, values, fold_k, fold_v, m, chunk):
+    """:func:`_causal_dispatcher_fast` for ``value_key``/``value_value`` given as
+    ``values [B, H, N, d]`` and the folds ``fold_k [H, d, G, d_k]``, ``fold_v
+    [H, d, G, d_v]`` (``value_key = values · fold_k`` per head), never forming them.
+
+    Every use of the folded values is linear in them, so the folds move out of the
+    sums: the states and chunk sums are of ``values`` (``d`` features instead of
+    ``G (d_k + d_v)``); the queries meet the keys' fold first (``q_t fold_kᵀ``, one
+    ``[B, H, G, N, d]`` tensor instead of the two ``[B, H, N, G, d]`` folded values);
+    the value side sums ``alpha``-weighted states and ``beta``-weighted values, then
+    applies ``fold_v`` once. The same numbers up to float rounding.
+    """
+    batch, length = dims(logits)[0], dims(logits)[3]
+    n_g, _, d_v, scale = _dispatch_sizes(q2, ik, iv)
+    chunker, (chunk, n_chunks), valid, masked, run_max, center, e, tril = _fast_factors(
+        logits, m, chunk, values)
+    q_c = chunker(q2, 2)  # [B, G, n, C, d_k]
+    v_c = chunker(values, 2)  # [B, H, n, C, d]
+    (prev_v,), prev_z = _fast_prefix_states(valid, masked, run_max, center, [v_c])
+    e_t = tf.transpose(e, [0, 1, 3, 4, 2])  # [B, H, n, C(s), k]
+
+    q_fold = tf.einsum("bgncd,hvgd->bhgncv", q_c, fold_k)  # [B, H, G, n, C, d]
+    q_state = tf.einsum("bhgncv,bhknv->bhgnck", q_fold, prev_v)
+    q_v = tf.einsum("bhgntv,bhnsv->bhgnts", q_fold, v_c) * tril
+    q_intra = tf.einsum("bhgnts,bhnsk->bhgntk", q_v, e_t)
+    probs, alpha = _fast_dispatch(q_c, ik, scale, prev_z, e, tril, q_state, q_intra)
+    beta = tf.einsum("bhgntk,bhnsk->bhgnts", alpha, e_t) * tril
+    mixed = (tf.einsum("bhgnck,bhknv->bhgncv", alpha, prev_v)
+             + tf.einsum("bhgnts,bhnsv->bhgntv", beta, v_c))  # [B, H, G, n, C, d]
+    out = tf.einsum("bgnck,bgkv->bgncv", probs, iv)
+    out += tf.einsum("bhgncv,hvge->bgnce", mixed, fold_v)
+    out = tf.reshape(out, [batch, n_g, n_chunks * chunk, d_v])[:, :, :length]
+    return out * m[:, tf.newaxis, :, tf.newaxis]
+
+
+__all__ = ["CAUSAL_PATHS", "causal_dispatcher_from_values", "causal_fast_path_ok",
+           "fold_values"]
