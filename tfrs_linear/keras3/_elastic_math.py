@@ -7,8 +7,8 @@ Softmaxes subtract a stop-gradient maximum and divide by ``max(sum, 1)`` (see
 :func:`tfrs_linear.keras3._common.masked_softmax_weights`).
 
 The causal fused dispatcher (:func:`causal_dispatcher_attention`) calls
-:func:`tfrs_linear.ops.dispatcher_attention` on the TensorFlow backend (its chunked fast
-path with the exact per-position fallback). On the other backends it runs
+:func:`tfrs_linear.ops.dispatcher_attention_from_values` on the TensorFlow backend (its
+chunked fast path on the unfolded values, with the exact per-position fallback). On the other backends it runs
 :func:`_causal_exact`, the per-position form written in ``keras.ops``: every weight is
 relative to its own position's running maximum (no exponent is ever positive, so it is
 exact for any logits), chunk-wise with a ``C x C`` block of weights per interest and a
@@ -81,21 +81,28 @@ def product_key_lookup(queries, sub_keys_1, sub_keys_2, top_m):
 # ------------------------------------------------------------------ causal dispatcher
 
 
-def causal_dispatcher_attention(q2, k1, q1, ik, iv, vk, vv, mask, chunk_size, bias=None):
-    """The causal fused dispatcher attention (``dispatcher_attention(causal=True)``).
+def causal_dispatcher_attention(q2, k1, q1, ik, iv, values, fold_k, fold_v, mask, chunk_size,
+                                bias=None):
+    """The causal fused dispatcher attention (``dispatcher_attention(causal=True)``) with
+    the value contributions as ``values`` and their folds.
 
     Shapes: ``q2 [B, G, N, d_k]``, ``k1 [B, H, N, d_k]``, ``q1 [B, H, k, d_k]``,
-    ``ik [B, G, k, d_k]``, ``iv [B, G, k, d_v]``, ``vk [B, H, N, G, d_k]``,
-    ``vv [B, H, N, G, d_v]``, ``mask [B, N]`` (bool/0-1, or None), ``bias``
-    broadcastable to ``[B, H, k, N]``. Returns ``[B, G, N, d_v]`` in the dtype of ``q2``.
+    ``ik [B, G, k, d_k]``, ``iv [B, G, k, d_v]``, ``values [B, H, N, d]``, ``fold_k
+    [H, d, G, d_k]``, ``fold_v [H, d, G, d_v]`` (the folded values are ``values`` times
+    the folds, per head), ``mask [B, N]`` (bool/0-1, or None), ``bias`` broadcastable to
+    ``[B, H, k, N]``. Returns ``[B, G, N, d_v]`` in the dtype of ``q2``. On TensorFlow the
+    fast path never forms the folded values
+    (``tfrs_linear.ops.dispatcher_attention_from_values``).
     """
     if C.backend_name() == "tensorflow":
         from tfrs_linear import ops as tf_ops  # pure TensorFlow, no Keras
 
-        return tf_ops.dispatcher_attention(
-            q2, k1, q1, ik, iv, vk, vv, mask=mask, causal=True, chunk_size=chunk_size,
-            aggregate_bias=bias,
+        return tf_ops.dispatcher_attention_from_values(
+            q2, k1, q1, ik, iv, values, fold_k, fold_v, mask=mask, causal=True,
+            chunk_size=chunk_size, aggregate_bias=bias,
         )
+    vk = ops.einsum("bhnv,hvge->bhnge", values, fold_k)
+    vv = ops.einsum("bhnv,hvge->bhnge", values, fold_v)
     dtype = C.compute_dtype(q2.dtype)
     xs = _cast_all(dtype, q2, k1, q1, ik, iv, vk, vv, bias)
     if mask is None:

@@ -221,12 +221,10 @@ class LinearDispatcherAttention(keras.layers.Layer):
         # W_o1 W_k2 and W_o1 W_v2 folded into the per-position values (elastic.md).
         fold_k = ops.einsum("hvd,dge->hvge", self.output_1_kernel, self.key_2_kernel)
         fold_v = ops.einsum("hvd,dge->hvge", self.output_1_kernel, self.value_2_kernel)
-        value_key = ops.einsum("bhnv,hvge->bhnge", v1, fold_k)
-        value_value = ops.einsum("bhnv,hvge->bhnge", v1, fold_v)
         k2 = self._heads(p, self.key_2_kernel, self.key_2_bias)  # P W_k2 + b_k2
         v2 = self._heads(p, self.value_2_kernel, self.value_2_bias)
         return E.causal_dispatcher_attention(
-            q2, k1, q1, k2, v2, value_key, value_value, mask, self.chunk_size, bias)
+            q2, k1, q1, k2, v2, v1, fold_k, fold_v, mask, self.chunk_size, bias)
 
     def recency_slopes(self):
         """The recency slopes ``[heads, k]`` (float32 under mixed precision), or None."""
