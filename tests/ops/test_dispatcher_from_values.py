@@ -124,7 +124,8 @@ def test_non_causal():
     ("values", [3, 2, 23], "`values` must be shaped"),
     ("fold_key", [3, D_VAL, 2, 3], "aggregate heads differ: `fold_key`"),
     ("fold_value", [2, D_VAL + 1, 2, 5], "value widths differ: `fold_value`"),
-    ("fold_key", [2, D_VAL, 2, 4], "key widths differ"),
+    ("fold_key", [2, D_VAL, 2, 4], "key widths differ: `fold_key`"),
+    ("fold_value", [2, D_VAL, 2, 6], "value widths differ: `fold_value`"),
     ("fold_value", [2, D_VAL, 3, 5], "dispatch heads differ"),
 ])
 def test_bad_shapes_are_named(name, shape, message):

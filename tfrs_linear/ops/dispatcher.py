@@ -266,6 +266,11 @@ def dispatcher_attention_from_values(query, key, interest_query, interest_key,
         check_match(name, fold, 0, "values", values, 1, "aggregate heads differ")
         check_match(name, fold, 1, "values", values, 3, "value widths differ")
         check_match(name, fold, 2, "query", query, 1, "dispatch heads differ")
+    interest_key, interest_value = (
+        tf.convert_to_tensor(x) for x in (interest_key, interest_value))
+    check_match("fold_key", fold_key, 3, "interest_key", interest_key, -1, "key widths differ")
+    check_match("fold_value", fold_value, 3, "interest_value", interest_value, -1,
+                "value widths differ")
     if not causal:
         return dispatcher_attention(
             query, key, interest_query, interest_key, interest_value,
