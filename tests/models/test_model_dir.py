@@ -27,9 +27,14 @@ def test_model_dirs_written_by_v0_1_0_load_and_give_the_same_scores(name):
         assert got == value, key
     inputs = np.array(expected["inputs"], np.int32)
     user = model.encode(inputs).numpy()
-    np.testing.assert_allclose(user, np.array(expected["user_embedding"]), rtol=1e-6, atol=1e-7)
+    # The same weights and math, summed in another order where the ops changed since
+    # 0.1.0 (causal ELASTIC applies its W_o1 W_k2 / W_o1 W_v2 folds after its sums now):
+    # float32 rounding, a few units in the last place of the largest entries.
+    want = np.array(expected["user_embedding"])
+    np.testing.assert_allclose(user, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
     scores = user.astype(np.float64) @ model.item_embeddings().numpy().T.astype(np.float64)
-    np.testing.assert_allclose(scores, np.array(expected["scores"]), rtol=1e-6, atol=1e-7)
+    want = np.array(expected["scores"])
+    np.testing.assert_allclose(scores, want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
 def test_model_dirs_saved_before_the_recency_option_load_without_it(tmp_path):
