@@ -708,6 +708,11 @@ def _md_header(results):
                  "the precision, `-KEY_VALUE` any other configuration field (e.g. `-positions_none`); the "
                  "checks below are made on settings without overrides only; the paired precision runs are "
                  f"compared in {PRECISION_FILE}.")
+    lines.append("- `default-keras_dropout`: the `default` runs made before every dropout drew its random "
+                 "bits from a counter-based hash (`CounterDropout`, 2026-11-29; softmax's attention-"
+                 "probability dropout included): Keras' `Dropout`, the same Bernoulli masks from other "
+                 "bits. The settings derived from `default` above (`-len50`, `-positions_*`, the "
+                 "precisions) were all trained with Keras' `Dropout` too.")
     lines.append("")
     return lines
 
