@@ -13,6 +13,19 @@ from tfrs_linear import ops
 K = 3
 
 
+def op_tensors(t, names, mask, bias=None, seed=99):
+    """``(tensors, r, m)`` of a dispatcher op test: ``t[name]`` for ``names`` (then
+    ``bias`` when given) as constants of the first one's dtype, a random projection ``r``
+    of the ``[B, G, N, d_v]`` output and the mask in that dtype."""
+    tensors = [tf.constant(t[name]) for name in names]
+    dtype = tensors[0].dtype
+    if bias is not None:
+        tensors.append(tf.constant(np.asarray(bias), dtype))
+    r = tf.constant(np.random.default_rng(seed).normal(
+        size=t["query"].shape[:3] + t["interest_value"].shape[-1:]), dtype)
+    return tensors, r, tf.constant(np.asarray(mask, np.float64), dtype)
+
+
 def causal_op_run(t, mask, chunk, path, jit=False, bias=None):
     """Output, gradients (of a random projection of the output) and the fast-path flag.
 
@@ -20,13 +33,7 @@ def causal_op_run(t, mask, chunk, path, jit=False, bias=None):
     on the same inputs (what ``"auto"`` switches on). With ``bias`` (the aggregate
     logits' additive bias) its gradient comes last.
     """
-    tensors = [tf.constant(t[name]) for name in DISPATCHER_ARGS]
-    dtype = tensors[0].dtype
-    if bias is not None:
-        tensors.append(tf.constant(np.asarray(bias), dtype))
-    r = tf.constant(np.random.default_rng(99).normal(
-        size=t["query"].shape[:3] + t["interest_value"].shape[-1:]), dtype)
-    m = tf.constant(np.asarray(mask, np.float64), dtype)
+    tensors, r, m = op_tensors(t, DISPATCHER_ARGS, mask, bias)
 
     def fn(tensors):
         bias_t = tensors[7] if len(tensors) > 7 else None

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.ops.test_dispatcher_causal import op_tensors
 from tests.oracles import DISPATCHER_ARGS, dispatcher_op_inputs, dispatcher_op_reference
 from tfrs_linear import ops
 
@@ -33,13 +34,7 @@ def run(t, mask, chunk, path, factored=True, jit=False, bias=None, causal=True):
     """Output and the gradients, with respect to the factored inputs (and ``bias``), of a
     random projection of the output; ``factored=False`` runs ``dispatcher_attention`` on
     the folds of the same tensors (``ops.fold_values``)."""
-    tensors = [tf.constant(t[name]) for name in FACTORED]
-    dtype = tensors[0].dtype
-    if bias is not None:
-        tensors.append(tf.constant(np.asarray(bias), dtype))
-    r = tf.constant(np.random.default_rng(7).normal(
-        size=t["query"].shape[:3] + t["interest_value"].shape[-1:]), dtype)
-    m = tf.constant(np.asarray(mask, np.float64), dtype)
+    tensors, r, m = op_tensors(t, FACTORED, mask, bias, seed=7)
 
     def fn(tensors):
         bias_t = tensors[8] if len(tensors) > 8 else None
