@@ -1,7 +1,10 @@
-"""The causal linear dispatcher attention: a fast path, an exact fallback, and their scans.
+"""The causal linear dispatcher attention: a fast path and an exact fallback.
 
 :func:`tfrs_linear.ops.dispatcher_attention` with ``causal=True`` lands here
-(:func:`causal_dispatcher`). Position ``t`` sees the interests after the real items
+(:func:`causal_dispatcher`), :func:`tfrs_linear.ops.dispatcher_attention_from_values`
+too (:func:`causal_dispatcher_from_values`: the same, its fast path on the unfolded
+values; :func:`_causal_dispatcher_fast_values`). The prefix scans are in
+:mod:`tfrs_linear.ops.causal_scans`. Position ``t`` sees the interests after the real items
 ``s <= t`` only: for interest ``i`` of aggregate head ``h`` the prefix weights are
 ``w[t, s] ∝ exp(a[s])`` over the real ``s <= t`` (``a`` the aggregate logits), normalised
 over that prefix, and the dispatch needs ``q_t · K'[t, i]`` and ``Σ_i p[t, i] V'[t, i]``
@@ -16,7 +19,8 @@ Two exact implementations, chosen by ``causal_path`` (:data:`CAUSAL_PATHS`):
   and chunk, so the ``C x C`` lower-triangular prefix weights factorise into masked
   ``C x C`` by ``C x k`` matmuls (no ``[k, C, C]`` tensor); chunk states are combined by
   two levels of masked matmuls over groups of about ``sqrt(N / C)`` chunks. Memory
-  ``O(N·H·G·(C + k) + N·H·k + (N / C)·H·k·F)`` with ``F = G (d_k + d_v)``.
+  ``O(N·H·G·(C + k) + N·H·k + (N / C)·H·k·F)`` with ``F = G (d_k + d_v)`` (``F = d``,
+  the values' width, on the unfolded values).
 * ``"exact"`` (:func:`_causal_dispatcher_per_position`, the fallback): the explicit
   per-interest ``C x C`` weights relative to each position's own running maximum, exact
   for any logits; ``O(N·H·k·C)`` more memory and ``exp`` evaluations per batch row.
