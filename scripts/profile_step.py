@@ -206,7 +206,25 @@ def summarise(times, instructions, top):
 
 def main(argv=None):
     args = parse_args(argv)
-    dump = tempfile.mkdtemp(prefix="profile-step-hlo-")
+    # The HLO dump and the trace can take hundreds of MB: removed when the report is made.
+    with tempfile.TemporaryDirectory(prefix="profile-step-") as scratch:
+        report = _profile(args, os.path.join(scratch, "hlo"), os.path.join(scratch, "trace"))
+    print(f"{args.scope} {args.attention} N={args.length}: step {report['step_wall_ms']} ms "
+          f"(median of {args.repeats}); thunk CPU {report['thunk_cpu_ms']} ms over "
+          f"{report['thunks']} thunks; load {report['load_average'][0]:.2f}")
+    for table in ("kinds", "parts"):
+        for name, ms in report[table].items():
+            print(f"  {name:30s} {ms:9.2f} ms  {100 * ms / report['thunk_cpu_ms']:5.1f}%")
+    for op, ms in report["ops"]:
+        print(f"  {ms:9.2f} ms  {op}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+def _profile(args, dump, trace):
+    """Compiles, times and traces the step; the report (HLO dump in ``dump``, the
+    profiler trace in ``trace``)."""
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump}"
                                " --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*step.*")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -221,7 +239,6 @@ def main(argv=None):
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
-    trace = tempfile.mkdtemp(prefix="profile-step-trace-")
     tf.profiler.experimental.start(trace)
     for _ in range(args.profile_steps):
         run()
@@ -233,17 +250,7 @@ def main(argv=None):
     report.update(scope=args.scope, attention=args.attention, length=args.length,
                   step_wall_ms=round(1000 * statistics.median(times), 2),
                   load_average=list(os.getloadavg()))
-    print(f"{args.scope} {args.attention} N={args.length}: step {report['step_wall_ms']} ms "
-          f"(median of {args.repeats}); thunk CPU {report['thunk_cpu_ms']} ms over "
-          f"{report['thunks']} thunks; load {os.getloadavg()[0]:.2f}")
-    for table in ("kinds", "parts"):
-        for name, ms in report[table].items():
-            print(f"  {name:30s} {ms:9.2f} ms  {100 * ms / report['thunk_cpu_ms']:5.1f}%")
-    for op, ms in report["ops"]:
-        print(f"  {ms:9.2f} ms  {op}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
 
 if __name__ == "__main__":

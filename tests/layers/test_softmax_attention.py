@@ -84,12 +84,12 @@ def test_training_drops_probabilities_with_counter_dropout(compiled):
     assert np.any((again == 0) != (out == 0))
 
 
-def test_checkpoint_of_a_stock_multi_head_attention_restores_into_it():
+def test_checkpoint_of_a_stock_multi_head_attention_restores_into_it(tmp_path):
     x = tf.random.normal([3, 5, 16])
     stock = tf.keras.layers.MultiHeadAttention(num_heads=2, key_dim=8, dropout=0.1,
                                                name="attention")
     stock(x, x)
-    path = tf.train.Checkpoint(layer=stock).write("/tmp/_softmax_ckpt_test/ckpt")
+    path = tf.train.Checkpoint(layer=stock).write(str(tmp_path / "ckpt"))
     ours = SoftmaxAttention(num_heads=2, key_dim=8, dropout=0.1, name="attention")
     ours(x, x)
     tf.train.Checkpoint(layer=ours).read(path).assert_consumed()

@@ -8,8 +8,9 @@ Softmaxes subtract a stop-gradient maximum and divide by ``max(sum, 1)`` (see
 
 The causal fused dispatcher (:func:`causal_dispatcher_attention`) calls
 :func:`tfrs_linear.ops.dispatcher_attention_from_values` on the TensorFlow backend (its
-chunked fast path on the unfolded values, with the exact per-position fallback). On the other backends it runs
-:func:`_causal_exact`, the per-position form written in ``keras.ops``: every weight is
+chunked fast path on the unfolded values, with the exact per-position fallback). On the
+other backends it runs :func:`_causal_exact`, the per-position form written in
+``keras.ops``: every weight is
 relative to its own position's running maximum (no exponent is ever positive, so it is
 exact for any logits), chunk-wise with a ``C x C`` block of weights per interest and a
 rescaled running state across chunks (a log-depth doubling recurrence, no scan).

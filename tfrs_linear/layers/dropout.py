@@ -107,6 +107,16 @@ class CounterDropout(tf.keras.layers.Dropout):
         ), tf.int64)
 
 
+class CounterDropoutMixin:
+    """For ``tf.keras.layers.MultiHeadAttention`` subclasses: the attention's dropout as a
+    :class:`CounterDropout` of the same rate. Overrides ``_build_attention``, the parent's
+    documented hook for a custom attention; list it before ``MultiHeadAttention``."""
+
+    def _build_attention(self, rank):
+        super()._build_attention(rank)
+        self._dropout_layer = CounterDropout(rate=self._dropout, dtype=self._dtype_policy)
+
+
 def _too_large(inputs, noise_shape):
     """Whether the noise shape may reach ``2**32`` elements (the counter's range).
 
@@ -116,4 +126,4 @@ def _too_large(inputs, noise_shape):
     return known * (4096 if None in dims else 1) >= _MAX_COUNTER
 
 
-__all__ = ["CounterDropout", "keep_mask"]
+__all__ = ["CounterDropout", "CounterDropoutMixin", "keep_mask"]

@@ -5,7 +5,7 @@ import contextlib
 import tensorflow as tf
 
 from tfrs_linear.constants import NORMALIZATIONS
-from tfrs_linear.layers.dropout import CounterDropout
+from tfrs_linear.layers.dropout import CounterDropoutMixin
 from tfrs_linear.ops.linrec import linrec_attention
 from tfrs_linear.ops.linrec_recurrent import linrec_initial_state, linrec_step
 from tfrs_linear.ops.reference import linrec_attention_scores
@@ -108,7 +108,7 @@ def _compute_keys_in_float32(key_dense):
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
-class LinRecAttention(_MHA):
+class LinRecAttention(CounterDropoutMixin, _MHA):
     """LinRec L2-normalized linear attention (Liu et al., SIGIR 2023).
 
     A subclass of ``tf.keras.layers.MultiHeadAttention`` that replaces only the attention
@@ -124,7 +124,8 @@ class LinRecAttention(_MHA):
         kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
         activity_regularizer, kernel_constraint, bias_constraint: as in
         ``MultiHeadAttention``. ``dropout`` applies to the attention output of each head
-        before the output projection (the N x N matrix is never formed).
+        before the output projection (the N x N matrix is never formed), as a
+        :class:`~tfrs_linear.layers.CounterDropout`.
       normalization: ``"paper"`` (default) or ``"token"`` (the official code's form).
       causal: always causal (the same as ``use_causal_mask=True`` at every call).
       chunk_size: chunk length of the causal computation.
@@ -265,12 +266,6 @@ class LinRecAttention(_MHA):
         # Recorded in SavedModels as `build_input_shape`: the loader calls build with it.
         self._build_input_shape = [query_shape, value_shape, key_shape]
         self.built = True
-
-    def _build_attention(self, rank):
-        """The parent's, with the head-output dropout as a :class:`CounterDropout` (the
-        same distribution as Keras' ``Dropout``, far cheaper random bits under XLA)."""
-        super()._build_attention(rank)
-        self._dropout_layer = CounterDropout(rate=self._dropout, dtype=self._dtype_policy)
 
     def _own_name_scope(self):
         """The layer's name scope, unless already in it (its own ``__call__``), so that the

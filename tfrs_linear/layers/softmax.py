@@ -21,19 +21,13 @@ are the same objects under the same names.
 
 import tensorflow as tf
 
-from tfrs_linear.layers.dropout import CounterDropout
+from tfrs_linear.layers.dropout import CounterDropoutMixin
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
-class SoftmaxAttention(tf.keras.layers.MultiHeadAttention):
+class SoftmaxAttention(CounterDropoutMixin, tf.keras.layers.MultiHeadAttention):
     """``tf.keras.layers.MultiHeadAttention`` whose probability dropout is a
     :class:`~tfrs_linear.layers.CounterDropout`. Same arguments and call."""
-
-    def _build_attention(self, rank):
-        """The parent's, with the attention-probability dropout as a
-        :class:`CounterDropout` (same rate, same distribution)."""
-        super()._build_attention(rank)
-        self._dropout_layer = CounterDropout(rate=self._dropout, dtype=self._dtype_policy)
 
 
 __all__ = ["SoftmaxAttention"]

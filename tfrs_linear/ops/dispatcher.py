@@ -216,11 +216,7 @@ def dispatcher_attention(query, key, interest_query, interest_key, interest_valu
     query = tensors[0]
     dtype = compute_dtype(query.dtype)
     q2, k1, q1, ik, iv, vk, vv = (tf.cast(x, dtype) for x in tensors)
-    if mask is None:
-        shape = tf.shape(k1)
-        m = tf.ones([shape[0], shape[2]], dtype)
-    else:
-        m = float_mask(mask, dtype)
+    m = _float_mask_or_ones(mask, k1, dtype)
     bias = check_aggregate_bias(aggregate_bias)
     if causal:
         out = causal_dispatcher(
@@ -289,12 +285,20 @@ def dispatcher_attention_from_values(query, key, interest_query, interest_key,
     q2, k1, q1, ik, iv, v1, fk, fv = (
         tf.cast(x, dtype) for x in (query, key, interest_query, interest_key, interest_value,
                                     values, fold_key, fold_value))
-    m = float_mask(mask, dtype) if mask is not None else tf.ones(
-        [tf.shape(k1)[0], tf.shape(k1)[2]], dtype)
+    m = _float_mask_or_ones(mask, k1, dtype)
     out = causal_dispatcher_from_values(
         q2, k1, q1, ik, iv, v1, fk, fv, m, int(chunk_size), causal_path,
         bias=check_aggregate_bias(aggregate_bias))
     return tf.cast(out, query.dtype)
+
+
+def _float_mask_or_ones(mask, key, dtype):
+    """The ``[B, N]`` padding mask as ``dtype`` (all ones without one) for ``key
+    [B, H, N, d]``."""
+    if mask is not None:
+        return float_mask(mask, dtype)
+    shape = tf.shape(key)
+    return tf.ones([shape[0], shape[2]], dtype)
 
 
 def validate_dispatcher_inputs(
