@@ -49,6 +49,7 @@ SETS = {
     "optimizer": (["--optimizer", "lazy_adam"], [], "lazy_adam"),
     "lr_schedule": (["--lr-schedule", "cosine"], [], "cosine"),
     "warmup_steps": (["--warmup-steps", "100"], [], 100),
+    "length_buckets": (["--length-buckets", "2"], [], 2),
 }
 
 

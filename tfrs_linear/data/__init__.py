@@ -27,6 +27,9 @@ concept, imported in one direction (no module imports one above it):
 ``datasets``
     The tf.data pipelines (:func:`training_dataset`, :func:`evaluation_batches`) and
     :func:`pad_left`.
+``buckets``
+    :func:`length_bucketed`: training batches regrouped by length and cut to a few
+    widths (:func:`bucket_widths`), so that a step computes less padding.
 
 A new file format goes into ``readers`` (a ``_read_*`` function, its name in
 ``FILE_FORMATS``, a rule in :func:`guess_format`); everything after parsing is shared.
@@ -36,6 +39,7 @@ reserved ids and the option lists come from ``tfrs_linear.constants``.
 
 from tfrs_linear.constants import NUM_RESERVED, OOV, OOV_INDEX, PAD, PAD_INDEX, REGIMES, SPLITS
 from tfrs_linear.data import synthetic
+from tfrs_linear.data.buckets import bucket_widths, length_bucketed
 from tfrs_linear.data.datasets import (
     evaluation_batches,
     num_training_examples,
@@ -94,7 +98,7 @@ __all__ = [
     "ShardedSequences",
     # tf.data
     "pad_left", "training_examples", "num_training_examples", "training_dataset",
-    "evaluation_batches",
+    "evaluation_batches", "bucket_widths", "length_bucketed",
     # the synthetic data set
     "synthetic",
 ]

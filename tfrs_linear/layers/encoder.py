@@ -105,14 +105,17 @@ class SequenceEncoder(tf.keras.layers.Layer):
 
     The query tower of SASRec-style models: ``embed -> + learned position -> LayerNorm ->
     dropout -> num_layers TransformerBlocks``, whose attention is ``"softmax"``,
-    ``"linrec"`` or ``"elastic"``. Inside, every row is left-padded to a fixed ``max_len``
-    (newest item last, at position ``max_len - 1``), so every shape is static and XLA
-    compiles one program; padded positions output 0.
+    ``"linrec"`` or ``"elastic"``. Inside, every row is left-padded (newest item last);
+    padded positions output 0.
 
     Input: ``[batch, L]`` with ``L <= max_len``, padded on the side ``padding`` says
     (``"left"``: ``[0 0 a b c]``, ``"right"``: ``[a b c 0 0]``; oldest item first either
-    way). Shorter inputs are padded to ``max_len`` inside; a right-padded row is aligned
-    to the left-padded layout, so both paddings of the same items give the same states.
+    way). The encoder computes at the input's own width ``L``, not ``max_len``: padding
+    only ever precedes the real items and is masked, so a row gives the same states at any
+    width that holds it (up to float rounding), and a batch of short rows costs what its
+    width does (the training pipeline's length buckets rely on it). Under XLA each width
+    is one compilation. A right-padded row is aligned to the left-padded layout, so both
+    paddings of the same items give the same states.
     Output: ``output="sequence"``: ``[batch, L, d]``, aligned with the input;
     ``output="last"``: ``[batch, d]``, the newest position (the user embedding).
 
@@ -141,7 +144,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
 
     Args:
         vocab_size: rows of the item embedding (0 = padding, 1 = OOV, then the items).
-        max_len: the longest input; every input is padded to it inside.
+        max_len: the longest input (and the rows of the position embedding).
         d_model: the model width.
         num_layers: the number of :class:`~tfrs_linear.layers.TransformerBlock` s.
         num_heads: attention heads per block (``d_model`` must be divisible by it).
@@ -304,31 +307,14 @@ class SequenceEncoder(tf.keras.layers.Layer):
             summarize=5,
         )
 
-    def _to_max_len(self, item_ids):
-        """Pads ``[B, L]`` (``L <= max_len``) to ``[B, max_len]`` on the padding side."""
-        if item_ids.shape[1] == self.max_len:
-            return item_ids
-        missing = self.max_len - tf.shape(item_ids)[1]
-        side = [[0, 0], [missing, 0]] if self.padding == "left" else [[0, 0], [0, missing]]
-        padded = tf.pad(item_ids, side)
-        padded.set_shape([item_ids.shape[0], self.max_len])
-        return padded
-
-    def _from_max_len(self, sequence, item_ids):
-        """The outputs ``[B, max_len, d]`` at the input's own positions ``[B, L, d]``."""
-        if item_ids.shape[1] == self.max_len:
-            return sequence
-        length = tf.shape(item_ids)[1]
-        if self.padding == "left":
-            return sequence[:, self.max_len - length:]
-        return sequence[:, :length]
-
     def _position_vectors(self, mask, offsets):
-        """The position embeddings of left-padded ``[B, max_len]`` inputs (None: none)."""
+        """The position embeddings of left-padded ``[B, L]`` inputs (None: none)."""
         if self.positions == "none":
             return None
         if self.positions == "from_end":
-            return self.position_embedding(tf.range(self.max_len))[tf.newaxis]
+            # The newest item (column L - 1) takes row max_len - 1, whatever the width.
+            width = tf.shape(mask)[1]
+            return self.position_embedding(tf.range(self.max_len - width, self.max_len))[tf.newaxis]
         # from_start: the k-th real item of a row is event offset + k of its user.
         real = tf.cast(mask, tf.int32)
         index = tf.cumsum(real, axis=1) - 1
@@ -346,7 +332,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         return x * tf.cast(mask, x.dtype)[:, :, tf.newaxis]
 
     def _encode(self, item_ids, training, last_only, offsets=None):
-        """The blocks over left-padded ``[B, max_len]`` ids (see :meth:`call`)."""
+        """The blocks over left-padded ``[B, L]`` ids (see :meth:`call`)."""
         mask = tf.not_equal(item_ids, PAD_INDEX)
         x = self._embed(item_ids, mask, training, offsets)
         interests = None
@@ -373,17 +359,16 @@ class SequenceEncoder(tf.keras.layers.Layer):
         item_ids = tf.convert_to_tensor(item_ids)
         self._check_ids(item_ids)
         self._check_padding(item_ids)
-        padded = self._to_max_len(item_ids)
-        # Inside, every row is left-padded to max_len: the newest item is at position
-        # max_len - 1 whatever the padding side (the position embeddings count from there).
-        real = tf.not_equal(padded, PAD_INDEX)
-        x = self._encode(_left_aligned(padded, real, self.padding), training,
+        # Inside, every row is left-padded: the newest item is at the last column whatever
+        # the padding side (the position embeddings count from there).
+        real = tf.not_equal(item_ids, PAD_INDEX)
+        x = self._encode(_left_aligned(item_ids, real, self.padding), training,
                          last_only or self.output_form == "last", position_offsets)
         if self.output_form == "last":
             return x[:, -1]
         if last_only:
             return x
-        return self._from_max_len(_back_to_right(x, real, self.padding), item_ids)
+        return _back_to_right(x, real, self.padding)
 
     # -- streaming: a constant-size state per user (docs/streaming.md) -------------------
     @property

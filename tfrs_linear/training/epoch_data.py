@@ -9,6 +9,7 @@ batches whether the run started at epoch 0 or resumed at ``e``.
 
 import tensorflow as tf
 
+from tfrs_linear.data.buckets import length_bucketed
 from tfrs_linear.data.datasets import training_dataset
 
 # Epochs of one seed get seeds seed * _STRIDE + epoch: distinct for any two
@@ -36,15 +37,18 @@ def steps_per_epoch(data, model_config, train_config, cap=None):
 def epochs_dataset(data, model_config, train_config, first_epoch, steps):
     """One ``tf.data.Dataset`` of the batches of epochs ``first_epoch .. epochs - 1``
     (counted from 0), ``steps`` batches each, epoch ``e`` shuffled by
-    ``epoch_seed(train_config.seed, e)``; give it to ``fit`` with
+    ``epoch_seed(train_config.seed, e)`` and, with ``train_config.length_buckets > 1``,
+    regrouped by length and cut to bucket widths by the same seed
+    (:func:`~tfrs_linear.data.buckets.length_bucketed`); give it to ``fit`` with
     ``steps_per_epoch=steps`` (one iterator across epochs)."""
     max_len, batch_size = model_config.max_len, train_config.batch_size
     regime, seed = model_config.regime, int(train_config.seed)
 
     def one_epoch(epoch):
         shuffle_seed = tf.cast(epoch, tf.int64) + tf.constant(seed * _STRIDE, tf.int64)
-        return training_dataset(data, max_len, batch_size, regime=regime,
-                                seed=shuffle_seed).take(steps)
+        batches = training_dataset(data, max_len, batch_size, regime=regime,
+                                   seed=shuffle_seed).take(steps)
+        return length_bucketed(batches, max_len, train_config.length_buckets, shuffle_seed)
 
     epochs = tf.data.Dataset.range(int(first_epoch), int(train_config.epochs))
     return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from tfrs_linear.constants import STRATEGIES
 from tfrs_linear.config import ModelConfig, TrainConfig
+from tfrs_linear.data.buckets import length_bucketed
 from tfrs_linear.data.datasets import evaluation_batches, training_dataset
 from tfrs_linear.data.sharded import ShardedSequences
 from tfrs_linear.models.model_dir import WEIGHTS_DIR
@@ -484,6 +485,7 @@ class Trainer:
             raise ValueError(f"--batch-size {batch} must be a multiple of the {replicas} "
                              "replicas to split it across workers reading their own shards")
         max_len, regime = self.model_config.max_len, self.model_config.regime
+        buckets = self.train_config.length_buckets
         seed0, steps = epoch_data.epoch_seed(self.train_config.seed, 0), self.steps
         epochs = tf.data.Dataset.range(int(first), int(self.train_config.epochs))
 
@@ -493,8 +495,10 @@ class Trainer:
             shard.lengths  # its counting pass, eagerly (not inside the epochs' graph)
 
             def one_epoch(epoch):
-                return training_dataset(shard, max_len, batch // replicas, regime=regime,
-                                        seed=tf.cast(epoch, tf.int64) + seed0).repeat().take(take)
+                seed = tf.cast(epoch, tf.int64) + seed0
+                batches = training_dataset(shard, max_len, batch // replicas, regime=regime,
+                                           seed=seed).repeat().take(take)
+                return length_bucketed(batches, max_len, buckets, seed)
 
             return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
