@@ -36,7 +36,8 @@ What it does (``docs/protocol.md`` is the protocol):
 5. Training throughput (``--skip-throughput`` / ``--throughput-only``): training
    sequences per second of a full train step (forward, full-catalogue CE loss, backward,
    Adam update; XLA on, batch ``--batch-size``, regime "all", real ml-100k batches) at
-   max_len 200 and 1000, measured over ``--throughput-steps`` steps after
+   max_len 200 and 1000 (``--throughput-buckets 1,4``: also with the training batches
+   cut to 4 length buckets, timed over whole epochs), measured over ``--throughput-steps`` steps after
    ``--throughput-warmup`` warm-up steps, in ``--throughput-rounds`` rounds; within a
    round the attentions are measured one after the other in one process (order rotated
    each round), and each round's throughput is divided by softmax's of the same round.
@@ -439,6 +440,31 @@ def _step_memory_estimate(batch, n, vocab, heads=2, layers=2):
     return 1.3 * (attention + logits) + 1.5 * 2**30
 
 
+def _point_key(n, buckets):
+    """The throughput report's key of a length and a bucket count: ``"200"`` (every batch
+    ``max_len`` wide) or ``"200-buckets4"``."""
+    return str(n) if buckets == 1 else f"{n}-buckets{buckets}"
+
+
+def _point_label(key):
+    """``"200"`` -> ``"N=200"``, ``"200-buckets4"`` -> ``"N=200, 4 length buckets"``."""
+    n, _, buckets = key.partition("-buckets")
+    return f"N={n}" + (f", {buckets} length buckets" if buckets else "")
+
+
+def _throughput_batches(data, n, bs, buckets):
+    """``(batches, steps per pass)``: with one bucket, 4 training batches ``n`` wide; with
+    more, the first epoch's batches regrouped and cut as training does
+    (:func:`tfrs_linear.data.length_bucketed`), so a pass holds every width in the
+    proportion an epoch has. Cached and repeated."""
+    ds = data_lib.training_dataset(data, n, bs, regime="all", seed=0)
+    if buckets == 1:
+        return ds.take(4).cache().repeat(), 4
+    steps = int(ds.cardinality())
+    ds = data_lib.length_bucketed(ds, n, buckets, seed=0)
+    return ds.cache().repeat(), steps
+
+
 def throughput(args, data):
     lengths = args.throughput_lengths
     variants = args.attentions if "softmax" in args.attentions else ["softmax"] + list(args.attentions)
@@ -446,7 +472,8 @@ def throughput(args, data):
     steps, warmup, rounds = args.throughput_steps, args.throughput_warmup, args.throughput_rounds
     report = {"batch_size": bs, "steps": steps, "warmup": warmup, "rounds": rounds,
               "regime": "all", "loss": "full", "xla": True, "lengths": lengths, "points": {}}
-    for n in lengths:
+    for n, buckets in [(n, b) for n in lengths for b in args.throughput_buckets]:
+        key = _point_key(n, buckets)
         tf.keras.backend.clear_session()
         tf.keras.utils.set_random_seed(0)
         bs = args.batch_size or 128
@@ -458,8 +485,11 @@ def throughput(args, data):
             log(f"throughput N={n}: batch {args.batch_size or 128} would need ≈{_step_memory_estimate(args.batch_size or 128, n, data.num_items) / 2**30:.1f} GiB "
                 f"for softmax's step, {avail / 2**30:.1f} GiB available: batch {bs} instead")
         report.setdefault("batch_size_per_length", {})[str(n)] = bs
-        ds = data_lib.training_dataset(data, n, bs, regime="all", seed=0)
-        batches = ds.take(4).cache().repeat()
+        batches, per_pass = _throughput_batches(data, n, bs, buckets)
+        # Whole passes over the batches (every width once compiled and timed as often
+        # as an epoch has it).
+        n_steps = per_pass * -(-steps // per_pass) if buckets > 1 else steps
+        n_warmup = per_pass if buckets > 1 else max(warmup, 1)
         models = {}
         for v in variants:
             config = ModelConfig().replace(**VARIANTS[v], max_len=n)
@@ -469,13 +499,13 @@ def throughput(args, data):
             try:
                 step = model.make_train_function()
                 it = iter(batches)
-                for i in range(max(warmup, 1)):
+                for i in range(n_warmup):
                     float(step(it)["loss"])
             except Exception as e:
-                log(f"throughput N={n} {v}: warm-up failed: {type(e).__name__}: {str(e)[:300]}")
-                report["points"].setdefault(str(n), {})[v] = {"error": f"{type(e).__name__}"}
+                log(f"throughput {key} {v}: warm-up failed: {type(e).__name__}: {str(e)[:300]}")
+                report["points"].setdefault(key, {})[v] = {"error": f"{type(e).__name__}"}
                 continue
-            log(f"throughput N={n} {v}: warm-up ({warmup} steps incl. XLA compile) {time.perf_counter() - t0:.1f} s")
+            log(f"throughput {key} {v}: warm-up ({n_warmup} steps incl. XLA compile) {time.perf_counter() - t0:.1f} s")
             models[v] = (step, it)
         per = {v: [] for v in models}
         ratios = {v: [] for v in models}
@@ -488,19 +518,19 @@ def throughput(args, data):
             for v in rot:
                 step, it = models[v]
                 t0 = time.perf_counter()
-                for i in range(steps):
+                for i in range(n_steps):
                     out = step(it)
                     float(out["loss"])  # wait for the step
                 dt = time.perf_counter() - t0
-                this[v] = steps * bs / dt
+                this[v] = n_steps * bs / dt
                 per[v].append(this[v])
             if "softmax" in this:
                 for v in this:
                     ratios[v].append(this[v] / this["softmax"])
-            log(f"throughput N={n} round {r + 1}/{rounds}: " + ", ".join(
+            log(f"throughput {key} round {r + 1}/{rounds}: " + ", ".join(
                 f"{v} {this[v]:.0f} seq/s" + (f" ({this[v] / this['softmax']:.2f}x)" if "softmax" in this else "")
                 for v in order))
-        point = report["points"].setdefault(str(n), {})
+        point = report["points"].setdefault(key, {})
         for v in models:
             point[v] = {
                 "seq_per_s_median": round(statistics.median(per[v]), 2),
@@ -850,7 +880,9 @@ def _md_throughput(results):
         lines.append("")
         lines.append(f"Training sequences/s of a full train step (forward, full-catalogue CE, backward, Adam; "
                      f"XLA, batch {tp['batch_size']} unless the header says otherwise (reduced only when softmax's step would not fit in the available memory), regime {tp['regime']}, real ml-100k batches), median over "
-                     f"{tp['rounds']} rounds of {tp['steps']} steps after {tp['warmup']} warm-up steps; the "
+                     f"{tp['rounds']} rounds of {tp['steps']} steps after {tp['warmup']} warm-up steps "
+                     f"(with length buckets: rounds of whole epochs' batches, {tp['steps']} steps or more, "
+                     f"after one epoch's warm-up that compiles every width); the "
                      f"attentions alternate within each round in one process; ratio = this / softmax in the "
                      f"same round (median over rounds). Measured {tp.get('measured')}.")
         lines.append("")
@@ -861,7 +893,8 @@ def _md_throughput(results):
                     variants.append(v)
         bpl = tp.get("batch_size_per_length", {})
         lines.append("| attention | " + " | ".join(
-            f"N={n} (batch {bpl.get(n, tp['batch_size'])}): seq/s (step ms) | N={n}: vs softmax"
+            f"{_point_label(n)} (batch {bpl.get(n.partition('-')[0], tp['batch_size'])}): "
+            f"seq/s (step ms) | {_point_label(n)}: vs softmax"
             for n in tp["points"]) + " |")
         lines.append("|---|" + "---|---|" * len(tp["points"]))
         for v in variants:
@@ -1211,6 +1244,10 @@ def parse_args(argv=None):
     p.add_argument("--plot-only", action="store_true",
                    help=f"draw OUT/{PLOT_FILE} from OUT/results.json, without training")
     p.add_argument("--throughput-lengths", type=ints, default=[200, 1000])
+    p.add_argument("--throughput-buckets", type=ints, default=[1],
+                   help="length bucket counts to measure at each length (default 1: every "
+                        "batch max_len wide; e.g. 1,4: also the batches training cuts to 4 "
+                        "widths, timed over whole epochs)")
     p.add_argument("--throughput-steps", type=int, default=5)
     p.add_argument("--throughput-warmup", type=int, default=2)
     p.add_argument("--throughput-rounds", type=int, default=3)
