@@ -138,7 +138,7 @@ INAPPLICABLE_IN_FIXTURES = {
 def test_a_saved_config_is_written_back_with_the_keys_that_apply(tmp_path):
     """config.json of a model saved by 0.1.0: loaded and saved again, every key that applies
     keeps its value (and the new ``precision``, ``positions``, ``optimizer``,
-    ``lr_schedule``, ``warmup_steps`` and ``length_buckets`` are how it was trained:
+    ``lr_schedule``, ``warmup_steps``, ``length_buckets`` and ``bucket_window`` are how it was trained:
     float32, positions counted from the newest item, Adam at a constant rate, every batch
     ``max_len`` wide); the keys
     that do nothing for the model are left out, and the configuration is the same."""
@@ -151,7 +151,7 @@ def test_a_saved_config_is_written_back_with_the_keys_that_apply(tmp_path):
         assert new == {**{k: v for k, v in old.items() if k not in skipped},
                        "precision": "float32", "positions": "from_end",
                        "optimizer": "adam", "lr_schedule": "constant",
-                       "warmup_steps": 0, "length_buckets": 1}, name
+                       "warmup_steps": 0, "length_buckets": 1, "bucket_window": 1}, name
         assert load_saved_config(tmp_path / "config.json") == load_saved_config(saved)
 
 
@@ -200,11 +200,12 @@ def test_fields_that_do_nothing_are_neither_compared_nor_stored(tmp_path):
 def test_saved_configs_fill_keys_they_predate_with_how_they_were_trained(tmp_path):
     path = tmp_path / "config.json"
     values = to_flat_dict(ModelConfig(attention="elastic"), TrainConfig())
-    del values["recency_bias"], values["length_buckets"]
+    del values["recency_bias"], values["length_buckets"], values["bucket_window"]
     path.write_text(json.dumps(values))
     assert load_saved_config(path)[0].recency_bias is False  # trained before the option
     assert load_config(path)[0].uses_recency_bias  # a configuration file: the default
     assert load_saved_config(path)[1].length_buckets == 1  # every batch max_len wide
+    assert load_saved_config(path)[1].bucket_window == 1
 
 
 def test_resolved_makes_the_attention_defaults_explicit():

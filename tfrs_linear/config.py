@@ -41,7 +41,8 @@ from tfrs_linear.constants import (  # noqa: F401
 )
 
 # Values for keys a saved config.json may predate: what those models were trained with.
-_SAVED_BEFORE_THE_OPTION = {"recency_bias": False, "positions": "from_end", "length_buckets": 1}
+_SAVED_BEFORE_THE_OPTION = {"recency_bias": False, "positions": "from_end", "length_buckets": 1,
+                            "bucket_window": 1}
 # Keys of a configuration file that are notes for its readers, not configuration.
 _NOTE_KEYS = ("_comment", "_reference")
 
@@ -360,11 +361,15 @@ class TrainConfig(_FlatFields):
         warmup_steps: train steps over which the learning rate rises linearly from 0 to
             ``learning_rate`` before the schedule starts (0: none).
         length_buckets: how many widths the training batches are cut to
-            (:mod:`tfrs_linear.data.buckets`): rows of similar lengths are batched
-            together and each batch loses the left padding its longest row does not
-            need, so a step computes fewer padded positions (one XLA compilation per
-            width). 1: every batch is ``max_len`` wide. Runs saved before the option
-            resume with 1.
+            (:mod:`tfrs_linear.data.buckets`): each batch loses the left padding its
+            longest row does not need (one XLA compilation per width that occurs); 1:
+            every batch is ``max_len`` wide. Runs saved before the option resume with 1.
+        bucket_window: 1 (default): every batch keeps its rows (the batches of a run
+            without buckets, cut: without dropout the same training up to float
+            rounding; dropout's masks are other draws at another width). ``W > 1``:
+            the rows of ``W`` consecutive batches are regrouped by length first (much
+            less padding, but batches of short and of long rows: it changes training;
+            the loss then gives every target of the epoch the same weight).
     """
 
     learning_rate: float = config_field(1e-3, "Adam's learning rate")
@@ -389,9 +394,13 @@ class TrainConfig(_FlatFields):
     warmup_steps: int = config_field(
         0, "train steps of linear learning-rate warm-up from 0 (0: none)")
     length_buckets: int = config_field(
-        1, "batch rows of similar lengths together and cut each batch to the narrowest of "
-        "this many widths (max_len/N, 2*max_len/N, ..., max_len) that holds it: fewer padded "
-        "positions per step, one XLA compilation per width (1: every batch max_len wide)")
+        4, "cut each training batch to the narrowest of this many widths (max_len/N, "
+        "2*max_len/N, ..., max_len) that holds its longest row: less padding computed, one "
+        "XLA compilation per width (1: every batch max_len wide)")
+    bucket_window: int = config_field(
+        1, "with length buckets: 1 keeps every batch's rows (the same batches); W > 1 "
+        "regroups the rows of W consecutive batches by length first (far less padding, but "
+        "it changes the batches: measure the quality)")
 
     def validate(self):
         """Returns ``self``; raises ``ValueError("invalid configuration: ...")``."""
@@ -403,7 +412,8 @@ class TrainConfig(_FlatFields):
         _check(self.lr_schedule in LR_SCHEDULES,
                f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         _check(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check_positive(self, ("batch_size", "epochs", "eval_batch_size", "length_buckets"))
+        _check_positive(self, ("batch_size", "epochs", "eval_batch_size", "length_buckets",
+                               "bucket_window"))
         _check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         _check(self.patience >= 0, f"patience must be >= 0, got {self.patience}")
         return self

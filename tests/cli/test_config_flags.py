@@ -50,6 +50,7 @@ SETS = {
     "lr_schedule": (["--lr-schedule", "cosine"], [], "cosine"),
     "warmup_steps": (["--warmup-steps", "100"], [], 100),
     "length_buckets": (["--length-buckets", "2"], [], 2),
+    "bucket_window": (["--bucket-window", "8"], [], 8),
 }
 
 

@@ -1,5 +1,6 @@
-"""Length buckets (``tfrs_linear.data.buckets``): the same rows per epoch, regrouped by
-length, each batch cut to the narrowest width that holds it, fixed by the seed."""
+"""Length buckets (``tfrs_linear.data.buckets``): each batch cut to the narrowest width
+that holds it; the same batches by default, or the same rows per epoch regrouped by
+length (``window > 1``), fixed by the seed."""
 
 import collections
 
@@ -10,6 +11,7 @@ import tensorflow as tf
 import tfrs_linear  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tf.keras is touched)
 from tfrs_linear import data
 from tfrs_linear.data import synthetic
+from tests.data.common import tiny
 
 MAX_LEN, BATCH = 16, 4
 
@@ -110,10 +112,26 @@ def test_the_seed_fixes_the_batches(sequences):
 
     def run(seed):
         return [{k: v.numpy().tolist() for k, v in b.items()}
-                for b in data.length_bucketed(plain, MAX_LEN, 4, seed=seed)]
+                for b in data.length_bucketed(plain, MAX_LEN, 4, seed=seed, window=4)]
 
     assert run(tf.constant(5, tf.int64)) == run(5)
     assert run(5) != run(6)  # the batches' order within a window follows the seed
+
+
+def test_by_default_every_batch_keeps_its_rows_and_is_only_cut(sequences):
+    plain = list(data.training_dataset(sequences, MAX_LEN, BATCH, shuffle=False))
+    cut = list(data.length_bucketed(
+        data.training_dataset(sequences, MAX_LEN, BATCH, shuffle=False), MAX_LEN, 4, seed=0))
+    assert len(cut) == len(plain)
+    narrower = 0
+    for a, b in zip(plain, cut):
+        width = b["inputs"].shape[1]
+        narrower += width < MAX_LEN
+        assert np.array_equal(a["inputs"][:, MAX_LEN - width:], b["inputs"])
+        assert np.array_equal(a["targets"][:, MAX_LEN - width:], b["targets"])
+        assert np.array_equal(a["offsets"], b["offsets"])
+        assert not np.any(a["inputs"][:, :MAX_LEN - width])  # only padding was cut
+    assert narrower >= 2
 
 
 def test_one_bucket_is_the_pipeline_itself(sequences):
@@ -121,3 +139,19 @@ def test_one_bucket_is_the_pipeline_itself(sequences):
     assert data.length_bucketed(plain, MAX_LEN, 1, seed=0) is plain
     with pytest.raises(ValueError, match="window must be >= 1"):
         data.length_bucketed(plain, MAX_LEN, 4, seed=0, window=0)
+
+
+def test_targets_per_example_counts_the_windows_targets():
+    seq = data.build_sequences(tiny())  # training pairs: a 3, b 1, d 0
+    assert data.targets_per_example(seq, 3) == 4 / 2  # a: one window of 3; b: one of 1
+    assert data.targets_per_example(seq, 2) == 4 / 3  # a: windows of 2 and 1
+    assert data.targets_per_example(seq, 2, "last") == 1.0
+    with pytest.raises(ValueError, match="regime"):
+        data.targets_per_example(seq, 2, "first")
+
+
+def test_targets_per_example_is_the_mean_of_the_pipelines_examples(sequences):
+    for max_len in (5, MAX_LEN):
+        examples = data.training_examples(sequences, max_len)
+        assert data.targets_per_example(sequences, max_len) == pytest.approx(
+            (examples["targets"] != 0).sum(axis=1).mean(), rel=1e-12)

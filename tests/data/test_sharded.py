@@ -39,6 +39,9 @@ def test_counts_and_description_are_the_in_memory_ones(both):
     np.testing.assert_array_equal(streamed.item_popularity, seq.item_popularity)
     assert streamed.vocab == seq.vocab
     assert "streamed from 3 shard(s)" in streamed.describe()
+    for max_len, regime in ((5, "all"), (50, "all"), (5, "last")):
+        assert data.targets_per_example(streamed, max_len, regime) == \
+            data.targets_per_example(seq, max_len, regime)
 
 
 @pytest.mark.parametrize("regime, max_len", [("all", 5), ("all", 50), ("last", 4)])

@@ -40,6 +40,10 @@ def test_full_loss_equals_cross_entropy_over_the_catalogue(regime):
     flat_targets = targets.reshape(-1)
     losses = [_numpy_softmax_ce((q @ table.T)[2:], t - 2) for q, t in zip(queries, flat_targets) if t > 1]
     np.testing.assert_allclose(loss, np.mean(losses), rtol=1e-5)
+    # With targets_per_row (length-regrouped batches): the sum over rows x that constant.
+    model.targets_per_row = 2.5
+    fixed = model.compute_loss({"inputs": inputs, "targets": targets}).numpy()
+    np.testing.assert_allclose(fixed, np.sum(losses) / (3 * 2.5), rtol=1e-5)
 
 
 def _numpy_sampled_block(q, targets, negatives, table, catalogue):

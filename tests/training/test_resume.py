@@ -83,11 +83,12 @@ def test_a_run_killed_after_epoch_1_and_resumed_is_the_uninterrupted_run(tmp_pat
     assert len(seconds) == 3 and 0 < seconds[0] < seconds[1] < seconds[2]
 
 
-@pytest.mark.parametrize("loss, buckets", [("full", 1), ("sampled", 1), ("full", 3)])
+@pytest.mark.parametrize("loss, buckets", [("full", {}), ("sampled", {}),
+                                           ("full", {"bucket_window": 3})])
 def test_a_run_stopped_cleanly_and_resumed_is_the_uninterrupted_run(tmp_path, loss, buckets):
     data = tiny_sequences()
     model_config = ModelConfig(attention="linrec", loss=loss, **MODEL)
-    train_config = TrainConfig(**TRAIN, length_buckets=buckets)
+    train_config = TrainConfig(**TRAIN, **buckets)
     straight = train(model_config, train_config, data, tmp_path / "straight", verbose=0,
                      steps_per_epoch=3)
     train(model_config, train_config.replace(epochs=1), data, tmp_path / "stopped", verbose=0,

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tfrs_linear.config import ModelConfig, TrainConfig
 from tfrs_linear.models import load_model_dir
-from tfrs_linear.training import Evaluator, Trainer, train
+from tfrs_linear.training import Evaluator, Trainer, epoch_data, train
 from tests.models.common import TINY_MODEL, TINY_TRAIN, tiny_sequences
 
 
@@ -71,6 +71,33 @@ def test_other_attentions_regimes_and_losses_train(tiny_data, tmp_path, attentio
     assert 0.0 <= metrics["test"]["ndcg@10"] <= 1.0
     history = json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["history"]
     assert np.isfinite(history[0]["loss"])
+
+
+def test_length_buckets_keep_the_training_of_a_run_without_them(tiny_data, tmp_path):
+    """``bucket_window=1``: the same batches, only cut (tests/data/test_buckets.py), so
+    without dropout the same losses and metrics up to float rounding, under XLA. (With
+    dropout the hashed masks of a narrower tensor are other draws of the same
+    distribution.)"""
+    model_config = ModelConfig(attention="linrec", dropout=0.0, attention_dropout=0.0,
+                               **{**TINY_MODEL, "max_len": 60})
+    runs = {}
+    for buckets in (1, 4):
+        train_config = TrainConfig(**{**TINY_TRAIN, "epochs": 2, "length_buckets": buckets})
+        if buckets > 1:  # some batches are narrower than max_len (else nothing is tested)
+            widths = {int(b["inputs"].shape[1]) for b in epoch_data.epochs_dataset(
+                tiny_data, model_config, train_config, 0, 4)}
+            assert min(widths) < 60 and widths <= {15, 30, 45, 60}
+        metrics = train(model_config, train_config, tiny_data, tmp_path / str(buckets),
+                        verbose=0)
+        runs[buckets] = metrics
+    plain, cut = runs[1], runs[4]
+    assert [h["valid"] for h in cut["history"]] == [
+        pytest.approx(h["valid"], abs=1e-3) for h in plain["history"]]
+    assert cut["test"] == pytest.approx(plain["test"], abs=1e-3)
+    losses = [json.loads((tmp_path / str(b) / "checkpoints" / "state.json").read_text())
+              for b in (1, 4)]
+    assert [h["loss"] for h in losses[1]["history"]] == pytest.approx(
+        [h["loss"] for h in losses[0]["history"]], rel=1e-5)
 
 
 class _ValidationLog(tf.keras.callbacks.Callback):

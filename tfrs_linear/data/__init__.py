@@ -28,8 +28,9 @@ concept, imported in one direction (no module imports one above it):
     The tf.data pipelines (:func:`training_dataset`, :func:`evaluation_batches`) and
     :func:`pad_left`.
 ``buckets``
-    :func:`length_bucketed`: training batches regrouped by length and cut to a few
-    widths (:func:`bucket_widths`), so that a step computes less padding.
+    :func:`length_bucketed`: each training batch cut to the narrowest of a few widths
+    (:func:`bucket_widths`), optionally regrouped by length first, so that a step
+    computes less padding.
 
 A new file format goes into ``readers`` (a ``_read_*`` function, its name in
 ``FILE_FORMATS``, a rule in :func:`guess_format`); everything after parsing is shared.
@@ -44,6 +45,7 @@ from tfrs_linear.data.datasets import (
     evaluation_batches,
     num_training_examples,
     pad_left,
+    targets_per_example,
     training_dataset,
     training_examples,
 )
@@ -98,7 +100,7 @@ __all__ = [
     "ShardedSequences",
     # tf.data
     "pad_left", "training_examples", "num_training_examples", "training_dataset",
-    "evaluation_batches", "bucket_widths", "length_bucketed",
+    "evaluation_batches", "targets_per_example", "bucket_widths", "length_bucketed",
     # the synthetic data set
     "synthetic",
 ]

@@ -115,6 +115,25 @@ def num_training_examples(data, max_len, regime="all"):
     return len(_training_table(data, max_len, regime)[1]["ends"])
 
 
+def targets_per_example(data, max_len, regime="all"):
+    """The mean number of targets of a training example of :func:`training_dataset`: in
+    regime ``"all"`` the training pairs of every user divided by the windows they are cut
+    into (at most ``max_len``); 1.0 in regime ``"last"``. ``data``: a
+    :class:`~tfrs_linear.data.SequenceData` or a
+    :class:`~tfrs_linear.data.ShardedSequences` (from its counting pass)."""
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    if regime == "last":
+        return 1.0
+    if isinstance(data, ShardedSequences):
+        train_lengths = data.lengths.astype(np.int64) - 2  # the training part, seq[:-2]
+    else:
+        train_lengths = np.asarray([len(h) for h in data.histories("train")], np.int64)
+    pairs = np.maximum(train_lengths - 1, 0)
+    windows = int((-(-pairs // int(max_len))).sum())
+    return float(pairs.sum()) / max(windows, 1)
+
+
 def training_dataset(data, max_len, batch_size, regime="all", seed=0, shuffle=True,
                      drop_remainder=True):
     """The training pipeline: a ``tf.data.Dataset`` of ``{"inputs", "targets"}`` batches.

@@ -212,6 +212,7 @@ class SequentialRetrievalModel(tfrs.Model):
         bias[[PAD_INDEX, OOV_INDEX]] = _NEG
         self._candidate_bias = tf.constant(bias)
         self._make_sampler_generator(sampler_seed)
+        self.targets_per_row = None
 
     @tf.__internal__.tracking.no_automatic_dependency_tracking
     def _make_sampler_generator(self, seed):
@@ -314,8 +315,16 @@ class SequentialRetrievalModel(tfrs.Model):
 
     # -- loss -----------------------------------------------------------------------
     def compute_loss(self, inputs, training=False):
-        """The configured loss (``full`` or ``sampled``), averaged over the real targets
-        (a padding/OOV target weighs 0)."""
+        """The configured loss (``full`` or ``sampled``), averaged over the batch's real
+        targets (a padding/OOV target weighs 0); or, when :attr:`targets_per_row` is set
+        (a float), summed and divided by ``rows × targets_per_row``.
+
+        The second form is for batches whose rows were grouped by length
+        (:func:`tfrs_linear.data.length_bucketed`; the Trainer sets it to
+        :func:`tfrs_linear.data.targets_per_example` then): a batch of short rows holds
+        few targets, and dividing by its own count would weigh each of them several
+        times more than a target of a batch of long rows. With one constant the epoch's
+        objective is the same as with shuffled batches: every target weighs the same."""
         item_ids = inputs["inputs"]
         targets = tf.cast(inputs["targets"], tf.int32)
         # Regime "last" needs the newest position only: the last block runs one query.
@@ -325,7 +334,10 @@ class SequentialRetrievalModel(tfrs.Model):
                          position_offsets=self.position_offsets(inputs)), tf.float32
         )
         weights = tf.cast(targets > OOV_INDEX, tf.float32)
-        denominator = tf.maximum(tf.reduce_sum(weights), 1.0)
+        if self.targets_per_row is None:
+            denominator = tf.maximum(tf.reduce_sum(weights), 1.0)
+        else:  # the same weight for every target of the epoch, whatever its batch
+            denominator = tf.cast(tf.shape(targets)[0], tf.float32) * self.targets_per_row
         if self.config.loss == "sampled":
             queries = sequence if self.config.regime == "all" else sequence[:, -1, :]
             return self._sampled_loss(queries, targets, weights) / denominator

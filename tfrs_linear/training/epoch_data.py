@@ -38,8 +38,9 @@ def epochs_dataset(data, model_config, train_config, first_epoch, steps):
     """One ``tf.data.Dataset`` of the batches of epochs ``first_epoch .. epochs - 1``
     (counted from 0), ``steps`` batches each, epoch ``e`` shuffled by
     ``epoch_seed(train_config.seed, e)`` and, with ``train_config.length_buckets > 1``,
-    regrouped by length and cut to bucket widths by the same seed
-    (:func:`~tfrs_linear.data.buckets.length_bucketed`); give it to ``fit`` with
+    cut to bucket widths (regrouped by length first, by the same seed, when
+    ``train_config.bucket_window > 1``: :func:`~tfrs_linear.data.buckets.length_bucketed`);
+    give it to ``fit`` with
     ``steps_per_epoch=steps`` (one iterator across epochs)."""
     max_len, batch_size = model_config.max_len, train_config.batch_size
     regime, seed = model_config.regime, int(train_config.seed)
@@ -48,7 +49,8 @@ def epochs_dataset(data, model_config, train_config, first_epoch, steps):
         shuffle_seed = tf.cast(epoch, tf.int64) + tf.constant(seed * _STRIDE, tf.int64)
         batches = training_dataset(data, max_len, batch_size, regime=regime,
                                    seed=shuffle_seed).take(steps)
-        return length_bucketed(batches, max_len, train_config.length_buckets, shuffle_seed)
+        return length_bucketed(batches, max_len, train_config.length_buckets, shuffle_seed,
+                               window=train_config.bucket_window)
 
     epochs = tf.data.Dataset.range(int(first_epoch), int(train_config.epochs))
     return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)

@@ -31,7 +31,8 @@ import tensorflow as tf
 from tfrs_linear.constants import STRATEGIES
 from tfrs_linear.config import ModelConfig, TrainConfig
 from tfrs_linear.data.buckets import length_bucketed
-from tfrs_linear.data.datasets import evaluation_batches, training_dataset
+from tfrs_linear.data.datasets import (evaluation_batches, targets_per_example,
+                                       training_dataset)
 from tfrs_linear.data.sharded import ShardedSequences
 from tfrs_linear.models.model_dir import WEIGHTS_DIR
 from tfrs_linear.models.retrieval import check_full_loss_fits
@@ -365,6 +366,11 @@ class Trainer:
                 exclude_history=self.train_config.exclude_history,
                 sampler_seed=self.train_config.seed,
             ).build_all()
+            if self.train_config.length_buckets > 1 and self.train_config.bucket_window > 1:
+                # Batches regrouped by length: every target weighs the same (the model's
+                # compute_loss).
+                self.model.targets_per_row = targets_per_example(
+                    self.data, self.model_config.max_len, self.model_config.regime)
             optimizer = make_optimizer(learning_rate(self.train_config, self.steps),
                                        self.precision, self.train_config.optimizer)
             jit = self.train_config.xla and _xla_train_step_supported(self.strategy)
@@ -485,7 +491,7 @@ class Trainer:
             raise ValueError(f"--batch-size {batch} must be a multiple of the {replicas} "
                              "replicas to split it across workers reading their own shards")
         max_len, regime = self.model_config.max_len, self.model_config.regime
-        buckets = self.train_config.length_buckets
+        buckets, window = self.train_config.length_buckets, self.train_config.bucket_window
         seed0, steps = epoch_data.epoch_seed(self.train_config.seed, 0), self.steps
         epochs = tf.data.Dataset.range(int(first), int(self.train_config.epochs))
 
@@ -498,7 +504,7 @@ class Trainer:
                 seed = tf.cast(epoch, tf.int64) + seed0
                 batches = training_dataset(shard, max_len, batch // replicas, regime=regime,
                                            seed=seed).repeat().take(take)
-                return length_bucketed(batches, max_len, buckets, seed)
+                return length_bucketed(batches, max_len, buckets, seed, window=window)
 
             return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
