@@ -36,8 +36,9 @@ What it does (``docs/protocol.md`` is the protocol):
 5. Training throughput (``--skip-throughput`` / ``--throughput-only``): training
    sequences per second of a full train step (forward, full-catalogue CE loss, backward,
    Adam update; XLA on, batch ``--batch-size``, regime "all", real ml-100k batches) at
-   max_len 200 and 1000 (``--throughput-buckets 1,4``: also with the training batches
-   cut to 4 length buckets, timed over whole epochs), measured over ``--throughput-steps`` steps after
+   max_len 200 and 1000 (``--throughput-buckets 1,4,4/8``: also with the training
+   batches cut to 4 length buckets, and regrouped within windows of 8 batches first,
+   timed over whole epochs), measured over ``--throughput-steps`` steps after
    ``--throughput-warmup`` warm-up steps, in ``--throughput-rounds`` rounds; within a
    round the attentions are measured one after the other in one process (order rotated
    each round), and each round's throughput is divided by softmax's of the same round.
@@ -440,28 +441,46 @@ def _step_memory_estimate(batch, n, vocab, heads=2, layers=2):
     return 1.3 * (attention + logits) + 1.5 * 2**30
 
 
-def _point_key(n, buckets):
-    """The throughput report's key of a length and a bucket count: ``"200"`` (every batch
-    ``max_len`` wide) or ``"200-buckets4"``."""
-    return str(n) if buckets == 1 else f"{n}-buckets{buckets}"
+def _bucket_mode(text):
+    """``"4"`` -> ``(4, 1)`` (4 length buckets, every batch keeps its rows), ``"4/8"`` ->
+    ``(4, 8)`` (rows regrouped within windows of 8 batches), ``"1"`` -> ``(1, 1)``."""
+    buckets, _, window = str(text).partition("/")
+    return int(buckets), int(window or 1)
+
+
+def _point_key(n, mode):
+    """The throughput report's key of a length and a bucket mode: ``"200"`` (every batch
+    ``max_len`` wide), ``"200-buckets4"`` or ``"200-buckets4-window8"``."""
+    buckets, window = mode
+    if buckets == 1:
+        return str(n)
+    return f"{n}-buckets{buckets}" + (f"-window{window}" if window > 1 else "")
 
 
 def _point_label(key):
-    """``"200"`` -> ``"N=200"``, ``"200-buckets4"`` -> ``"N=200, 4 length buckets"``."""
-    n, _, buckets = key.partition("-buckets")
-    return f"N={n}" + (f", {buckets} length buckets" if buckets else "")
+    """``"200"`` -> ``"N=200"``, ``"200-buckets4-window8"`` -> ``"N=200, 4 buckets,
+    window 8"``."""
+    parts = key.split("-")
+    label = f"N={parts[0]}"
+    for part in parts[1:]:
+        if part.startswith("buckets"):
+            label += f", {part[len('buckets'):]} buckets"
+        elif part.startswith("window"):
+            label += f", window {part[len('window'):]}"
+    return label
 
 
-def _throughput_batches(data, n, bs, buckets):
-    """``(batches, steps per pass)``: with one bucket, 4 training batches ``n`` wide; with
-    more, the first epoch's batches regrouped and cut as training does
+def _throughput_batches(data, n, bs, mode):
+    """``(batches, steps per pass)``: without buckets, 4 training batches ``n`` wide; with
+    them, the first epoch's batches cut (and regrouped) as training does
     (:func:`tfrs_linear.data.length_bucketed`), so a pass holds every width in the
     proportion an epoch has. Cached and repeated."""
+    buckets, window = mode
     ds = data_lib.training_dataset(data, n, bs, regime="all", seed=0)
     if buckets == 1:
         return ds.take(4).cache().repeat(), 4
     steps = int(ds.cardinality())
-    ds = data_lib.length_bucketed(ds, n, buckets, seed=0)
+    ds = data_lib.length_bucketed(ds, n, buckets, seed=0, window=window)
     return ds.cache().repeat(), steps
 
 
@@ -472,8 +491,8 @@ def throughput(args, data):
     steps, warmup, rounds = args.throughput_steps, args.throughput_warmup, args.throughput_rounds
     report = {"batch_size": bs, "steps": steps, "warmup": warmup, "rounds": rounds,
               "regime": "all", "loss": "full", "xla": True, "lengths": lengths, "points": {}}
-    for n, buckets in [(n, b) for n in lengths for b in args.throughput_buckets]:
-        key = _point_key(n, buckets)
+    for n, mode in [(n, _bucket_mode(b)) for n in lengths for b in args.throughput_buckets]:
+        key, buckets = _point_key(n, mode), mode[0]
         tf.keras.backend.clear_session()
         tf.keras.utils.set_random_seed(0)
         bs = args.batch_size or 128
@@ -485,7 +504,7 @@ def throughput(args, data):
             log(f"throughput N={n}: batch {args.batch_size or 128} would need ≈{_step_memory_estimate(args.batch_size or 128, n, data.num_items) / 2**30:.1f} GiB "
                 f"for softmax's step, {avail / 2**30:.1f} GiB available: batch {bs} instead")
         report.setdefault("batch_size_per_length", {})[str(n)] = bs
-        batches, per_pass = _throughput_batches(data, n, bs, buckets)
+        batches, per_pass = _throughput_batches(data, n, bs, mode)
         # Whole passes over the batches (every width once compiled and timed as often
         # as an epoch has it).
         n_steps = per_pass * -(-steps // per_pass) if buckets > 1 else steps
@@ -1244,10 +1263,11 @@ def parse_args(argv=None):
     p.add_argument("--plot-only", action="store_true",
                    help=f"draw OUT/{PLOT_FILE} from OUT/results.json, without training")
     p.add_argument("--throughput-lengths", type=ints, default=[200, 1000])
-    p.add_argument("--throughput-buckets", type=ints, default=[1],
-                   help="length bucket counts to measure at each length (default 1: every "
-                        "batch max_len wide; e.g. 1,4: also the batches training cuts to 4 "
-                        "widths, timed over whole epochs)")
+    p.add_argument("--throughput-buckets", type=names, default=["1"],
+                   help="length bucket modes to measure at each length: N (N widths, every "
+                        "batch keeps its rows) or N/W (rows regrouped within windows of W "
+                        "batches); default 1: every batch max_len wide; e.g. 1,4,4/8, timed "
+                        "over whole epochs")
     p.add_argument("--throughput-steps", type=int, default=5)
     p.add_argument("--throughput-warmup", type=int, default=2)
     p.add_argument("--throughput-rounds", type=int, default=3)
