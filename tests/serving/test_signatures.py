@@ -87,6 +87,20 @@ def test_encode_signature(trained, exports):
     np.testing.assert_allclose(out["user_embedding"].numpy(), ref, atol=1e-5, rtol=0)
 
 
+def test_a_request_of_short_histories_gives_the_max_len_embeddings(trained, exports):
+    """The signature encodes at the request's longest history (here 4 of 8 positions),
+    not at max_len: the same embeddings, a row of "" too."""
+    _, model = trained
+    short = [row for row in ROWS if len(row) < MAX_LEN]
+    assert max(len(row) for row in short) == 4
+    out = exports["l1"].signatures["encode"](item_ids=tf.constant(pad_rows(short)))
+    ref = model.encode(tf.constant(left_pad(short)), training=False).numpy()
+    np.testing.assert_allclose(out["user_embedding"].numpy(), ref, atol=1e-5, rtol=0)
+    empty = exports["l1"].signatures["encode"](item_ids=tf.constant([["", ""]]))
+    ref = model.encode(tf.zeros([1, MAX_LEN], tf.int32), training=False).numpy()
+    np.testing.assert_allclose(empty["user_embedding"].numpy(), ref, atol=1e-6, rtol=0)
+
+
 def test_tf_example_equals_serving_default(exports):
     examples = []
     for row in ROWS:
