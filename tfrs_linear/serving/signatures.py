@@ -278,7 +278,7 @@ class ServingSignatures:
 
         # Static shapes run faster in TensorFlow's executor (0.65-0.78x for a full history
         # of 200 at its own, unknown width); a history of at most half of max_len runs at
-        # its width, 1.6-65x faster than padded to max_len (README, "Serving latency").
+        # its width, 1.3-28x faster than padded to max_len (README, "Serving latency").
         user = tf.cond(2 * width > self.max_len, at_max_len, lambda: encode(padded))
         return user, history
 
