@@ -74,6 +74,21 @@ def test_encoder_matches_reference_and_last_only(name):
     assert np.all(full[ids == 0] == 0.0)
 
 
+@pytest.mark.parametrize("name", ["softmax-causal", "linrec-paper-causal",
+                                  "elastic-causal-recency", "elastic-memory"])
+def test_a_narrower_input_gives_the_states_of_the_same_rows_at_max_len(name):
+    ids = item_ids(2)
+    ids[0, :4] = 0  # every row fits in the newest 6 columns
+    encoder = make_encoder(**ENCODERS[name])
+    _randomize_norms(encoder, 2)
+    full = to_numpy(encoder(ids))
+    for width in (6, 8):
+        cut = to_numpy(encoder(ids[:, MAX_LEN - width:]))
+        np.testing.assert_allclose(cut, full[:, MAX_LEN - width:], **TOL_BLOCK)
+    with pytest.raises(ValueError, match=f"longer than max_len={MAX_LEN}"):
+        encoder(np.ones([1, MAX_LEN + 1], "int32"))
+
+
 def test_keras_masks_propagate_through_linrec_and_block():
     """Embedding(mask_zero=True) -> LinRecAttention -> TransformerBlock(elastic): the
     Keras mask reaches both layers, as explicit masks would."""

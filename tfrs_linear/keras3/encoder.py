@@ -30,13 +30,17 @@ _ARGUMENTS = {
 
 @C.register
 class SequenceEncoder(keras.layers.Layer):
-    """Item ids ``[batch, max_len]`` (int, 0 = padding, left-padded) -> ``[batch, max_len, d]``.
+    """Item ids ``[batch, L]`` (int, 0 = padding, left-padded, ``L <= max_len``) ->
+    ``[batch, L, d]``.
 
     The Keras 3 twin of :class:`tfrs_linear.layers.SequenceEncoder`, with the same
     arguments, defaults and configuration: ``embed -> + learned position -> LayerNorm ->
     dropout -> num_layers TransformerBlocks`` (``"softmax"``, ``"linrec"`` or
     ``"elastic"``); padded positions output 0. ``encoder(ids, last_only=True)`` returns
-    the newest position only, ``[batch, 1, d]``, equal to ``encoder(ids)[:, -1:]``.
+    the newest position only, ``[batch, 1, d]``, equal to ``encoder(ids)[:, -1:]``. It
+    computes at the input's width: a row gives the same states at any width that holds it
+    (the newest item takes the last position embedding; padding is masked), so batches
+    of short histories may be cut to fewer columns (one compilation per width).
     Non-causal ELASTIC blocks hand their interests on (only the block that starts the
     chain has tokens of its own; with ``use_memory`` an :class:`InterestMemory` starts
     it). ``item_embedding`` shares an existing ``keras.layers.Embedding`` (e.g. with a
@@ -103,16 +107,18 @@ class SequenceEncoder(keras.layers.Layer):
     def _check_ids(self, item_ids):
         if len(item_ids.shape) != 2:
             raise ValueError(
-                f"item_ids must be [batch, max_len], got shape {tuple(item_ids.shape)}.")
-        if item_ids.shape[1] is not None and item_ids.shape[1] != self.max_len:
+                f"item_ids must be [batch, length], got shape {tuple(item_ids.shape)}.")
+        if item_ids.shape[1] is not None and item_ids.shape[1] > self.max_len:
             raise ValueError(
-                f"item_ids must be left-padded to max_len={self.max_len}, got length "
-                f"{item_ids.shape[1]}.")
+                f"item_ids are {item_ids.shape[1]} long, longer than max_len={self.max_len}: "
+                f"keep each user's newest {self.max_len} items.")
 
     def _embed(self, item_ids, mask, training):
         """Item + position embeddings, LayerNorm, dropout; padded positions are 0."""
         x = self.item_embedding(item_ids)
-        positions = self.position_embedding(ops.arange(self.max_len))
+        width = item_ids.shape[1] if item_ids.shape[1] is not None else ops.shape(item_ids)[1]
+        # The newest item (the last column) takes row max_len - 1, whatever the width.
+        positions = self.position_embedding(ops.arange(self.max_len - width, self.max_len))
         x = x + ops.cast(positions, x.dtype)[None]
         x = self.input_dropout(self.input_norm(x), training=training)
         return x * ops.cast(mask, x.dtype)[:, :, None]
