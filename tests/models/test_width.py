@@ -1,7 +1,8 @@
 """A batch cut to a narrower width (the length buckets' batches) gives the states and the
 loss of the same batch at ``max_len``: the encoder computes at its input's width and the
-left padding it no longer sees was masked. Eagerly, and in one XLA-compiled function
-traced with an unknown width (as ``fit`` traces the bucketed pipeline) at two widths."""
+left padding it no longer sees was masked. Eagerly for every case, and for three of them
+in one XLA-compiled function traced with an unknown width (as ``fit`` traces the
+bucketed pipeline) at two widths."""
 
 import numpy as np
 import pytest

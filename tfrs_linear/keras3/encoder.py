@@ -93,7 +93,7 @@ class SequenceEncoder(keras.layers.Layer):
 
     def build(self, input_shape):
         if len(input_shape) != 2:
-            raise ValueError(f"item_ids must be [batch, max_len], got shape {input_shape}.")
+            raise ValueError(f"item_ids must be [batch, length], got shape {input_shape}.")
         shape = (input_shape[0], self.max_len, self.d_model)
         if not self.item_embedding.built:
             self.item_embedding.build(tuple(input_shape))
