@@ -15,9 +15,8 @@ loss do not depend on its batch's width; under XLA each width is one compilation
   sees exactly the batches it would see without buckets: without dropout the same losses
   and gradients up to float rounding (with it, the hashed masks of a narrower tensor are
   other draws from the same distribution); the saving is whatever padding no row of the
-  batch needs (on
-  ml-100k: 43% of the positions at ``max_len`` 1,000 with batches of 64, about none at
-  200, where most batches hold a window of 200).
+  batch needs (on ml-100k: 43% of the positions at ``max_len`` 1,000 with batches of 64,
+  about none at 200, where most batches hold a window of 200).
 * ``window=W > 1``: the rows of ``W`` consecutive batches are ordered by bucket (a stable
   sort: rows of one bucket keep their shuffled order), split into ``W`` batches again and
   the batches' order shuffled by a seed derived from the epoch's seed and the window's
@@ -96,7 +95,8 @@ def _cut(widths, max_len):
 
 
 def length_bucketed(batches, max_len, buckets, seed, window=DEFAULT_WINDOW):
-    """``batches`` regrouped by length and cut to bucket widths (module docstring).
+    """``batches`` cut to bucket widths, regrouped by length first when ``window > 1``
+    (module docstring).
 
     Args:
       batches: a ``tf.data.Dataset`` of training batches, dicts with ``"inputs"`` int

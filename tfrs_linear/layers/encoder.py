@@ -313,8 +313,8 @@ class SequenceEncoder(tf.keras.layers.Layer):
             return None
         if self.positions == "from_end":
             # The newest item (column L - 1) takes row max_len - 1, whatever the width.
-            width = tf.shape(mask)[1]
-            return self.position_embedding(tf.range(self.max_len - width, self.max_len))[tf.newaxis]
+            rows = tf.range(self.max_len - tf.shape(mask)[1], self.max_len)
+            return self.position_embedding(rows)[tf.newaxis]
         # from_start: the k-th real item of a row is event offset + k of its user.
         real = tf.cast(mask, tf.int32)
         index = tf.cumsum(real, axis=1) - 1

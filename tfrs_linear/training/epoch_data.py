@@ -40,8 +40,7 @@ def epochs_dataset(data, model_config, train_config, first_epoch, steps):
     ``epoch_seed(train_config.seed, e)`` and, with ``train_config.length_buckets > 1``,
     cut to bucket widths (regrouped by length first, by the same seed, when
     ``train_config.bucket_window > 1``: :func:`~tfrs_linear.data.buckets.length_bucketed`);
-    give it to ``fit`` with
-    ``steps_per_epoch=steps`` (one iterator across epochs)."""
+    give it to ``fit`` with ``steps_per_epoch=steps`` (one iterator across epochs)."""
     max_len, batch_size = model_config.max_len, train_config.batch_size
     regime, seed = model_config.regime, int(train_config.seed)
 
