@@ -76,7 +76,7 @@ from tfrs_linear.config import (  # noqa: E402
 )
 from tfrs_linear.models import load_model_dir  # noqa: E402
 from tfrs_linear.training import train  # noqa: E402
-from tfrs_linear.training.trainer import make_strategy, worker_of  # noqa: E402
+from tfrs_linear.training.strategy import make_strategy, worker_of  # noqa: E402
 
 _EXTRA_KEYS = ("config_file", "k", "model_name", "strategy", "preprocessed_dir")
 

@@ -40,7 +40,7 @@ def run(workers, directory, output, steps, attention):
     cmd = [sys.executable, "-m", "tfrs_linear", "train", "--data", str(directory),
            "--output", str(output), "--steps-per-epoch", str(steps), "--attention",
            attention, *FLAGS]
-    from tfrs_linear.training.trainer import loopback_tf_configs
+    from tfrs_linear.training.strategy import loopback_tf_configs
 
     base = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     configs = loopback_tf_configs(workers)

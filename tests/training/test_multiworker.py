@@ -11,7 +11,7 @@ import pytest
 
 from tfrs_linear import data
 from tfrs_linear.cli import main
-from tfrs_linear.training.trainer import loopback_tf_configs, parse_tf_config
+from tfrs_linear.training.strategy import loopback_tf_configs, parse_tf_config
 from tests.data.test_preprocessed import sequence_data, write_preprocessed
 
 # The machine running the suite may be heavily loaded: generous, never asserted.

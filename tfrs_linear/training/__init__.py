@@ -3,6 +3,10 @@
 ``trainer``
     :class:`Trainer` (the resumable training loop, with documented epoch hooks) and
     :func:`train`.
+``strategy``
+    The ``tf.distribute`` strategies of ``--strategy`` (:func:`make_strategy`),
+    ``TF_CONFIG`` parsing, this process's worker index, and whether the train step may be
+    one XLA computation under a strategy.
 ``evaluator``
     :class:`Evaluator` (one model's compiled query tower, reused by every evaluation),
     :func:`evaluate_model`, :func:`format_table`.

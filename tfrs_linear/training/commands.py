@@ -15,7 +15,8 @@ from tfrs_linear.data.loading import load_dataset
 from tfrs_linear.models.model_dir import load_model_dir
 from tfrs_linear.training import run_dir
 from tfrs_linear.training.evaluator import Evaluator, format_table, metric_subset
-from tfrs_linear.training.trainer import make_strategy, train
+from tfrs_linear.training.strategy import make_strategy
+from tfrs_linear.training.trainer import train
 
 
 def _log(message):

@@ -15,10 +15,7 @@ output directory before the data and the configuration were found valid. The fil
 those of :mod:`tfrs_linear.training.run_dir`.
 """
 
-import json
-import socket
 import numbers
-import os
 import shutil
 import sys
 import tempfile
@@ -28,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfrs_linear.constants import STRATEGIES
 from tfrs_linear.config import ModelConfig, TrainConfig
-from tfrs_linear.data.buckets import length_bucketed
+from tfrs_linear.data.buckets import length_bucketed, regroups
 from tfrs_linear.data.datasets import (evaluation_batches, targets_per_example,
                                        training_dataset)
 from tfrs_linear.data.sharded import ShardedSequences
@@ -42,114 +38,14 @@ from tfrs_linear.training.fit_model import FitRetrievalModel
 from tfrs_linear.training.lr_schedule import learning_rate
 from tfrs_linear.training.model_scope import (make_optimizer, model_scope, random_generators,
                                               train_precision)
+# The strategy helpers lived here before strategy.py: their names stay importable from here.
+from tfrs_linear.training.strategy import (STRATEGY_NAMES, barrier, loopback_tf_configs,
+                                           make_strategy, parse_tf_config, worker_of,
+                                           xla_train_step_supported)
 
 
 def _log(message):
     print(message, flush=True)
-
-
-STRATEGY_NAMES = STRATEGIES
-
-
-def parse_tf_config(text):
-    """``(workers, index)`` of a ``TF_CONFIG`` JSON string for ``--strategy multiworker``:
-    the ``host:port`` list of the cluster's ``worker`` tasks and this process's index
-    (worker 0 is the chief). Raises ``ValueError`` naming what is wrong: missing, not
-    JSON, a task type other than ``worker`` (no ``chief``, ``ps`` or ``evaluator``: every
-    process trains), an index outside the worker list."""
-    if not text:
-        raise ValueError("--strategy multiworker needs the TF_CONFIG environment variable: "
-                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": '
-                         '"worker", "index": I}} (worker 0 is the chief)')
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
-    cluster = config.get("cluster") if isinstance(config, dict) else None
-    task = config.get("task") if isinstance(config, dict) else None
-    if not isinstance(cluster, dict) or not isinstance(task, dict):
-        raise ValueError('TF_CONFIG needs a "cluster" object and a "task" object')
-    others = sorted(set(cluster) - {"worker"})
-    if others or task.get("type") != "worker":
-        raise ValueError(f"TF_CONFIG may hold worker tasks only (worker 0 is the chief), got "
-                         f"cluster tasks {sorted(cluster)} and task type {task.get('type')!r}")
-    workers = cluster["worker"]
-    if (not isinstance(workers, list) or not workers
-            or not all(isinstance(w, str) and ":" in w for w in workers)):
-        raise ValueError(f'TF_CONFIG cluster "worker" must be a non-empty list of "host:port", '
-                         f"got {workers!r}")
-    index = task.get("index")
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(workers):
-        raise ValueError(f"TF_CONFIG task index must be in [0, {len(workers) - 1}], got {index!r}")
-    return list(workers), index
-
-
-def loopback_tf_configs(num_workers):
-    """``TF_CONFIG`` JSON strings for ``num_workers`` workers on free loopback ports of this
-    machine, one per worker (index i for worker i): to try ``--strategy multiworker``
-    locally (the tests and ``scripts/bench_multiworker.py`` start their workers so)."""
-    sockets = [socket.socket() for _ in range(num_workers)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    workers = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
-    for s in sockets:
-        s.close()
-    return [json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
-            for i in range(num_workers)]
-
-
-def make_strategy(name):
-    """The ``tf.distribute`` strategy named ``name`` (:data:`STRATEGY_NAMES`).
-
-    ``"multiworker"`` is a ``MultiWorkerMirroredStrategy`` configured from ``TF_CONFIG``
-    (:func:`parse_tf_config`). It configures the collective ops of the process, which
-    TensorFlow allows only before any other op ran: create it first, before loading the
-    data (``tfrs-linear train`` does), and give the object to :class:`Trainer`."""
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "multiworker":
-        parse_tf_config(os.environ.get("TF_CONFIG"))
-        try:
-            return tf.distribute.MultiWorkerMirroredStrategy()
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}: create the multiworker strategy (make_strategy) before "
-                               "any other TensorFlow op runs") from None
-    raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGY_NAMES)}")
-
-
-def worker_of(strategy):
-    """``(index, count)`` of this process among the strategy's workers: ``(0, 1)`` for a
-    single-process strategy; the chief is worker 0."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 0, 1
-    workers = resolver.cluster_spec().as_dict().get("worker", [])
-    return int(resolver.task_id or 0), max(1, len(workers))
-
-
-def _barrier(strategy):
-    """Waits until every worker got here (an all-reduce); nothing with one worker."""
-    if worker_of(strategy)[1] > 1:
-        ones = strategy.run(lambda: tf.ones([]))
-        strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None).numpy()
-
-
-def _xla_train_step_supported(strategy):
-    """Whether ``fit``'s train step may be one XLA computation under ``strategy``.
-
-    Under the default strategy the whole step (forward, loss, gradients, Adam update) is
-    compiled. With several replicas (``mirrored``, ``multiworker``) the optimizer sums
-    the replicas' gradients in a cross-replica step (``merge_call`` and the collective
-    all-reduce) between the gradients and the update; tf-keras cannot put that inside an
-    XLA computation on CPU replicas, so the train step (and fit's validation step) runs
-    as a graph (``tf.function``) there; on GPU/TPU replicas it stays compiled. The
-    evaluator's query tower (final metrics, ``tfrs-linear evaluate``) is XLA-compiled
-    under every strategy: it runs outside the replicas."""
-    if strategy.num_replicas_in_sync <= 1:
-        return True
-    return bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
 
 
 class TrainingClock:
@@ -352,7 +248,7 @@ class Trainer:
     def _write_metadata(self):
         """The first files of the run (the chief only), written once the data, the model
         and ``output`` were found valid, after every worker has read ``output``."""
-        _barrier(self.strategy)
+        barrier(self.strategy)
         if self.is_chief:
             self.output.mkdir(parents=True, exist_ok=True)
             run_dir.write_metadata(self.output, self.model_config, self.train_config, self.data)
@@ -366,14 +262,15 @@ class Trainer:
                 exclude_history=self.train_config.exclude_history,
                 sampler_seed=self.train_config.seed,
             ).build_all()
-            if self.train_config.length_buckets > 1 and self.train_config.bucket_window > 1:
+            if regroups(self.model_config.max_len, self.train_config.length_buckets,
+                        self.train_config.bucket_window):
                 # Batches regrouped by length: every target weighs the same (the model's
                 # compute_loss).
                 self.model.targets_per_row = targets_per_example(
                     self.data, self.model_config.max_len, self.model_config.regime)
             optimizer = make_optimizer(learning_rate(self.train_config, self.steps),
                                        self.precision, self.train_config.optimizer)
-            jit = self.train_config.xla and _xla_train_step_supported(self.strategy)
+            jit = self.train_config.xla and xla_train_step_supported(self.strategy)
             if self.train_config.xla and not jit:
                 _log(
                     "note: XLA is off for the train step: tf-keras cannot compile a whole "
@@ -540,7 +437,7 @@ class Trainer:
     def _final_metrics(self):
         """Restores the best weights, scores valid and test, writes ``metrics.json`` (the
         chief; every worker scores, from the chief's best weights)."""
-        _barrier(self.strategy)  # the chief's last weights are written
+        barrier(self.strategy)  # the chief's last weights are written
         if not (self.output / WEIGHTS_DIR).exists():
             raise RuntimeError(f"{self.output}: no epoch completed, nothing to evaluate")
         self.model.load_weights(str(self.output / WEIGHTS_DIR / "model")).expect_partial()
