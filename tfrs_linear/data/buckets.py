@@ -52,6 +52,24 @@ def bucket_widths(max_len, buckets):
     return sorted({math.ceil(max_len * i / buckets) for i in range(1, buckets + 1)})
 
 
+def regroups(max_len, buckets, window):
+    """Whether :func:`length_bucketed` regroups rows by length with these arguments (more
+    than one width and ``window > 1``): then batches of short rows hold few targets, and
+    the loss should weigh every target the same
+    (:attr:`~tfrs_linear.models.SequentialRetrievalModel.targets_per_row`)."""
+    return int(window) > 1 and len(bucket_widths(max_len, buckets)) > 1
+
+
+def _row_lengths(inputs):
+    """The real items of each left-padded row of ``inputs [rows, width]``."""
+    return tf.reduce_sum(tf.cast(inputs != PAD_INDEX, tf.int32), axis=1)
+
+
+def _bucket_of(widths, lengths):
+    """The index of the narrowest width that holds each of ``lengths``."""
+    return tf.searchsorted(widths, lengths, side="left")
+
+
 def _regroup(widths, seed):
     """The window step: ``(index, group)`` with every tensor ``[w, B, ...]`` → the same
     rows ordered by bucket, split into ``w`` batches, the batches' order shuffled."""
@@ -63,9 +81,8 @@ def _regroup(widths, seed):
         def flat(x):
             return tf.reshape(x, tf.concat([[windows * rows], tf.shape(x)[2:]], axis=0))
 
-        lengths = tf.reduce_sum(tf.cast(flat(group["inputs"]) != PAD_INDEX, tf.int32), axis=1)
-        bucket = tf.searchsorted(widths, lengths, side="left")  # the first width >= length
-        order = tf.argsort(bucket, stable=True)
+        order = tf.argsort(_bucket_of(widths, _row_lengths(flat(group["inputs"]))),
+                           stable=True)
         keys = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
         batch_order = tf.argsort(tf.random.stateless_uniform([windows], seed=keys))
         out = {}
@@ -82,9 +99,8 @@ def _cut(widths, max_len):
     they are per position), as many as the narrowest width that holds every row."""
 
     def cut(batch):
-        longest = tf.reduce_max(
-            tf.reduce_sum(tf.cast(batch["inputs"] != PAD_INDEX, tf.int32), axis=1))
-        width = tf.gather(widths, tf.searchsorted(widths, longest[tf.newaxis], side="left"))[0]
+        longest = tf.reduce_max(_row_lengths(batch["inputs"]))
+        width = tf.gather(widths, _bucket_of(widths, longest[tf.newaxis]))[0]
         out = dict(batch)
         for name in ("inputs", "targets"):
             if name in batch and batch[name].shape.rank == 2:
@@ -120,10 +136,10 @@ def length_bucketed(batches, max_len, buckets, seed, window=DEFAULT_WINDOW):
     if len(widths) == 1:
         return batches
     widths_t = tf.constant(widths, tf.int32)
-    if int(window) > 1:
+    if regroups(max_len, buckets, window):
         grouped = batches.batch(int(window)).enumerate()
         batches = grouped.map(_regroup(widths_t, seed)).unbatch()
     return batches.map(_cut(widths_t, int(max_len)))
 
 
-__all__ = ["DEFAULT_WINDOW", "bucket_widths", "length_bucketed"]
+__all__ = ["DEFAULT_WINDOW", "bucket_widths", "length_bucketed", "regroups"]
