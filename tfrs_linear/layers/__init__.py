@@ -15,6 +15,9 @@ under the package name ``tfrs_linear``.
   ``MultiHeadAttention`` with a :class:`CounterDropout`; the softmax baseline.
 * :class:`CounterDropout` (:mod:`~tfrs_linear.layers.dropout`): Keras' ``Dropout`` with
   its random bits from a counter-based hash, cheap under XLA; every dropout above.
+* :class:`TableEmbedding` (:mod:`~tfrs_linear.layers.embedding`): Keras' ``Embedding``
+  gathering from a dense read of its table (a served model never copies the table per
+  request); every embedding above.
 """
 
 from tfrs_linear.keras2 import require_keras2
@@ -27,6 +30,7 @@ from tfrs_linear.layers.dispatcher import (  # noqa: E402,F401
     LinearDispatcherAttention,
 )
 from tfrs_linear.layers.dropout import CounterDropout  # noqa: E402,F401
+from tfrs_linear.layers.embedding import TableEmbedding  # noqa: E402,F401
 from tfrs_linear.layers.interest_memory import InterestMemory  # noqa: E402,F401
 from tfrs_linear.layers.linrec import LinRecAttention  # noqa: E402,F401
 from tfrs_linear.layers.softmax import SoftmaxAttention  # noqa: E402,F401

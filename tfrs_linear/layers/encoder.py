@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from tfrs_linear.constants import PAD_INDEX, POSITIONS
 from tfrs_linear.layers.dropout import CounterDropout
+from tfrs_linear.layers.embedding import TableEmbedding
 from tfrs_linear.layers.interest_memory import InterestMemory
 from tfrs_linear.layers.transformer import TransformerBlock
 
@@ -229,7 +230,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         return self.attention == "elastic" and not self.causal
 
     def _build_embeddings(self, item_embedding):
-        self.item_embedding = item_embedding or tf.keras.layers.Embedding(
+        self.item_embedding = item_embedding or TableEmbedding(
             self.vocab_size,
             self.d_model,
             embeddings_initializer=embedding_initializer(),
@@ -237,7 +238,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         )
         self.position_embedding = None
         if self.positions != "none":
-            self.position_embedding = tf.keras.layers.Embedding(
+            self.position_embedding = TableEmbedding(
                 self.max_len,
                 self.d_model,
                 embeddings_initializer=embedding_initializer(),

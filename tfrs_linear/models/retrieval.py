@@ -35,6 +35,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrs_linear.config import ModelConfig
 from tfrs_linear.constants import NUM_RESERVED, OOV_INDEX, PAD_INDEX
+from tfrs_linear.layers.embedding import TableEmbedding
 from tfrs_linear.layers.encoder import SequenceEncoder, embedding_initializer
 from tfrs_linear.ops.catalogue_loss import catalogue_cross_entropy, rows_per_chunk
 
@@ -43,7 +44,7 @@ _NEG = -1e9
 
 
 def _embedding_table(vocab_size, d_model, name):
-    return tf.keras.layers.Embedding(
+    return TableEmbedding(
         vocab_size, d_model, embeddings_initializer=embedding_initializer(), name=name
     )
 

@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrs_linear.constants import NUM_RESERVED, OOV_INDEX
+from tfrs_linear.layers.embedding import gather_rows
 
 # The scoring options of an export (module docstring) and the bf16 path's default C.
 from tfrs_linear.constants import SCORINGS  # noqa: E402
@@ -314,9 +315,9 @@ class ServingSignatures:
         approx = _excluded(tf.cast(approx, tf.float32), history)
         _, cand = tf.math.top_k(approx, k=self.candidates, sorted=False)
         cand = tf.sort(cand, axis=1)  # [B, C] catalogue positions
-        # A sparse read of the model's table: C rows, never a copy of the whole table.
+        # C rows of a dense read of the model's table (no copy: layers.embedding).
         table = self._model.candidate_embedding.embeddings
-        rows = tf.cast(tf.gather(table, cand + NUM_RESERVED), tf.float32)  # [B, C, d]
+        rows = tf.cast(gather_rows(table, cand + NUM_RESERVED), tf.float32)  # [B, C, d]
         exact = tf.squeeze(tf.matmul(rows, user[:, :, None]), axis=2)  # [B, C]
         if history is not None:
             hidden = tf.gather(history[:, NUM_RESERVED:], cand, batch_dims=1)
