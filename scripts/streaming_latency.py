@@ -26,7 +26,14 @@ Also reported: the state's bytes per user (from ``encode_state``'s outputs) agai
 softmax KV cache of the same length (layers x 2 (K, V) x L x d_model x 4 bytes).
 Writes ``streaming.md``, ``streaming.json`` and ``streaming.png`` into ``--out``.
 
+``--timer native`` times the same points from C instead (``scripts/native_timer.py``,
+``scripts/session_run_timer.c``: TensorFlow's C API, one ``TF_SessionRun`` per call, no
+Python in the timed call; the Python timer's per-call conversions of the feeds and
+fetches cost about as much as a whole batch-1 ``step``) and writes
+``streaming-native.*``. It compiles the timer with the system's C compiler.
+
     .venv/bin/python scripts/streaming_latency.py                  # docs/serving/streaming.*
+    .venv/bin/python scripts/streaming_latency.py --timer native   # streaming-native.*
     .venv/bin/python scripts/streaming_latency.py --lengths 50,200 --items 500 --out runs/s
     .venv/bin/python scripts/streaming_latency.py --from-json docs/serving/streaming.json
 """
@@ -53,6 +60,7 @@ from tfrs_linear.models import SequentialRetrievalModel
 from tfrs_linear.serving.streaming import STATE_FINGERPRINT, STATE_RECENT
 
 SIGNATURES = ("step", "serving_default", "encode_state")
+TIMERS = ("python", "native")  # how each call is made (main's --timer)
 LABELS = {"linrec": "LinRec", "elastic": "ELASTIC (causal, k=16)"}
 USER = "user_embedding"
 
@@ -78,6 +86,7 @@ class Session:
     def __init__(self, export_dir):
         self.graph = tf.Graph()
         self.sess = tf.compat.v1.Session(graph=self.graph)
+        self.export_dir = Path(export_dir)
         meta = tf.compat.v1.saved_model.loader.load(self.sess, ["serve"], str(export_dir))
         self.meta = meta
         self.inputs, self.outputs, self.callables = {}, {}, {}
@@ -204,6 +213,30 @@ def measure(sessions, points, plan, rounds):
     return times, loads
 
 
+def measure_native(sessions, points, plan, rounds, scratch):
+    """:func:`measure` through the C timer (``native_timer``): every export loaded once
+    in one C process, the same points, rounds and interleaving, each call one
+    ``TF_SessionRun``; returns ``({point: [seconds]}, [1-min load before, after])``."""
+    from native_timer import compile_timer, time_points
+
+    timer = compile_timer(scratch)
+    keys = list(dict.fromkeys((k[0], k[1]) for k in points))
+    native, labels = {}, {}
+    for key, feeds in points.items():
+        session = sessions[key[:2]]
+        signature = key[3]
+        label = ".".join(str(part) for part in key)
+        labels[key] = label
+        native[label] = (keys.index(key[:2]),
+                         {session.inputs[signature][k]: v for k, v in feeds.items()},
+                         list(session.outputs[signature].values()), plan[key])
+    loads = [os.getloadavg()[0]]
+    print(f"native timer: {len(points)} points over {len(keys)} exports", flush=True)
+    got = time_points(timer, [sessions[k].export_dir for k in keys], native, rounds, scratch)
+    loads.append(os.getloadavg()[0])
+    return {key: got[label] for key, label in labels.items()}, loads
+
+
 def state_bytes(state):
     """Bytes per user of a state batch: (model float tensors, fingerprint + recent items)."""
     model = sum(v.nbytes for k, v in state.items() if k not in (STATE_FINGERPRINT, STATE_RECENT))
@@ -233,6 +266,7 @@ def summarise(times, states, config, loads, args, started, wall, setup):
             "tensors": {k: list(v.shape[1:]) for k, v in sorted(s.items())}}
     return {
         "started_utc": started, "wall_s": round(wall, 1), "setup_s": round(setup, 1),
+        "timer": args.timer,
         "cpus": os.cpu_count(), "tensorflow": tf.__version__, "items": args.items, "k": args.k,
         "positions": args.positions, "rounds": args.rounds,
         "seconds_per_point": args.seconds_per_point, "min_reps": args.min_reps,
@@ -380,7 +414,7 @@ warm-up calls each; a slow point ran in fewer rounds, spread evenly over the run
 about {result['seconds_per_point']:.0f} s of measured time, at least {result['min_reps']}
 runs; `n` says how many). With at most {result['rounds']} runs, a point's p99 is about its
 slowest run. {result['cpus']} CPU cores shared with other jobs: 1-minute load average
-{load['min']:.1f}–{load['max']:.1f} (mean {load['mean']:.1f}) during the rounds. Run started
+{load['min']:.1f}–{load['max']:.1f} (mean {load['mean']:.1f}) {_when(result)} the rounds. Run started
 {result['started_utc']} and took {result['wall_s']:.0f} s ({result['setup_s']:.0f} s of it
 exporting, or reusing exports, and loading them); TensorFlow {result['tensorflow']}.
 Absolute times depend on the load; the ratios are within one run."""
@@ -419,15 +453,15 @@ def report(result):
         breakdown.append(f"{LABELS.get(attention, attention)}: {s['model_bytes']:,} B of model "
                          f"state + {s['fingerprint_and_recent_bytes']:,} B of fingerprint and "
                          "recent items")
-    return f"""# Streaming serving latency
+    stem = _stem(result)
+    return f"""# Streaming serving latency{' (C timer)' if stem != 'streaming' else ''}
 
 `step` (one new event on a user's stored state) against `serving_default` (the whole
-history re-encoded on every request), measured as TF Serving runs them: each export loaded
-in a TF1 session on the `serve` tag, each signature run through a `Session.make_callable`
-on its tensor names: one C++ `Session::Run` per call, as TF Serving makes it (no
-XLA; no network or protobuf serialization: the state's size on the wire is in the state
-table below). Made by `scripts/streaming_latency.py` (this page, `streaming.json` and
-`streaming.png`; redraw without measuring: `--from-json docs/serving/streaming.json`).
+history re-encoded on every request), measured as TF Serving runs them: {_how(result)}
+(no XLA; no network or protobuf serialization: the state's size on the wire is in the
+state table below). Made by `scripts/streaming_latency.py{_flag(result)}` (this page,
+`{stem}.json` and `{stem}.png`; redraw without measuring: `--from-json
+docs/serving/{stem}.json`).
 
 {_setting(result)}
 
@@ -439,7 +473,7 @@ Speed-up of `step` over `serving_default` at {hi:,} events (p50; target ≥ 100�
 {'; '.join(targets)}.
 {_floor_text(result)}
 
-![p50 latency against history length](streaming.png)
+![p50 latency against history length]({stem}.png)
 
 ## `step` does not grow with the history
 
@@ -505,17 +539,49 @@ def plot(result, path):
         ax.set_title(f"batch {batch}")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("TF1 session as TF Serving runs it; step = one new event", fontsize=10)
+    how = ("C API, one TF_SessionRun per call" if result.get("timer") == "native"
+           else "TF1 session as TF Serving runs it")
+    fig.suptitle(f"{how}; step = one new event", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def _stem(result):
+    """The output files' stem: the C timer's run has its own page."""
+    return "streaming-native" if result.get("timer") == "native" else "streaming"
+
+
+def _when(result):
+    """The C timer reads the load before and after its rounds, Python's every round."""
+    return "before and after" if result.get("timer") == "native" else "during"
+
+
+def _flag(result):
+    return " --timer native" if result.get("timer") == "native" else ""
+
+
+def _how(result):
+    """How each call was made, for the page (runs before --timer are Python's)."""
+    if result.get("timer") == "native":
+        return ("each export loaded with TensorFlow's C API on the `serve` tag "
+                "(`TF_LoadSessionFromSavedModel`, the loader of TF Serving's "
+                "SavedModelBundle), all of them in one compiled C process "
+                "(`scripts/session_run_timer.c`), each call ONE `TF_SessionRun` on the "
+                "signature's tensor names with the feeds made once beforehand: what TF "
+                "Serving runs per request, without Python anywhere in the timed call")
+    return ("each export loaded in a TF1 session on the `serve` tag, each signature run "
+            "through a `Session.make_callable` on its tensor names: one C++ "
+            "`Session::Run` per call, as TF Serving makes it, plus the Python binding's "
+            "conversion of every feed and fetch (`--timer native` times without it)")
+
+
 def write_outputs(result, out):
     out.mkdir(parents=True, exist_ok=True)
-    (out / "streaming.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, out / "streaming.png")
-    (out / "streaming.md").write_text(report(result))
+    stem = _stem(result)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, out / f"{stem}.png")
+    (out / f"{stem}.md").write_text(report(result))
     print("\n".join(latency_table(result) + [""] + flatness_table(result) + [""]
                     + encode_table(result) + [""] + state_table(result)))
 
@@ -541,6 +607,10 @@ def main(argv=None):
     p.add_argument("--export-only", action="store_true",
                    help="only make the exports (with --export-dir), measure nothing")
     p.add_argument("--from-json", help="rewrite the report and plot from a saved run")
+    p.add_argument("--timer", choices=TIMERS, default="python",
+                   help="python: Session.make_callable per call (streaming.*); native: "
+                   "TensorFlow's C API from a compiled C timer, no Python per call "
+                   "(streaming-native.*; needs a C compiler)")
     args = p.parse_args(argv)
     if args.export_only and not args.export_dir:
         p.error("--export-only needs --export-dir")
@@ -584,7 +654,10 @@ def main(argv=None):
         plan = schedule(warm, args.rounds, args.min_reps, args.seconds_per_point)
         expected = sum(warm[key] * len(plan[key]) for key in points)
         print(f"warm-up done; the rounds should take about {expected:.0f} s", flush=True)
-        times, loads = measure(sessions, points, plan, args.rounds)
+        if args.timer == "native":
+            times, loads = measure_native(sessions, points, plan, args.rounds, scratch)
+        else:
+            times, loads = measure(sessions, points, plan, args.rounds)
     wall = time.perf_counter() - t_start
     config = ModelConfig(attention=attentions[0], positions=args.positions)
     result = summarise(times, states, config, loads, args, started, wall, setup)
