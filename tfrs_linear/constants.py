@@ -22,8 +22,9 @@ DEFAULT_STREAM_HISTORY = 100
 # tf.distribute strategies of `tfrs-linear train --strategy`.
 STRATEGIES = ("default", "mirrored", "multiworker")
 # How an export scores the catalogue: the exact float32 scan of the model's table, the
-# same scan of a copy nothing gathers (no copy-on-read of the table per request), or a
-# bfloat16 scan for candidates then an exact float32 re-rank.
+# same scan of a second copy of it (kept for old scripts: nothing gathers the model's
+# table sparsely any more, so the plain scan never copies it), or a bfloat16 scan for
+# candidates then an exact float32 re-rank.
 SCORINGS = ("exact", "exact_copy", "bf16")
 # Training losses: full cross-entropy over the catalogue, or sampled softmax.
 LOSSES = ("full", "sampled")

@@ -12,9 +12,11 @@ Oracle: the SavedModel's graph and function library, op by op.
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tfrs_linear import serving
+from tfrs_linear.serving.check import check_serving
 
 SPARSE_READS = {"ResourceGather", "ResourceGatherNd"}
 
@@ -33,15 +35,26 @@ def sparse_reads(version):
     return found
 
 
-def test_the_oracle_sees_a_sparse_read(tmp_path):
-    import tensorflow as tf
-
+def _gathering_export(path):
+    """A SavedModel that gathers rows of a variable the way Keras' Embedding does."""
     module = tf.Module()
     module.table = tf.Variable(tf.ones([5, 2]))
     module.f = tf.function(lambda i: tf.gather(module.table, i),
                            input_signature=[tf.TensorSpec([None], tf.int32)])
-    tf.saved_model.save(module, str(tmp_path), signatures=module.f.get_concrete_function())
-    assert {op for _, _, op in sparse_reads(tmp_path)} == {"ResourceGather"}
+    tf.saved_model.save(module, str(path), signatures=module.f.get_concrete_function())
+    return path
+
+
+def test_the_oracle_sees_a_sparse_read(tmp_path):
+    assert {op for _, _, op in sparse_reads(_gathering_export(tmp_path))} == {"ResourceGather"}
+
+
+def test_check_serving_notes_sparse_reads_and_ours_have_none(tmp_path, exports):
+    _, lines = check_serving(_gathering_export(tmp_path / "other"), compare=False)
+    note = [line for line in lines if line.startswith("note:")]
+    assert len(note) == 1 and "sparse variable read" in note[0] and "copy-on-read" in note[0]
+    ok, lines = check_serving(exports["v2"])
+    assert ok and not any("sparse variable read" in line for line in lines)
 
 
 @pytest.mark.parametrize("which", ["v1", "v2"])

@@ -34,9 +34,9 @@ def add_arguments(parser):
                         f"{STREAM_HISTORY_DEFAULT_TEXT}); 0 with --keep-history")
     parser.add_argument("--scoring", choices=SCORINGS, default="exact",
                         help="how the catalogue is scored: exact (the float32 scan, default), "
-                        "exact_copy (the same scan of a float32 copy of the item table: much "
-                        "faster for big catalogues, whose table would otherwise be copied on "
-                        "every request; the export grows by 4*items*d bytes), bf16 (bfloat16 "
+                        "exact_copy (the same scan of a float32 copy of the item table; no "
+                        "faster than exact, which no longer copies the table; the "
+                        "export grows by 4*items*d bytes), bf16 (bfloat16 "
                         "candidates then an exact float32 re-rank; fast only on CPUs/GPUs "
                         "with fast bfloat16 matmuls)")
     parser.add_argument("--candidates", type=int, default=None, metavar="C",

@@ -97,6 +97,25 @@ def scan_graph(meta_graph_def, core_ops=None):
     return problems
 
 
+# Ops that read a resource variable sparsely; the first one to run puts the variable in
+# TensorFlow's copy-on-read mode, after which every dense read of it copies it whole.
+SPARSE_READ_OPS = frozenset({"ResourceGather", "ResourceGatherNd"})
+
+
+def sparse_variable_reads(meta_graph_def):
+    """The nodes of a MetaGraphDef that read a variable sparsely: sorted unique names.
+
+    Not a loading problem but a cost: once such a node has run, every dense read of its
+    variable (a catalogue scan) copies the whole variable, on every request. Exports of
+    this library have none (:mod:`tfrs_linear.layers.embedding`); check-serving reports
+    them as a note."""
+    graph = meta_graph_def.graph_def
+    nodes = [n.name for n in graph.node if n.op in SPARSE_READ_OPS]
+    for fn in graph.library.function:
+        nodes += [n.name for n in fn.node_def if n.op in SPARSE_READ_OPS]
+    return sorted(set(nodes))
+
+
 # --------------------------------------------------------------------------- comparison
 
 
@@ -224,6 +243,13 @@ def _scan_ops(meta, report):
     else:
         report.lines.append(f"ops scan: ok ({nodes} nodes, {nfun} functions; no Python ops, "
                             "no custom ops, no _XlaMustCompile)")
+    sparse = sparse_variable_reads(meta)
+    if sparse:
+        report.lines.append(
+            f"note: {len(sparse)} sparse variable read(s) (e.g. {sparse[0]!r}): each puts its "
+            "variable in copy-on-read mode, so every dense read of it (the catalogue scan) "
+            "copies it whole on every request; exports of this version have none, export "
+            "again")
     return not scan
 
 

@@ -299,8 +299,10 @@ class ServingSignatures:
                                history)
             values, indices = tf.math.top_k(scores, k=self.k, sorted=True)
         else:
-            items = tf.cast(self._model.item_embeddings(), tf.float32)
-            scores = tf.matmul(user, items, transpose_b=True)[:, NUM_RESERVED:]
+            # The catalogue rows 2..V-1 (a leading-rows slice: a view of the table, no
+            # copy), so that no [B, V] score matrix is copied to drop the reserved rows.
+            items = tf.cast(self._model.item_embeddings(), tf.float32)[NUM_RESERVED:]
+            scores = tf.matmul(user, items, transpose_b=True)
             scores = _excluded(scores, history)
             values, indices = tf.math.top_k(scores, k=self.k, sorted=True)
         ids = self.module.id_table.lookup(tf.cast(indices, tf.int64) + NUM_RESERVED)
