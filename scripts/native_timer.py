@@ -68,7 +68,7 @@ def _write_feed(handle, value):
     return DTYPES[value.dtype], offset
 
 
-def time_points(timer, exports, points, rounds, scratch):
+def time_points(timer, exports, points, rounds, scratch, inter_op=0, intra_op=0):
     """Runs the timer on the exports; returns ``{label: [seconds per timed call]}``.
 
     ``exports``: the export folders, loaded once each in one process. ``points``:
@@ -76,12 +76,14 @@ def time_points(timer, exports, points, rounds, scratch):
     tensor name -> NumPy array, ``fetches`` a list of tensor names and
     ``rounds_of_point`` the 0-based rounds (of ``rounds``) the point runs in. Every point
     runs twice as warm-up first (once if that took over 5 s); then the points of each
-    round run one after the other, interleaved across the exports.
+    round run one after the other, interleaved across the exports. ``inter_op`` and
+    ``intra_op``: the session's thread pools (0: TensorFlow's default), as TF Serving's
+    ``--tensorflow_inter_op_parallelism`` / ``--tensorflow_intra_op_parallelism`` set them.
     """
     scratch = Path(scratch)
     data = scratch / "feeds.bin"
     lines = [f"models {len(exports)} " + " ".join(str(Path(e).resolve()) for e in exports),
-             f"rounds {rounds}"]
+             f"rounds {rounds}", f"threads {int(inter_op)} {int(intra_op)}"]
     with open(data, "wb") as handle:
         for label, (model, feeds, fetches, plan) in points.items():
             if not label or any(c.isspace() for c in label):

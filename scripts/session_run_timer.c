@@ -10,6 +10,9 @@
  * Spec (text, whitespace separated), read from argv[1]:
  *   models <n> <export_dir_0> ... <export_dir_n-1>
  *   rounds <R>
+ *   threads <inter_op> <intra_op>     (the session's thread pools; 0 = TensorFlow's default,
+ *                                      as TF Serving's --tensorflow_inter_op_parallelism
+ *                                      and --tensorflow_intra_op_parallelism)
  *   point <label> <model index> <n_feeds> <n_fetches> <n_rounds> <r_1> ... <r_n>
  *     feed <tensor_name> <f32|i32|i64|str> <ndims> <d_1> ... <d_ndims> <file> <offset>
  *     ... (n_feeds feed lines, then n_fetches lines:)
@@ -149,11 +152,25 @@ int main(int argc, char **argv) {
     die("bad spec header (models)", argv[1]);
   for (int i = 0; i < n_models; ++i)
     if (fscanf(spec, "%1023s", export_dirs[i]) != 1) die("bad model path", argv[1]);
+  int inter_op, intra_op;
   if (fscanf(spec, " rounds %d", &rounds) != 1 || rounds < 0 || rounds > MAX_ROUNDS)
     die("bad spec header (rounds)", argv[1]);
+  if (fscanf(spec, " threads %d %d", &inter_op, &intra_op) != 2 || inter_op < 0 ||
+      intra_op < 0 || inter_op > 127 || intra_op > 127)
+    die("bad spec header (threads)", argv[1]);
 
   TF_Status *status = TF_NewStatus();
   TF_SessionOptions *opts = TF_NewSessionOptions();
+  /* A serialized ConfigProto: intra_op_parallelism_threads is field 2, inter_op_ is
+   * field 5, both varints (one byte each below 128). */
+  unsigned char config[4];
+  size_t config_len = 0;
+  if (intra_op) { config[config_len++] = 0x10; config[config_len++] = (unsigned char)intra_op; }
+  if (inter_op) { config[config_len++] = 0x28; config[config_len++] = (unsigned char)inter_op; }
+  if (config_len) {
+    TF_SetConfig(opts, config, config_len, status);
+    check(status, "session config");
+  }
   TF_Graph *graphs[MAX_MODELS];
   TF_Session *sessions[MAX_MODELS];
   const char *tags[] = {"serve"};

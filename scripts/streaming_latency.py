@@ -213,10 +213,13 @@ def measure(sessions, points, plan, rounds):
     return times, loads
 
 
-def measure_native(sessions, points, plan, rounds, scratch):
+def measure_native(sessions, points, plan, rounds, scratch, threads=(0, 0)):
     """:func:`measure` through the C timer (``native_timer``): every export loaded once
     in one C process, the same points, rounds and interleaving, each call one
-    ``TF_SessionRun``; returns ``({point: [seconds]}, [1-min load before, after])``."""
+    ``TF_SessionRun``; returns ``({point: [seconds]}, [1-min load before, after])``.
+    ``threads``: the sessions' (inter-op, intra-op) thread pools, 0 = TensorFlow's
+    default (TF Serving's ``--tensorflow_inter_op_parallelism`` and
+    ``--tensorflow_intra_op_parallelism``)."""
     from native_timer import compile_timer, time_points
 
     timer = compile_timer(scratch)
@@ -232,7 +235,8 @@ def measure_native(sessions, points, plan, rounds, scratch):
                          list(session.outputs[signature].values()), plan[key])
     loads = [os.getloadavg()[0]]
     print(f"native timer: {len(points)} points over {len(keys)} exports", flush=True)
-    got = time_points(timer, [sessions[k].export_dir for k in keys], native, rounds, scratch)
+    got = time_points(timer, [sessions[k].export_dir for k in keys], native, rounds, scratch,
+                      *threads)
     loads.append(os.getloadavg()[0])
     return {key: got[label] for key, label in labels.items()}, loads
 
@@ -267,6 +271,7 @@ def summarise(times, states, config, loads, args, started, wall, setup):
     return {
         "started_utc": started, "wall_s": round(wall, 1), "setup_s": round(setup, 1),
         "timer": args.timer,
+        "threads": [args.inter_op_threads, args.intra_op_threads],
         "cpus": os.cpu_count(), "tensorflow": tf.__version__, "items": args.items, "k": args.k,
         "positions": args.positions, "rounds": args.rounds,
         "seconds_per_point": args.seconds_per_point, "min_reps": args.min_reps,
@@ -549,7 +554,10 @@ def plot(result, path):
 
 def _stem(result):
     """The output files' stem: the C timer's run has its own page."""
-    return "streaming-native" if result.get("timer") == "native" else "streaming"
+    if result.get("timer") != "native":
+        return "streaming"
+    inter, intra = result.get("threads") or (0, 0)
+    return "streaming-native" + (f"-threads{inter}-{intra}" if inter or intra else "")
 
 
 def _when(result):
@@ -558,7 +566,21 @@ def _when(result):
 
 
 def _flag(result):
-    return " --timer native" if result.get("timer") == "native" else ""
+    if result.get("timer") != "native":
+        return ""
+    inter, intra = result.get("threads") or (0, 0)
+    return " --timer native" + (f" --inter-op-threads {inter}" if inter else "") + (
+        f" --intra-op-threads {intra}" if intra else "")
+
+
+def _threads_text(result):
+    inter, intra = result.get("threads") or (0, 0)
+    if not inter and not intra:
+        return "; TensorFlow's default thread pools"
+    name = lambda n: str(n) if n else "default"  # noqa: E731
+    return (f"; sessions with {name(inter)} inter-op and {name(intra)} intra-op threads "
+            "(TF Serving's `--tensorflow_inter_op_parallelism` / "
+            "`--tensorflow_intra_op_parallelism`)")
 
 
 def _how(result):
@@ -569,7 +591,8 @@ def _how(result):
                 "SavedModelBundle), all of them in one compiled C process "
                 "(`scripts/session_run_timer.c`), each call ONE `TF_SessionRun` on the "
                 "signature's tensor names with the feeds made once beforehand: what TF "
-                "Serving runs per request, without Python anywhere in the timed call")
+                "Serving runs per request, without Python anywhere in the timed call"
+                + _threads_text(result))
     return ("each export loaded in a TF1 session on the `serve` tag, each signature run "
             "through a `Session.make_callable` on its tensor names: one C++ "
             "`Session::Run` per call, as TF Serving makes it, plus the Python binding's "
@@ -607,6 +630,11 @@ def main(argv=None):
     p.add_argument("--export-only", action="store_true",
                    help="only make the exports (with --export-dir), measure nothing")
     p.add_argument("--from-json", help="rewrite the report and plot from a saved run")
+    p.add_argument("--inter-op-threads", type=int, default=0, metavar="N",
+                   help="--timer native: the sessions' inter-op thread pool (TF Serving's "
+                   "--tensorflow_inter_op_parallelism; 0 = TensorFlow's default)")
+    p.add_argument("--intra-op-threads", type=int, default=0, metavar="N",
+                   help="--timer native: the intra-op pool (0 = TensorFlow's default)")
     p.add_argument("--timer", choices=TIMERS, default="python",
                    help="python: Session.make_callable per call (streaming.*); native: "
                    "TensorFlow's C API from a compiled C timer, no Python per call "
@@ -614,6 +642,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.export_only and not args.export_dir:
         p.error("--export-only needs --export-dir")
+    if (args.inter_op_threads or args.intra_op_threads) and args.timer != "native":
+        p.error("--inter-op-threads/--intra-op-threads need --timer native")
+    if not 0 <= args.inter_op_threads <= 127 or not 0 <= args.intra_op_threads <= 127:
+        p.error("--inter-op-threads/--intra-op-threads must be in 0..127")
     out = Path(args.out)
     if args.from_json:
         write_outputs(json.loads(Path(args.from_json).read_text()), out)
@@ -655,7 +687,8 @@ def main(argv=None):
         expected = sum(warm[key] * len(plan[key]) for key in points)
         print(f"warm-up done; the rounds should take about {expected:.0f} s", flush=True)
         if args.timer == "native":
-            times, loads = measure_native(sessions, points, plan, args.rounds, scratch)
+            times, loads = measure_native(sessions, points, plan, args.rounds, scratch,
+                                          (args.inter_op_threads, args.intra_op_threads))
         else:
             times, loads = measure(sessions, points, plan, args.rounds)
     wall = time.perf_counter() - t_start

@@ -61,7 +61,8 @@ def test_times_each_point_in_its_rounds_with_the_exact_feeds(export, tmp_path):
     inputs, outputs = _names(root)
     feeds = {inputs["x"]: FLOATS, inputs["i"]: INTS, inputs["s"]: WORDS}
     points = {"all-rounds": (0, feeds, outputs, range(5)), "two": (0, feeds, outputs[:1], [1, 4])}
-    times = native_timer.time_points(timer, [root / "m", root / "m"], points, 5, tmp_path)
+    times = native_timer.time_points(timer, [root / "m", root / "m"], points, 5, tmp_path,
+                                     inter_op=1, intra_op=2)
     assert sorted(times) == ["all-rounds", "two"]
     assert len(times["all-rounds"]) == 5 and len(times["two"]) == 2
     assert all(0 < t < 10 for t in times["all-rounds"] + times["two"])
