@@ -67,6 +67,21 @@ def test_streaming_exports_read_no_variable_sparsely(stream_exports, attention):
     assert sparse_reads(stream_exports[attention]["version"]) == []
 
 
+def test_interest_memory_export_reads_no_variable_sparsely(tmp_path):
+    """Non-causal ELASTIC with its product-key memory (rows gathered per user)."""
+    from tests.serving.common import MAX_LEN, VOCAB
+    from tfrs_linear.config import ModelConfig
+    from tfrs_linear.models import SequentialRetrievalModel
+
+    config = ModelConfig(attention="elastic", regime="last", use_memory=True, memory_keys=4,
+                         memory_top_m=2, max_len=MAX_LEN, d_model=16, num_heads=2,
+                         ffn_dim=32, num_layers=1, num_interests=4, dropout=0.0,
+                         attention_dropout=0.0)
+    model = SequentialRetrievalModel(config, vocab_size=len(VOCAB)).build_all()
+    version = serving.export_model(model, VOCAB, tmp_path / "memory", k=5)
+    assert sparse_reads(version) == []
+
+
 def test_bf16_export_reads_no_variable_sparsely(trained, tmp_path):
     _, model = trained
     from tests.serving.common import VOCAB

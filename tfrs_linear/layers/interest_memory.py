@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from tfrs_linear.layer_checks import check_interest_memory_args
 from tfrs_linear.layers._common import check_inputs, fresh, input_dim, keras_mask_or
+from tfrs_linear.layers.embedding import gather_rows
 from tfrs_linear.ops.product_keys import product_key_lookup
 
 _initializers = tf.keras.initializers
@@ -154,7 +155,9 @@ class InterestMemory(tf.keras.layers.Layer):
     def call(self, inputs, mask=None):
         scores, indices = self.lookup(inputs, mask)
         weights = tf.nn.softmax(scores, axis=-1)  # [B, k, m], float32/float64
-        rows = tf.gather(self.memory, indices)  # [B, k, m, dim], sparse gradient
+        # [B, k, m, dim], sparse gradient; from a dense read (layers.embedding: no
+        # copy-on-read of the memory in a served model).
+        rows = gather_rows(self.memory, indices)
         retrieved = tf.einsum("bkm,bkmd->bkd", weights, rows)
         p0 = tf.cast(self.base_tokens, retrieved.dtype)[tf.newaxis] + retrieved
         return tf.cast(p0, self.compute_dtype)
