@@ -89,3 +89,17 @@ def test_bf16_export_reads_no_variable_sparsely(trained, tmp_path):
     version = serving.export_model(model, VOCAB, tmp_path / "bf16", k=5, scoring="bf16",
                                    candidates=8)
     assert sparse_reads(version) == []
+
+
+def test_export_cli_says_exact_copy_is_no_faster(trained, tmp_path, capsys):
+    from tfrs_linear.cli import main
+
+    root, _ = trained
+    assert main(["export", "--model", str(root / "model"), "--base-path",
+                 str(tmp_path / "copy"), "--k", "5", "--scoring", "exact_copy"]) == 0
+    out = capsys.readouterr().out
+    assert "note: --scoring exact_copy" in out and "no faster" in out
+    assert sparse_reads(tmp_path / "copy" / "1") == []
+    assert main(["export", "--model", str(root / "model"), "--base-path",
+                 str(tmp_path / "plain"), "--k", "5"]) == 0
+    assert "note:" not in capsys.readouterr().out
