@@ -100,6 +100,3 @@ def test_export_cli_says_exact_copy_is_no_faster(trained, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "note: --scoring exact_copy" in out and "no faster" in out
     assert sparse_reads(tmp_path / "copy" / "1") == []
-    assert main(["export", "--model", str(root / "model"), "--base-path",
-                 str(tmp_path / "plain"), "--k", "5"]) == 0
-    assert "note:" not in capsys.readouterr().out
