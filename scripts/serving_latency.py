@@ -8,6 +8,11 @@ signature's output tensors, fed by name, with full-length string histories. Repo
 p50/p99 per batch size and the ratios to softmax measured in the same run, interleaving
 the models round by round to spread machine noise over all of them.
 
+``--timer native`` times the same interleaved requests from a compiled C process through
+TensorFlow's C API instead (``scripts/native_timer.py``: one ``TF_SessionRun`` per request
+on the tensor names, no Python in the timed call; ``sess.run``'s per-call feed conversion
+of ``max_len`` strings per row is part of the Python timer's numbers).
+
 ``--with-all-positions`` also exports each model with a query tower that computes every
 position of its last block and slices the newest (``model.encode(..., last_only=False)``,
 what exports did before the last-only block), as rows ``ATTENTION/all-positions`` with
@@ -51,6 +56,7 @@ def build_export(name, max_len, items, root):
 
 class Session:
     def __init__(self, export_dir):
+        self.export_dir = Path(export_dir)
         self.graph = tf.Graph()
         self.sess = tf.compat.v1.Session(graph=self.graph)
         meta = tf.compat.v1.saved_model.loader.load(self.sess, ["serve"], str(export_dir))
@@ -62,6 +68,33 @@ class Session:
         return self.sess.run(self.outputs, feed_dict={self.input_name: batch})
 
 
+def _time_python(sessions, batch, rounds):
+    """``{attention: [seconds]}``: warm-up, then the sessions in turn, ``rounds`` times."""
+    times = {a: [] for a in sessions}
+    for s in sessions.values():  # warm-up
+        for _ in range(3):
+            s.run(batch)
+    for _ in range(rounds):
+        for attention, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(batch)
+            times[attention].append(time.perf_counter() - t0)
+    return times
+
+
+def _time_native(sessions, batch, rounds, scratch):
+    """:func:`_time_python` through the C timer: the same interleaving, every export in
+    one C process, one ``TF_SessionRun`` per request."""
+    from native_timer import compile_timer, time_points
+
+    names = list(sessions)
+    points = {str(i): (i, {sessions[a].input_name: batch}, sessions[a].outputs, range(rounds))
+              for i, a in enumerate(names)}
+    got = time_points(compile_timer(scratch), [sessions[a].export_dir for a in names], points,
+                      rounds, scratch)
+    return {a: got[str(i)] for i, a in enumerate(names)}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--attentions", default="softmax,linrec,elastic")
@@ -70,6 +103,9 @@ def main(argv=None):
     p.add_argument("--items", type=int, default=1682)
     p.add_argument("--rounds", type=int, default=30, help="timed requests per point")
     p.add_argument("--out", default="runs/serving-latency")
+    p.add_argument("--timer", choices=("python", "native"), default="python",
+                   help="python: sess.run per request; native: TensorFlow's C API from a "
+                   "compiled C process (needs a C compiler)")
     p.add_argument("--with-all-positions", action="store_true",
                    help="also time exports whose last block computes every position")
     args = p.parse_args(argv)
@@ -90,19 +126,15 @@ def main(argv=None):
                 catalogue = np.array(vocab[NUM_RESERVED:], dtype=object)
                 batch = rng.choice(catalogue, size=(batch_size, max_len))
                 batch = batch.astype(bytes)
-                times = {a: [] for a in attentions}
-                for s in sessions.values():  # warm-up
-                    for _ in range(3):
-                        s.run(batch)
-                for _ in range(args.rounds):
-                    for attention, s in sessions.items():
-                        t0 = time.perf_counter()
-                        s.run(batch)
-                        times[attention].append(time.perf_counter() - t0)
+                if args.timer == "native":
+                    times = _time_native(sessions, batch, args.rounds, root)
+                else:
+                    times = _time_python(sessions, batch, args.rounds)
                 base = {q: np.percentile(times[attentions[0]], q) for q in (50, 99)}
                 for attention in attentions:
                     t = np.array(times[attention]) * 1e3
                     row = {"attention": attention, "max_len": max_len, "batch": batch_size,
+                           "timer": args.timer,
                            "p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
                            "p50_ratio_to_softmax": float(np.percentile(t, 50) / (base[50] * 1e3)),
                            "p99_ratio_to_softmax": float(np.percentile(t, 99) / (base[99] * 1e3))}
@@ -122,6 +154,9 @@ def main(argv=None):
         lines.append(f"| {r['attention']} | {r['max_len']} | {r['batch']} | {r['p50_ms']:.1f} | "
                      f"{r['p99_ms']:.1f} | {r['p50_ratio_to_softmax']:.2f} | {r['p99_ratio_to_softmax']:.2f} | "
                      f"{'–' if own is None else format(own, '.2f')} |")
+    how = ("one TF_SessionRun per request from C (--timer native)" if args.timer == "native"
+           else "sess.run per request from Python")
+    lines = [f"Timed {how}; the attentions interleaved per request.", ""] + lines
     (out / "latency.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
