@@ -38,18 +38,18 @@ def compile_timer(out_dir):
 
     compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
-        raise RuntimeError("--native needs a C compiler (cc or gcc, or $CC) on PATH")
+        raise RuntimeError("--timer native needs a C compiler (cc or gcc, or $CC) on PATH")
     tf_dir = Path(tf.__file__).parent
     include = tf_dir / "include"
     if not (include / "tensorflow" / "c" / "c_api.h").exists():
-        raise RuntimeError(f"--native: the TensorFlow wheel has no C headers under {include}")
+        raise RuntimeError(f"--timer native: the TensorFlow wheel has no C headers under {include}")
     binary = Path(out_dir) / "session_run_timer"
     cmd = [compiler, "-O2", "-std=c11", "-D_POSIX_C_SOURCE=200809L", f"-I{include}",
            str(SOURCE), "-o", str(binary), f"-L{tf_dir}", "-l:libtensorflow_cc.so.2",
            "-l:libtensorflow_framework.so.2", f"-Wl,-rpath,{tf_dir}"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"--native: compiling {SOURCE.name} failed:\n{done.stderr}")
+        raise RuntimeError(f"--timer native: compiling {SOURCE.name} failed:\n{done.stderr}")
     return binary
 
 

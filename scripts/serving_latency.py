@@ -82,15 +82,15 @@ def _time_python(sessions, batch, rounds):
     return times
 
 
-def _time_native(sessions, batch, rounds, scratch):
+def _time_native(timer, sessions, batch, rounds, scratch):
     """:func:`_time_python` through the C timer: the same interleaving, every export in
     one C process, one ``TF_SessionRun`` per request."""
-    from native_timer import compile_timer, time_points
+    from native_timer import time_points
 
     names = list(sessions)
     points = {str(i): (i, {sessions[a].input_name: batch}, sessions[a].outputs, range(rounds))
               for i, a in enumerate(names)}
-    got = time_points(compile_timer(scratch), [sessions[a].export_dir for a in names], points,
+    got = time_points(timer, [sessions[a].export_dir for a in names], points,
                       rounds, scratch)
     return {a: got[str(i)] for i, a in enumerate(names)}
 
@@ -117,6 +117,10 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     results = []
     with tempfile.TemporaryDirectory() as root:
+        timer = None
+        if args.timer == "native":  # compiled first: a missing compiler fails before any export
+            from streaming_latency import native_timer_or_exit
+            timer = native_timer_or_exit(p, root)
         for max_len in lengths:
             sessions = {}
             for attention in attentions:
@@ -127,7 +131,7 @@ def main(argv=None):
                 batch = rng.choice(catalogue, size=(batch_size, max_len))
                 batch = batch.astype(bytes)
                 if args.timer == "native":
-                    times = _time_native(sessions, batch, args.rounds, root)
+                    times = _time_native(timer, sessions, batch, args.rounds, root)
                 else:
                     times = _time_python(sessions, batch, args.rounds)
                 base = {q: np.percentile(times[attentions[0]], q) for q in (50, 99)}

@@ -213,16 +213,15 @@ def measure(sessions, points, plan, rounds):
     return times, loads
 
 
-def measure_native(sessions, points, plan, rounds, scratch, threads=(0, 0)):
+def measure_native(timer, sessions, points, plan, rounds, scratch, threads=(0, 0)):
     """:func:`measure` through the C timer (``native_timer``): every export loaded once
     in one C process, the same points, rounds and interleaving, each call one
     ``TF_SessionRun``; returns ``({point: [seconds]}, [1-min load before, after])``.
     ``threads``: the sessions' (inter-op, intra-op) thread pools, 0 = TensorFlow's
     default (TF Serving's ``--tensorflow_inter_op_parallelism`` and
     ``--tensorflow_intra_op_parallelism``)."""
-    from native_timer import compile_timer, time_points
+    from native_timer import time_points
 
-    timer = compile_timer(scratch)
     keys = list(dict.fromkeys((k[0], k[1]) for k in points))
     native, labels = {}, {}
     for key, feeds in points.items():
@@ -239,6 +238,17 @@ def measure_native(sessions, points, plan, rounds, scratch, threads=(0, 0)):
                       *threads)
     loads.append(os.getloadavg()[0])
     return {key: got[label] for key, label in labels.items()}, loads
+
+
+def native_timer_or_exit(parser, scratch):
+    """The compiled C timer, before anything is exported; ``parser.error`` naming what is
+    missing (no C compiler, no TensorFlow headers, a failed compilation) otherwise."""
+    from native_timer import compile_timer
+
+    try:
+        return compile_timer(scratch)
+    except RuntimeError as e:
+        parser.error(str(e))
 
 
 def state_bytes(state):
@@ -333,6 +343,7 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     sessions, vocabs = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
+        timer = native_timer_or_exit(p, scratch) if args.timer == "native" else None
         root = args.export_dir or scratch
         for length in lengths:
             for attention in attentions:
@@ -361,7 +372,7 @@ def main(argv=None):
         expected = sum(warm[key] * len(plan[key]) for key in points)
         print(f"warm-up done; the rounds should take about {expected:.0f} s", flush=True)
         if args.timer == "native":
-            times, loads = measure_native(sessions, points, plan, args.rounds, scratch,
+            times, loads = measure_native(timer, sessions, points, plan, args.rounds, scratch,
                                           (args.inter_op_threads, args.intra_op_threads))
         else:
             times, loads = measure(sessions, points, plan, args.rounds)
