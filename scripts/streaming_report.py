@@ -147,8 +147,8 @@ warm-up calls each; a slow point ran in fewer rounds, spread evenly over the run
 about {result['seconds_per_point']:.0f} s of measured time, at least {result['min_reps']}
 runs; `n` says how many). With at most {result['rounds']} runs, a point's p99 is about its
 slowest run. {result['cpus']} CPU cores shared with other jobs: 1-minute load average
-{load['min']:.1f}–{load['max']:.1f} (mean {load['mean']:.1f}) {_when(result)} the rounds. Run started
-{result['started_utc']} and took {result['wall_s']:.0f} s ({result['setup_s']:.0f} s of it
+{load['min']:.1f}–{load['max']:.1f} (mean {load['mean']:.1f}) {_when(result)} the rounds.
+Run started {result['started_utc']} and took {result['wall_s']:.0f} s ({result['setup_s']:.0f} s of it
 exporting, or reusing exports, and loading them); TensorFlow {result['tensorflow']}.
 Absolute times depend on the load; the ratios are within one run."""
 
