@@ -35,22 +35,32 @@ def _times(x):
     return f"{x:,.0f}×" if x >= 10 else f"{x:.1f}×"
 
 
-def latency_table(result):
+def _cells(result):
+    """``(attention, length, batch)`` in the order of the tables' rows."""
     attentions, lengths, batches = _dims(result)
-    lines = ["| model | history | batch | `step` p50 / p99 ms | `serving_default` p50 / p99 ms "
-             "| speed-up p50 / p99 | n (step / default) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
     for attention in attentions:
         for batch in batches:
             for length in lengths:
-                s = _row(result, attention, length, batch, "step")
-                d = _row(result, attention, length, batch, "serving_default")
-                lines.append(
-                    f"| {LABELS.get(attention, attention)} | {length:,} | {batch} | "
-                    f"{_ms(s['p50_ms'])} / {_ms(s['p99_ms'])} | "
-                    f"{_ms(d['p50_ms'])} / {_ms(d['p99_ms'])} | "
-                    f"{_times(d['p50_ms'] / s['p50_ms'])} / {_times(d['p99_ms'] / s['p99_ms'])} | "
-                    f"{s['n']} / {d['n']} |")
+                yield attention, length, batch
+
+
+def _lead(attention, length, batch):
+    """The first three cells of a row of the per-point tables."""
+    return f"| {LABELS.get(attention, attention)} | {length:,} | {batch} | "
+
+
+def latency_table(result):
+    lines = ["| model | history | batch | `step` p50 / p99 ms | `serving_default` p50 / p99 ms "
+             "| speed-up p50 / p99 | n (step / default) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for attention, length, batch in _cells(result):
+        s = _row(result, attention, length, batch, "step")
+        d = _row(result, attention, length, batch, "serving_default")
+        lines.append(
+            _lead(attention, length, batch) + f"{_ms(s['p50_ms'])} / {_ms(s['p99_ms'])} | "
+            f"{_ms(d['p50_ms'])} / {_ms(d['p99_ms'])} | "
+            f"{_times(d['p50_ms'] / s['p50_ms'])} / {_times(d['p99_ms'] / s['p99_ms'])} | "
+            f"{s['n']} / {d['n']} |")
     return lines
 
 
@@ -69,21 +79,18 @@ def flatness_table(result):
 
 
 def encode_table(result):
-    attentions, lengths, batches = _dims(result)
     lines = ["| model | history | batch | `encode_state` p50 / p99 ms | / `serving_default` p50 "
              "| / `step` p50 |", "|---|---:|---:|---:|---:|---:|"]
-    for attention in attentions:
-        for batch in batches:
-            for length in lengths:
-                e = _row(result, attention, length, batch, "encode_state")
-                if e is None:
-                    continue
-                d = _row(result, attention, length, batch, "serving_default")
-                s = _row(result, attention, length, batch, "step")
-                lines.append(f"| {LABELS.get(attention, attention)} | {length:,} | {batch} | "
-                             f"{_ms(e['p50_ms'])} / {_ms(e['p99_ms'])} | "
-                             f"{e['p50_ms'] / d['p50_ms']:.2f}× | "
-                             f"{_times(e['p50_ms'] / s['p50_ms'])} |")
+    for attention, length, batch in _cells(result):
+        e = _row(result, attention, length, batch, "encode_state")
+        if e is None:
+            continue
+        d = _row(result, attention, length, batch, "serving_default")
+        s = _row(result, attention, length, batch, "step")
+        lines.append(_lead(attention, length, batch)
+                     + f"{_ms(e['p50_ms'])} / {_ms(e['p99_ms'])} | "
+                     f"{e['p50_ms'] / d['p50_ms']:.2f}× | "
+                     f"{_times(e['p50_ms'] / s['p50_ms'])} |")
     return lines
 
 
