@@ -113,6 +113,14 @@ class Session:
 FLOOR = "floor"  # the pass-through export's key in the sessions and points
 
 
+def passthrough_source(specs):
+    """The input the floor export slices its other outputs from: the first float input
+    of rank >= 2 by name (the slices are ``[batch, 1]``). A signature lists its inputs
+    in no fixed order, and some state tensors are ``[batch]`` only."""
+    return next(k for k, v in sorted(specs.items())
+                if v.dtype == tf.float32 and v.shape.rank >= 2)
+
+
 def build_floor_export(session, root):
     """The per-call floor: a SavedModel whose ``step`` signature has the same inputs and
     outputs (names, dtypes, shapes) as ``session``'s ``step`` and only passes the state
@@ -123,7 +131,7 @@ def build_floor_export(session, root):
     specs = {k: tf.TensorSpec([None] + [d.size if d.size >= 0 else None
                                         for d in v.tensor_shape.dim][1:],
                               tf.as_dtype(v.dtype), name=k) for k, v in inputs.items()}
-    first = next(k for k, v in specs.items() if v.dtype == tf.float32)
+    first = passthrough_source(specs)
 
     def passthrough(feeds):
         out = {}
