@@ -53,6 +53,15 @@ def compile_timer(out_dir):
     return binary
 
 
+def compile_or_exit(parser, scratch):
+    """:func:`compile_timer` for a script's ``--timer native``, called before anything
+    is exported: ``parser.error`` (one usage line) naming what is missing otherwise."""
+    try:
+        return compile_timer(scratch)
+    except RuntimeError as e:
+        parser.error(str(e))
+
+
 def _write_feed(handle, value):
     """Appends one feed to the open binary file; returns ``(dtype code, offset)``."""
     offset = handle.tell()

@@ -119,8 +119,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as root:
         timer = None
         if args.timer == "native":  # compiled first: a missing compiler fails before any export
-            from streaming_latency import native_timer_or_exit
-            timer = native_timer_or_exit(p, root)
+            from native_timer import compile_or_exit
+            timer = compile_or_exit(p, root)
         for max_len in lengths:
             sessions = {}
             for attention in attentions:

@@ -58,6 +58,7 @@ from tfrs_linear.config import ModelConfig
 from tfrs_linear.constants import NUM_RESERVED, OOV, PAD
 from tfrs_linear.models import SequentialRetrievalModel
 from tfrs_linear.serving.streaming import STATE_FINGERPRINT, STATE_RECENT
+from native_timer import compile_or_exit, time_points
 from streaming_report import write_outputs
 
 SIGNATURES = ("step", "serving_default", "encode_state")
@@ -228,8 +229,6 @@ def measure_native(timer, sessions, points, plan, rounds, scratch, threads=(0, 0
     ``threads``: the sessions' (inter-op, intra-op) thread pools, 0 = TensorFlow's
     default (TF Serving's ``--tensorflow_inter_op_parallelism`` and
     ``--tensorflow_intra_op_parallelism``)."""
-    from native_timer import time_points
-
     keys = list(dict.fromkeys((k[0], k[1]) for k in points))
     native, labels = {}, {}
     for key, feeds in points.items():
@@ -246,17 +245,6 @@ def measure_native(timer, sessions, points, plan, rounds, scratch, threads=(0, 0
                       *threads)
     loads.append(os.getloadavg()[0])
     return {key: got[label] for key, label in labels.items()}, loads
-
-
-def native_timer_or_exit(parser, scratch):
-    """The compiled C timer, before anything is exported; ``parser.error`` naming what is
-    missing (no C compiler, no TensorFlow headers, a failed compilation) otherwise."""
-    from native_timer import compile_timer
-
-    try:
-        return compile_timer(scratch)
-    except RuntimeError as e:
-        parser.error(str(e))
 
 
 def state_bytes(state):
@@ -351,7 +339,7 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     sessions, vocabs = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
-        timer = native_timer_or_exit(p, scratch) if args.timer == "native" else None
+        timer = compile_or_exit(p, scratch) if args.timer == "native" else None
         root = args.export_dir or scratch
         for length in lengths:
             for attention in attentions:

@@ -1,7 +1,7 @@
 """scripts/streaming_latency.py: the pass-through "floor" export slices its extra outputs
 from a float input of rank >= 2, whatever order the `step` signature lists its inputs in
-(a real export's whole floor round trip was checked by hand; as a test it took half a minute of the
-suite's budget)."""
+(a real export's whole floor round trip was checked by hand; as a test it took half a
+minute of the suite's budget)."""
 
 import importlib.util
 import sys
