@@ -14,10 +14,16 @@ EXTRAS="test,bench,pipelines,keras3"
 want="$( { cat setup.py; echo "extras: $EXTRAS"; } | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing tfrs-linear and its dependencies into .venv (log: .venv/install.log)..."
-  if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-         .venv/bin/python -m pip install -q -e ".[$EXTRAS]"; } > .venv/install.log 2>&1; then
+  # No pip cache: a fresh machine (CI) installs once, and the cache would hold a second
+  # copy of every wheel (CI once ran out of disk during this install).
+  if ! { .venv/bin/python -m pip install -q --no-cache-dir --upgrade pip &&
+         .venv/bin/python -m pip install -q --no-cache-dir -e ".[$EXTRAS]"; } \
+       > .venv/install.log 2>&1; then
     tail -n 40 .venv/install.log >&2
     echo "installation failed; full log in .venv/install.log" >&2
+    if grep -q "No space left on device" .venv/install.log; then
+      echo "the disk is full: $(df -h . | tail -1)" >&2
+    fi
     exit 1
   fi
   echo "$want" > "$stamp"
