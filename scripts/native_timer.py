@@ -86,8 +86,10 @@ def time_points(timer, exports, points, rounds, scratch, inter_op=0, intra_op=0)
     ``rounds_of_point`` the 0-based rounds (of ``rounds``) the point runs in. Every point
     runs twice as warm-up first (once if that took over 5 s); then the points of each
     round run one after the other, interleaved across the exports. ``inter_op`` and
-    ``intra_op``: the session's thread pools (0: TensorFlow's default), as TF Serving's
-    ``--tensorflow_inter_op_parallelism`` / ``--tensorflow_intra_op_parallelism`` set them.
+    ``intra_op``: the session's thread pools (0: TensorFlow's default; ``inter_op`` -1:
+    every op in the calling thread), as TF Serving's ``--tensorflow_inter_op_parallelism``
+    / ``--tensorflow_intra_op_parallelism`` set them. One process, so one setting per call
+    (TensorFlow's pools are per process).
     """
     scratch = Path(scratch)
     data = scratch / "feeds.bin"

@@ -12,7 +12,8 @@
  *   rounds <R>
  *   threads <inter_op> <intra_op>     (the session's thread pools; 0 = TensorFlow's default,
  *                                      as TF Serving's --tensorflow_inter_op_parallelism
- *                                      and --tensorflow_intra_op_parallelism)
+ *                                      and --tensorflow_intra_op_parallelism; inter_op -1:
+ *                                      every op in the calling thread)
  *   point <label> <model index> <n_feeds> <n_fetches> <n_rounds> <r_1> ... <r_n>
  *     feed <tensor_name> <f32|i32|i64|str> <ndims> <d_1> ... <d_ndims> <file> <offset>
  *     ... (n_feeds feed lines, then n_fetches lines:)
@@ -155,18 +156,25 @@ int main(int argc, char **argv) {
   int inter_op, intra_op;
   if (fscanf(spec, " rounds %d", &rounds) != 1 || rounds < 0 || rounds > MAX_ROUNDS)
     die("bad spec header (rounds)", argv[1]);
-  if (fscanf(spec, " threads %d %d", &inter_op, &intra_op) != 2 || inter_op < 0 ||
+  if (fscanf(spec, " threads %d %d", &inter_op, &intra_op) != 2 || inter_op < -1 ||
       intra_op < 0 || inter_op > 127 || intra_op > 127)
     die("bad spec header (threads)", argv[1]);
 
   TF_Status *status = TF_NewStatus();
   TF_SessionOptions *opts = TF_NewSessionOptions();
   /* A serialized ConfigProto: intra_op_parallelism_threads is field 2, inter_op_ is
-   * field 5, both varints (one byte each below 128). */
-  unsigned char config[4];
+   * field 5, both varints (one byte each from 1 to 127; a negative int32 is sign-extended
+   * to ten bytes). inter_op -1: every op runs in the calling thread (DirectSession's
+   * run_in_caller_thread; TF Serving passes --tensorflow_inter_op_parallelism=-1 on). */
+  unsigned char config[16];
   size_t config_len = 0;
   if (intra_op) { config[config_len++] = 0x10; config[config_len++] = (unsigned char)intra_op; }
-  if (inter_op) { config[config_len++] = 0x28; config[config_len++] = (unsigned char)inter_op; }
+  if (inter_op > 0) { config[config_len++] = 0x28; config[config_len++] = (unsigned char)inter_op; }
+  if (inter_op < 0) {
+    config[config_len++] = 0x28;
+    for (int i = 0; i < 9; ++i) config[config_len++] = 0xff;
+    config[config_len++] = 0x01;
+  }
   if (config_len) {
     TF_SetConfig(opts, config, config_len, status);
     check(status, "session config");

@@ -312,7 +312,8 @@ def main(argv=None):
     p.add_argument("--from-json", help="rewrite the report and plot from a saved run")
     p.add_argument("--inter-op-threads", type=int, default=0, metavar="N",
                    help="--timer native: the sessions' inter-op thread pool (TF Serving's "
-                   "--tensorflow_inter_op_parallelism; 0 = TensorFlow's default)")
+                   "--tensorflow_inter_op_parallelism; 0 = TensorFlow's default, -1 = "
+                   "every op in the calling thread)")
     p.add_argument("--intra-op-threads", type=int, default=0, metavar="N",
                    help="--timer native: the intra-op pool (0 = TensorFlow's default)")
     p.add_argument("--timer", choices=TIMERS, default="python",
@@ -324,8 +325,8 @@ def main(argv=None):
         p.error("--export-only needs --export-dir")
     if (args.inter_op_threads or args.intra_op_threads) and args.timer != "native":
         p.error("--inter-op-threads/--intra-op-threads need --timer native")
-    if not 0 <= args.inter_op_threads <= 127 or not 0 <= args.intra_op_threads <= 127:
-        p.error("--inter-op-threads/--intra-op-threads must be in 0..127")
+    if not -1 <= args.inter_op_threads <= 127 or not 0 <= args.intra_op_threads <= 127:
+        p.error("--inter-op-threads must be in -1..127 and --intra-op-threads in 0..127")
     out = Path(args.out)
     if args.from_json:
         write_outputs(json.loads(Path(args.from_json).read_text()), out)

@@ -292,7 +292,8 @@ def _stem(result):
     if result.get("timer") != "native":
         return "streaming"
     inter, intra = result.get("threads") or (0, 0)
-    return "streaming-native" + (f"-threads{inter}-{intra}" if inter or intra else "")
+    inter_name = "caller" if inter < 0 else inter  # -1: every op in the calling thread
+    return "streaming-native" + (f"-threads{inter_name}-{intra}" if inter or intra else "")
 
 
 def _when(result):
@@ -313,7 +314,9 @@ def _threads_text(result):
     if not inter and not intra:
         return "; TensorFlow's default thread pools"
     name = lambda n: str(n) if n else "default"  # noqa: E731
-    return (f"; sessions with {name(inter)} inter-op and {name(intra)} intra-op threads "
+    inter_text = ("every op in the calling thread (inter-op -1)" if inter < 0
+                  else f"{name(inter)} inter-op threads")
+    return (f"; sessions with {inter_text} and {name(intra)} intra-op threads "
             "(TF Serving's `--tensorflow_inter_op_parallelism` / "
             "`--tensorflow_intra_op_parallelism`)")
 

@@ -68,6 +68,20 @@ def test_times_each_point_in_its_rounds_with_the_exact_feeds(export, tmp_path):
     assert all(0 < t < 10 for t in times["all-rounds"] + times["two"])
 
 
+def test_the_calling_thread_config_is_taken_and_other_negatives_refused(export, tmp_path):
+    # inter_op -1 (every op in the calling thread) is a ten-byte varint in the session's
+    # ConfigProto: a malformed one fails TF_SetConfig ("session config").
+    root, timer = export
+    inputs, outputs = _names(root)
+    feeds = {inputs["x"]: FLOATS, inputs["i"]: INTS, inputs["s"]: WORDS}
+    times = native_timer.time_points(timer, [root / "m"], {"p": (0, feeds, outputs, [0, 1])},
+                                     2, tmp_path, inter_op=-1, intra_op=1)
+    assert len(times["p"]) == 2
+    with pytest.raises(RuntimeError, match="threads"):
+        native_timer.time_points(timer, [root / "m"], {"p": (0, feeds, outputs, [0])}, 1,
+                                 tmp_path, inter_op=-2)
+
+
 def test_a_wrong_feed_fails_the_call_and_says_so(export, tmp_path):
     root, timer = export
     inputs, outputs = _names(root)
