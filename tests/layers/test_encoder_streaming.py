@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tfrs_linear.layers import SequenceEncoder
+from tfrs_linear.layers.encoder import STATE_COUNT
 
 VOCAB, MAX_LEN, D = 40, 96, 16
 VARIANTS = {
@@ -187,3 +188,36 @@ def test_step_refuses_left_padded_new_events():
     state = encoder.initial_state(1)
     with pytest.raises(ValueError, match="padding"):
         encoder.step(state, np.array([[0, 5]], np.int32))
+
+
+@pytest.mark.parametrize("variant, jit_compile", [("linrec-paper", False),
+                                                  ("elastic-recency", True)])
+def test_encode_state_tiers_equal_the_full_encoder(variant, jit_compile):
+    # Tiers (8, 3) on 23 events: two steps of 8, then two of 3 (the last padded); rows of
+    # different lengths (0 included) and a dynamic width (no XLA) or a static one (XLA).
+    encoder = make_encoder(variant)
+    rng = np.random.default_rng(4)
+    lengths = [23, 17, 0, 9]
+    rows = random_rows(rng, lengths, 23)
+    histories = [list(r[r > 0]) for r in rows]
+    signature = None if jit_compile else [tf.TensorSpec([None, None], tf.int32)]
+    tiers = tf.function(lambda ids: encoder.encode_state(ids, (8, 3), padding="right"),
+                        jit_compile=jit_compile, input_signature=signature)
+    ones = tf.function(lambda ids: encoder.encode_state(ids, 1, padding="right"))
+    state, user = tiers(rows)
+    state_1, user_1 = ones(rows)
+    full = Full(encoder)([h if h else [0] for h in histories])
+    real = [i for i, n in enumerate(lengths) if n]
+    assert relative_error(user.numpy()[real], full[real]) < TOL
+    for name in state:  # the same state as one event at a time, up to float rounding
+        np.testing.assert_allclose(state[name].numpy(), state_1[name].numpy(),
+                                   rtol=1e-4, atol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(state[STATE_COUNT].numpy(), lengths)
+
+
+def test_encode_state_refuses_bad_step_sizes():
+    encoder = make_encoder("linrec-token")
+    ids = np.ones([1, 5], np.int32)
+    for bad in (0, (3, 8), (8, 8), (), (4, 0), 2.5):
+        with pytest.raises(ValueError, match="events_per_step"):
+            encoder.encode_state(ids, bad)
