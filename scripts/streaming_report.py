@@ -314,9 +314,10 @@ def _threads_text(result):
     if not inter and not intra:
         return "; TensorFlow's default thread pools"
     name = lambda n: str(n) if n else "default"  # noqa: E731
+    plural = lambda n: "thread" if n == 1 else "threads"  # noqa: E731
     inter_text = ("every op in the calling thread (inter-op -1)" if inter < 0
-                  else f"{name(inter)} inter-op threads")
-    return (f"; sessions with {inter_text} and {name(intra)} intra-op threads "
+                  else f"{name(inter)} inter-op {plural(inter)}")
+    return (f"; sessions with {inter_text} and {name(intra)} intra-op {plural(intra)} "
             "(TF Serving's `--tensorflow_inter_op_parallelism` / "
             "`--tensorflow_intra_op_parallelism`)")
 
