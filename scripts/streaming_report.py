@@ -227,8 +227,10 @@ on it; only the numbers in the state differ (and the size of the position table,
 
 A user without a stored state (a first event, or a state lost or made by another export)
 is encoded once from the whole history. `encode_state` runs the recurrent step over the
-history 64 events at a time (one `tf.while_loop`), so its cost grows linearly with the
-history, like `serving_default`'s.
+history, a fixed number of events per step in `tf.while_loop`s (exports since 2026-11-29:
+as many steps of 1,024, then 256, then 64 events as fit for LinRec, of 64 then 16 for
+ELASTIC; before, 64 / 16 throughout), so its cost grows linearly with the history, like
+`serving_default`'s.
 
 {chr(10).join(encode_table(result))}
 
