@@ -115,12 +115,8 @@ def train_step(args):
 
 def hlo_instructions(dump_dir, module_pattern):
     """``{instruction: (opcode, tf op name)}`` of the largest optimised HLO module."""
-    modules = [f for f in glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt"))
-               if module_pattern in os.path.basename(f)]
-    if not modules:
-        sys.exit(f"no optimised HLO module matching {module_pattern!r} in {dump_dir}")
     found = {}
-    with open(max(modules, key=os.path.getsize)) as f:
+    with open(_largest_module(dump_dir, module_pattern)) as f:
         for line in f:
             m = _INSTRUCTION.match(line)
             if not m:
@@ -134,6 +130,69 @@ def hlo_instructions(dump_dir, module_pattern):
                 op = "(no TF op)"
             found[m.group(1)] = (m.group(2), op)
     return found
+
+
+_HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{\s*$")
+_DEFINED = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = \(?[a-z0-9]+\[([\d,]*)\]")
+_PARAMETER = re.compile(r"([\w.\-]+): [a-z0-9]+\[([\d,]*)\]")
+_DOT = re.compile(r"\sdot\(%?([\w.\-]+), %?[\w.\-]+\).*?lhs_contracting_dims=\{([\d,]*)\}")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
+
+
+def _dims(text):
+    return [int(x) for x in text.split(",") if x]
+
+
+def dot_flops(module_path):
+    """Floating-point operations of the dots of one optimised HLO module: ``2 · |output| ·
+    Π(contracted sizes)`` summed over the dots of the entry computation and of the
+    fusions and calls it makes, each counted once. Dots in conditional branches and loop
+    bodies are left out (ELASTIC's exact fallback, which a fast-path step never runs)."""
+    bodies, shapes, entry, current = collections.defaultdict(list), {}, None, None
+    with open(module_path) as f:
+        for line in f:
+            header = _HEADER.match(line)
+            if header and not line[:1].isspace():
+                current = header.group(2)
+                entry = current if header.group(1) else entry
+                for name, dims in _PARAMETER.findall(line.split("->")[0]):
+                    shapes[name] = _dims(dims)
+                continue
+            if current is None:
+                continue
+            defined = _DEFINED.match(line)
+            if defined:
+                shapes[defined.group(1)] = _dims(defined.group(2))
+            bodies[current].append(line)
+    total, seen, todo = 0, set(), [entry]
+    while todo:
+        computation = todo.pop()
+        if computation in seen:
+            continue
+        seen.add(computation)
+        for line in bodies[computation]:
+            dot, defined = _DOT.search(line), _DEFINED.match(line)
+            if dot and defined:
+                lhs = shapes[dot.group(1)]
+                contracted = [lhs[i] for i in _dims(dot.group(2))]
+                total += 2 * _product(shapes[defined.group(1)]) * _product(contracted)
+            todo += _CALLS.findall(line)
+    return total
+
+
+def _product(values):
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def _largest_module(dump_dir, module_pattern):
+    modules = [f for f in glob.glob(os.path.join(dump_dir, "*cpu_after_optimizations.txt"))
+               if module_pattern in os.path.basename(f)]
+    if not modules:
+        sys.exit(f"no optimised HLO module matching {module_pattern!r} in {dump_dir}")
+    return max(modules, key=os.path.getsize)
 
 
 def thunk_times(trace_dir, instructions, steps):
@@ -211,7 +270,9 @@ def main(argv=None):
         report = _profile(args, os.path.join(scratch, "hlo"), os.path.join(scratch, "trace"))
     print(f"{args.scope} {args.attention} N={args.length}: step {report['step_wall_ms']} ms "
           f"(median of {args.repeats}); thunk CPU {report['thunk_cpu_ms']} ms over "
-          f"{report['thunks']} thunks; load {report['load_average'][0]:.2f}")
+          f"{report['thunks']} thunks; dots {report['dot_gflop']} GFLOP per step "
+          f"({report['dot_gflop_per_s']} GFLOP/s of wall time); load "
+          f"{report['load_average'][0]:.2f}")
     for table in ("kinds", "parts"):
         for name, ms in report[table].items():
             print(f"  {name:30s} {ms:9.2f} ms  {100 * ms / report['thunk_cpu_ms']:5.1f}%")
@@ -247,8 +308,11 @@ def _profile(args, dump, trace):
     instructions = hlo_instructions(dump, module_pattern)
     report = summarise(thunk_times(trace, instructions, args.profile_steps), instructions,
                        args.top)
+    wall = statistics.median(times)
+    flops = dot_flops(_largest_module(dump, module_pattern))
     report.update(scope=args.scope, attention=args.attention, length=args.length,
-                  step_wall_ms=round(1000 * statistics.median(times), 2),
+                  step_wall_ms=round(1000 * wall, 2), dot_gflop=round(flops / 1e9, 4),
+                  dot_gflop_per_s=round(flops / 1e9 / wall, 1),
                   load_average=list(os.getloadavg()))
     return report
 

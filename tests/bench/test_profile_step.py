@@ -103,3 +103,37 @@ def test_train_scope_refuses_a_layer_configuration(capsys):
     with pytest.raises(SystemExit):
         profile_step.parse_args(["--scope", "train", "--attention", "linrec-paper-causal"])
     assert "--scope train takes --attention softmax, linrec or elastic" in capsys.readouterr().err
+
+
+# Dots in the entry computation, in a fusion it calls, and in a conditional branch (not
+# run by a fast-path step: not counted); operand shapes from definitions and parameters.
+DOT_HLO = """\
+HloModule a_inference_step_1__XlaMustCompile_true
+
+%fused_computation.2 (param_0.1: f32[4,8,3], param_1.2: f32[4,3,5]) -> f32[4,8,5] {
+  %param_0.1 = f32[4,8,3]{2,1,0} parameter(0)
+  %param_1.2 = f32[4,3,5]{2,1,0} parameter(1)
+  ROOT %dot.7 = f32[4,8,5]{2,1,0} dot(%param_0.1, %param_1.2), lhs_batch_dims={0}, lhs_contracting_dims={2}, rhs_batch_dims={0}, rhs_contracting_dims={1}
+}
+
+%branch_1 (p: f32[64,64]) -> f32[64,64] {
+  %p = f32[64,64]{1,0} parameter(0)
+  ROOT %dot.9 = f32[64,64]{1,0} dot(%p, %p), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main.3 (Arg_0.1: f32[16,6], Arg_1.2: f32[6,2]) -> f32[16,2] {
+  %Arg_0.1 = f32[16,6]{1,0} parameter(0)
+  %Arg_1.2 = f32[6,2]{1,0} parameter(1)
+  %dot.1 = f32[16,2]{1,0} dot(%Arg_0.1, %Arg_1.2), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_type="MatMul"}
+  %fusion.5 = f32[4,8,5]{2,1,0} fusion(%a, %b), kind=kOutput, calls=%fused_computation.2
+  %conditional.1 = f32[64,64]{1,0} conditional(%pred, %x, %x), branch_computations={%branch_0, %branch_1}
+  ROOT %copy.1 = f32[16,2]{1,0} copy(%dot.1)
+}
+"""
+
+
+def test_dot_flops_counts_entry_and_fused_dots_not_branches(tmp_path):
+    path = tmp_path / "m.cpu_after_optimizations.txt"
+    path.write_text(DOT_HLO)
+    # 2·16·2·6 (entry) + 2·(4·8·5)·3 (fusion); the branch's 2·64·64·64 is left out.
+    assert profile_step.dot_flops(str(path)) == 2 * 16 * 2 * 6 + 2 * 4 * 8 * 5 * 3
