@@ -91,8 +91,9 @@ class SequentialRetrieval(tfrs.Model):
         )
 
     def item_ids(self):
-        """The indices of the real items (0 pads, 1 is the unknown item)."""
-        return tf.range(2, self.vocab_size)
+        """The indices of the real items (0 pads, 1 is the unknown item), int64 as the
+        lookup's: the metric's index answers with them, compared with the true items'."""
+        return tf.range(2, self.vocab_size, dtype=tf.int64)
 
     def index_items(self):
         """Indexes the current item embeddings (after training, before evaluating)."""
@@ -102,8 +103,11 @@ class SequentialRetrieval(tfrs.Model):
     def compute_loss(self, features, training=False):
         users = self.query_tower(features["history"], training=training)
         items = self.item_embedding(features["next_item"])
-        # The top-k metrics rank every item: evaluation only.
-        return self.task(users, items, compute_metrics=not training)
+        # The top-k metrics rank every item: evaluation only. With the true items' ids they
+        # match retrieved ids (exact); without, TFRS compares the true item's score with the
+        # retrieved scores, and a score computed in another order can lose a tie with itself.
+        return self.task(users, items, candidate_ids=features["next_item"],
+                         compute_metrics=not training)
 
 
 def recommender(model, names, k=5):
