@@ -218,6 +218,9 @@ def test_encode_state_tiers_equal_the_full_encoder(variant, jit_compile):
 def test_encode_state_refuses_bad_step_sizes():
     encoder = make_encoder("linrec-token")
     ids = np.ones([1, 5], np.int32)
-    for bad in (0, (3, 8), (8, 8), (), (4, 0), 2.5):
+    for bad in (0, (3, 8), (8, 8), (), (4, 0), 2.5, True):
         with pytest.raises(ValueError, match="events_per_step"):
             encoder.encode_state(ids, bad)
+    # NumPy ints are ints.
+    state, _ = encoder.encode_state(ids, (np.int64(4), 2))
+    assert float(state[STATE_COUNT][0]) == 5

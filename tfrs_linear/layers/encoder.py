@@ -1,5 +1,7 @@
 """The sequence encoder: the query tower of a sequential retrieval model."""
 
+import numbers
+
 import numpy as np
 import tensorflow as tf
 
@@ -488,11 +490,12 @@ class SequenceEncoder(tf.keras.layers.Layer):
     def _check_tiers(self, events_per_step):
         tiers = self.encode_tiers() if events_per_step is None else events_per_step
         tiers = tuple(tiers) if isinstance(tiers, (tuple, list)) else (tiers,)
-        if (not tiers or any(not isinstance(t, int) or t < 1 for t in tiers)
+        ints = all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in tiers)
+        if (not tiers or not ints or any(t < 1 for t in tiers)
                 or list(tiers) != sorted(set(tiers), reverse=True)):
             raise ValueError("events_per_step must be a positive int or strictly "
                              f"decreasing positive ints, got {events_per_step!r}.")
-        return tiers
+        return tuple(int(t) for t in tiers)
 
     def _encode_tier(self, state, item_ids, start, size, last):
         """Steps of ``size`` events over ``item_ids[:, start:]``: as many as fit whole, or
