@@ -127,13 +127,24 @@ ENTRY %main.3 (Arg_0.1: f32[16,6], Arg_1.2: f32[6,2]) -> f32[16,2] {
   %dot.1 = f32[16,2]{1,0} dot(%Arg_0.1, %Arg_1.2), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_type="MatMul"}
   %fusion.5 = f32[4,8,5]{2,1,0} fusion(%a, %b), kind=kOutput, calls=%fused_computation.2
   %conditional.1 = f32[64,64]{1,0} conditional(%pred, %x, %x), branch_computations={%branch_0, %branch_1}
+  %while.1 = (s32[], f32[4,8,5]) while(%t), condition=%cond.1, body=%loop_body.1, backend_config={"known_trip_count":{"n":"7"}}
+  %while.2 = (s32[], f32[64,64]) while(%u), condition=%cond.2, body=%branch_1
   ROOT %copy.1 = f32[16,2]{1,0} copy(%dot.1)
 }
 """
+LOOP_BODY = """%loop_body.1 (arg.1: (s32[], f32[4,8,5])) -> (s32[], f32[4,8,5]) {
+  %fusion.9 = f32[4,8,5]{2,1,0} fusion(%a, %b), kind=kOutput, calls=%fused_computation.2
+}
+
+"""
 
 
-def test_dot_flops_counts_entry_and_fused_dots_not_branches(tmp_path):
+def test_dot_flops_counts_entry_fused_and_loop_dots_not_branches(tmp_path):
     path = tmp_path / "m.cpu_after_optimizations.txt"
-    path.write_text(DOT_HLO)
-    # 2·16·2·6 (entry) + 2·(4·8·5)·3 (fusion); the branch's 2·64·64·64 is left out.
-    assert profile_step.dot_flops(str(path)) == 2 * 16 * 2 * 6 + 2 * 4 * 8 * 5 * 3
+    head, entry = DOT_HLO.split("ENTRY")
+    path.write_text(head + LOOP_BODY + "ENTRY" + entry)
+    # 2·16·2·6 (entry) + 2·(4·8·5)·3 (fusion), and the fusion again 7 times in the loop
+    # of known trip count; the branch's 2·64·64·64 is left out, and so is the loop of
+    # unknown trip count (counted as such).
+    fusion = 2 * 4 * 8 * 5 * 3
+    assert profile_step.dot_flops(str(path)) == (2 * 16 * 2 * 6 + fusion + 7 * fusion, 1)
