@@ -31,6 +31,7 @@ import argparse
 import collections
 import glob
 import json
+import math
 import os
 import re
 import statistics
@@ -180,30 +181,22 @@ def dot_flops(module_path):
                 if dot and defined:
                     lhs = shapes[dot.group(1)]
                     contracted = [lhs[i] for i in _dims(dot.group(2))]
-                    total += 2 * _product(shapes[defined.group(1)]) * _product(contracted)
-                for called in _CALLS.findall(line):
-                    total, loops = _add((total, loops), count(called))
-                body, trips = _WHILE_BODY.search(line), _TRIP_COUNT.search(line)
-                if body and trips:
-                    flops, inner = count(body.group(1))
-                    total, loops = total + int(trips.group(1)) * flops, loops + inner
-                elif body:
-                    loops += 1
+                    total += 2 * math.prod(shapes[defined.group(1)]) * math.prod(contracted)
+                callees = [(called, 1) for called in _CALLS.findall(line)]  # (name, runs)
+                body = _WHILE_BODY.search(line)
+                if body:
+                    trips = _TRIP_COUNT.search(line)
+                    if trips:
+                        callees.append((body.group(1), int(trips.group(1))))
+                    else:
+                        loops += 1
+                for called, runs in callees:
+                    flops, inner = count(called)
+                    total, loops = total + runs * flops, loops + inner
             memo[computation] = (total, loops)
         return memo[computation]
 
     return count(entry)
-
-
-def _add(a, b):
-    return a[0] + b[0], a[1] + b[1]
-
-
-def _product(values):
-    out = 1
-    for v in values:
-        out *= v
-    return out
 
 
 def _largest_module(dump_dir, module_pattern):

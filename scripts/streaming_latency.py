@@ -227,8 +227,8 @@ def measure_native(timer, sessions, points, plan, rounds, scratch, threads=(0, 0
     in one C process, the same points, rounds and interleaving, each call one
     ``TF_SessionRun``; returns ``({point: [seconds]}, [1-min load before, after])``.
     ``threads``: the sessions' (inter-op, intra-op) thread pools, 0 = TensorFlow's
-    default (TF Serving's ``--tensorflow_inter_op_parallelism`` and
-    ``--tensorflow_intra_op_parallelism``)."""
+    default, inter-op -1 = every op in the calling thread (TF Serving's
+    ``--tensorflow_inter_op_parallelism`` and ``--tensorflow_intra_op_parallelism``)."""
     keys = list(dict.fromkeys((k[0], k[1]) for k in points))
     native, labels = {}, {}
     for key, feeds in points.items():

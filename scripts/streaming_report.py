@@ -19,6 +19,10 @@ def _row(result, attention, length, batch, signature):
     return None
 
 
+def _p50(result, attention, length, batch, signature):
+    return _row(result, attention, length, batch, signature)["p50_ms"]
+
+
 def _dims(result):
     rows = result["rows"]
     attentions = list(dict.fromkeys(r["attention"] for r in rows))
@@ -71,8 +75,7 @@ def flatness_table(result):
              "| target |", "|---|---:|---:|---:|---|"]
     for attention in attentions:
         for batch in batches:
-            a = _row(result, attention, lo, batch, "step")["p50_ms"]
-            b = _row(result, attention, hi, batch, "step")["p50_ms"]
+            a, b = (_p50(result, attention, n, batch, "step") for n in (lo, hi))
             lines.append(f"| {LABELS.get(attention, attention)} | {batch} | {_ms(a)} / {_ms(b)} "
                          f"| {b / a:.2f} | {'met' if b / a <= 1.2 else 'MISSED'} (≤ 1.2) |")
     return lines
@@ -165,13 +168,14 @@ def _floor_text(result):
     floor = result.get("floor")
     if not floor:
         return ""
-    step = _row(result, _dims(result)[0][0], _dims(result)[1][0], 1, "step")
+    attentions, lengths, _ = _dims(result)
+    step = _p50(result, attentions[0], lengths[0], 1, "step")
     return (f"\nThe floor of one call on this machine: a SavedModel whose `step` signature "
             f"takes and returns the same tensors and only passes them through (batch 1) "
             f"runs in {_ms(floor['p50_ms'])} / {_ms(floor['p99_ms'])} ms (p50 / p99, "
-            f"n {floor['n']}), {floor['p50_ms'] / step['p50_ms']:.0%} of "
-            f"{LABELS.get(_dims(result)[0][0])}'s batch-1 `step` at {_dims(result)[1][0]:,} "
-            f"events ({_ms(step['p50_ms'])} ms): feeding and fetching the state costs that "
+            f"n {floor['n']}), {floor['p50_ms'] / step:.0%} of "
+            f"{LABELS.get(attentions[0])}'s batch-1 `step` at {lengths[0]:,} "
+            f"events ({_ms(step)} ms): feeding and fetching the state costs that "
             "much before any model op runs. 100× over re-encoding needs a `step` under 1% of "
             "`serving_default`.\n")
 
@@ -183,8 +187,7 @@ def report(result):
     targets = []
     for attention in attentions:
         for batch in batches:
-            s = _row(result, attention, hi, batch, "step")["p50_ms"]
-            d = _row(result, attention, hi, batch, "serving_default")["p50_ms"]
+            s, d = (_p50(result, attention, hi, batch, sig) for sig in ("step", "serving_default"))
             targets.append(f"{LABELS.get(attention, attention)} batch {batch}: {_times(d / s)}"
                            f" ({'met' if d / s >= 100 else 'MISSED'})")
     breakdown = []
