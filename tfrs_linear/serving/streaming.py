@@ -179,13 +179,17 @@ class StreamingSignatures:
             summarize=len(want))]
         same = tf.reduce_all(tf.equal(state[STATE_FINGERPRINT],
                                       tf.constant(self.fingerprint, tf.int64)))
+        # The fingerprints as strings: an Assert whose data are all strings or int32 is
+        # one op; any other dtype wraps it in a cond of ~8 ops (Switch, Merge, ...).
         checks.append(tf.debugging.Assert(same, [
             "step: the state was made by another export (fingerprint mismatch: different "
             "weights or vocabulary). Call encode_state with the user's history on this "
             f"export (fingerprint {self.fingerprint}) to make a new state; got",
-            state[STATE_FINGERPRINT]], summarize=3))
+            tf.strings.as_string(state[STATE_FINGERPRINT])], summarize=3))
+        names = list(state)
         with tf.control_dependencies(checks):
-            return {name: tf.identity(value) for name, value in state.items()}
+            # One IdentityN for all the tensors, not one Identity each.
+            return dict(zip(names, tf.identity_n([state[name] for name in names])))
 
 
 __all__ = [
