@@ -229,11 +229,12 @@ on it; only the numbers in the state differ (and the size of the position table,
 ## The first call: `encode_state`
 
 A user without a stored state (a first event, or a state lost or made by another export)
-is encoded once from the whole history. `encode_state` runs the recurrent step over the
-history, a fixed number of events per step in `tf.while_loop`s (exports since 2026-11-29:
-as many steps of 1,024, then 256, then 64 events as fit for LinRec, of 64 then 16 for
-ELASTIC; before, 64 / 16 throughout), so its cost grows linearly with the history, like
-`serving_default`'s.
+is encoded once from the whole history. Exports since 2026-11-29 (afternoon) encode it in
+one parallel pass, the causal blocks over the whole history with each block's state summed
+from its inputs, up to 2^18 events per call (batch × width; more take the step loop). Before,
+`encode_state` ran the recurrent step over the history in `tf.while_loop`s, a fixed number
+of events per step (1,024 / 256 / 64 for LinRec, 64 / 16 for ELASTIC; earlier 64 / 16
+throughout). Either way its cost grows linearly with the history, like `serving_default`'s.
 
 {chr(10).join(encode_table(result))}
 

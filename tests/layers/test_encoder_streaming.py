@@ -65,12 +65,13 @@ def relative_error(got, want):
     return np.abs(got - want).max() / max(np.abs(want).max(), 1e-6)
 
 
-def run_stream(encoder, rng, steps, events, jit_compile, batch=3):
-    """encode_state of random histories (0..9 events), then ``steps`` steps of random
-    ``events`` per row; returns the worst relative error against :class:`Full`."""
+def run_stream(encoder, rng, steps, events, jit_compile, batch=3, events_per_step=None):
+    """encode_state of random histories (0..9 events; in one pass, or steps of
+    ``events_per_step``), then ``steps`` steps of random ``events`` per row; returns the
+    worst relative error against :class:`Full`."""
     full = Full(encoder)
     histories = [list(r[r > 0]) for r in random_rows(rng, rng.integers(0, 10, batch), 10)]
-    encode = tf.function(lambda ids: encoder.encode_state(ids, events_per_step=4),
+    encode = tf.function(lambda ids: encoder.encode_state(ids, events_per_step),
                          jit_compile=jit_compile)
     step = tf.function(encoder.step, jit_compile=jit_compile)
     state, user = encode(left_padded(histories)[:, -10:])
@@ -108,7 +109,7 @@ def test_steps_equal_the_full_encoder_in_graph_mode(variant, positions):
 def test_fifty_steps_in_a_row_under_xla(variant, events):
     encoder = make_encoder(variant)
     worst, _ = run_stream(encoder, np.random.default_rng(2), steps=50 // len(events),
-                          events=events, jit_compile=True)
+                          events=events, jit_compile=True, events_per_step=4)
     assert worst < TOL, worst
 
 
@@ -213,6 +214,68 @@ def test_encode_state_tiers_equal_the_full_encoder(variant, jit_compile):
         np.testing.assert_allclose(state[name].numpy(), state_1[name].numpy(),
                                    rtol=1e-4, atol=1e-5, err_msg=name)
     np.testing.assert_array_equal(state[STATE_COUNT].numpy(), lengths)
+
+
+def summed(state):
+    """Each running sum read as ``sum + compensation`` (two orders of adding the same
+    terms split them differently), ``max`` and the embedding as they are."""
+    return {name: value.numpy() + state.get(name + "_comp", 0.0)
+            for name, value in state.items() if not name.endswith("_comp")}
+
+
+@pytest.mark.parametrize("variant, jit_compile, padding", [
+    ("linrec-paper", True, "right"), ("linrec-token", False, "left"),
+    ("elastic-recency", False, "right"), ("elastic", True, "left")])
+def test_encode_state_in_one_pass_equals_one_event_at_a_time(variant, jit_compile, padding):
+    # Histories longer than max_len (130 > 96: the positions past the table share its
+    # last row), shorter, empty; a dynamic width (no XLA) or a static one (XLA). The
+    # oracle, one step per event, is checked against the full encoder above.
+    encoder = make_encoder(variant)
+    lengths = [130, 57, 0, 9]
+    right = random_rows(np.random.default_rng(6), lengths, 130)
+    rows = right if padding == "right" else np.stack(
+        [np.roll(r, len(r) - n) for r, n in zip(right, lengths)])
+    signature = None if jit_compile else [tf.TensorSpec([None, None], tf.int32)]
+    one_pass = tf.function(lambda ids: encoder.encode_state(ids, padding=padding),
+                           jit_compile=jit_compile, input_signature=signature)
+    ones = tf.function(lambda ids: encoder.encode_state(ids, 1, padding="right"))
+    state, user = one_pass(rows)
+    state_1, user_1 = ones(right)
+    assert set(state) == set(state_1)
+    assert relative_error(user.numpy(), user_1.numpy()) < TOL
+    want = summed(state_1)
+    for name, got in summed(state).items():
+        np.testing.assert_allclose(got, want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+    np.testing.assert_array_equal(state[STATE_COUNT].numpy(), lengths)
+    np.testing.assert_array_equal(user.numpy()[2], 0.0)  # no events: the initial state's
+    # Shapes never grow: those of initial_state, whatever the history's length.
+    shapes = {k: v.shape.as_list() for k, v in encoder.initial_state(4).items()}
+    assert {k: v.shape.as_list() for k, v in state.items()} == shapes
+
+
+def test_batches_above_max_parallel_events_take_the_step_loop():
+    # 3 x 30 = 90 events: one pass by default; with max_parallel_events = 40 the loop
+    # (the same state), decided at trace time for a static shape and at run time (a
+    # tf.cond) for a dynamic one. The one pass is marked (+1000 on its count) to see
+    # which branch ran.
+    encoder = make_encoder("elastic-recency")
+    rows = random_rows(np.random.default_rng(8), [30, 12, 0], 30)
+    want_state, want_user = encoder.encode_state(rows, padding="right")
+    one_pass = encoder._encode_state_parallel
+
+    def marked(*args):
+        state, user = one_pass(*args)
+        return {**state, STATE_COUNT: state[STATE_COUNT] + 1000.0}, user
+
+    encoder._encode_state_parallel = marked
+    encoder.max_parallel_events = 40
+    for signature in (None, [tf.TensorSpec([None, None], tf.int32)]):
+        for rows_in, parallel in ((rows, False), (rows[:1], True)):  # 90 and 30 events
+            state, user = tf.function(lambda ids: encoder.encode_state(ids, padding="right"),
+                                      input_signature=signature)(rows_in)
+            counts = want_state[STATE_COUNT].numpy()[:len(rows_in)] + 1000.0 * parallel
+            np.testing.assert_array_equal(state[STATE_COUNT].numpy(), counts)
+            assert relative_error(user.numpy(), want_user.numpy()[:len(rows_in)]) < TOL
 
 
 def test_encode_state_refuses_bad_step_sizes():

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tests.oracles import DISPATCHER_ARGS
 from tests.ops.test_linrec_recurrent import (
     MODES, check_against_full, compiled, event_schedule, left_padded, per_row_events,
-    run_schedule,
+    right_and_left, run_schedule, summed_state,
 )
 from tfrs_linear import ops
 from tfrs_linear.ops.dispatcher_recurrent import dispatcher_initial_state, dispatcher_step
@@ -218,3 +218,58 @@ def test_unknown_batch_and_event_counts_in_graph_mode():
         for name in want_state:
             np.testing.assert_allclose(got_state[name].numpy(), want_state[name].numpy(),
                                        rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant, mode", [("recency+bias", "graph"), ("plain", "xla"),
+                                           ("recency", "eager")])
+def test_advance_gives_the_steps_state_without_outputs(variant, mode):
+    # From a state mid-stream, 7 events per row (4, 0, 7 and 2 of them real), right- or
+    # left-padded: dispatcher_advance's state is dispatcher_step's.
+    rng = np.random.default_rng(50 + VARIANTS.index(variant))
+    batch, heads, n_g, k, dk, dv = 4, 2, 3, 3, 3, 2
+    events, static = dispatcher_events(rng, batch, heads, n_g, k, 12, dk, dv,
+                                       bias=variant.endswith("bias"))
+    slopes = None if variant == "plain" else rng.uniform(
+        0.0, np.log(2.0), size=(heads, k)).astype(np.float32)
+    step = make_step(static, slopes, mode)
+    first = {n: x[:, :, :5] for n, x in events.items()}
+    state, _ = step(dispatcher_initial_state(batch, heads, k, n_g, dk, dv), first, None)
+    counts = [4, 0, 7, 2]
+    new = {n: right_and_left(x[:, :, 5:], counts, 2) for n, x in events.items()}
+    mask_r, mask_l = right_and_left(np.ones([batch, 7], bool), counts, 1)
+    want = summed_state(step(state, {n: r for n, (r, _) in new.items()}, mask_r)[0])
+
+    def advance(state, x, mask):
+        bias = None if "bias" not in x else tf.transpose(x["bias"], [0, 1, 3, 2])
+        return ops.dispatcher_advance(state, x["key"], static["interest_query"],
+                                      x["value_key"], x["value_value"], mask=mask,
+                                      aggregate_bias=bias, recency_slope=slopes)
+
+    advance = compiled(advance, mode)
+    for side, mask in ((0, mask_r), (1, mask_l)):
+        got = summed_state(advance(state, {n: pair[side] for n, pair in new.items()}, mask))
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name}, {('right', 'left')[side]}")
+
+
+@pytest.mark.parametrize("mode", ("graph", "xla"))
+def test_advance_from_values_equals_advance_on_the_folded_values(mode):
+    rng = np.random.default_rng(70)
+    batch, heads, n_g, k, d, dk, dv, m = 3, 2, 2, 3, 5, 3, 4, 9
+    normal = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    key, q1, values = normal(batch, heads, m, dk) * 2.0, normal(batch, heads, k, dk), normal(
+        batch, heads, m, d)
+    fold_k, fold_v = normal(heads, d, n_g, dk), normal(heads, d, n_g, dv)
+    slopes = rng.uniform(0.0, 0.7, size=(heads, k)).astype(np.float32)
+    state = dispatcher_initial_state(batch, heads, k, n_g, dk, dv)
+    state = ops.dispatcher_advance(state, key, q1, *ops.fold_values(values, fold_k, fold_v),
+                                   recency_slope=slopes)  # a state mid-stream
+    mask = np.arange(m)[None, :] < np.array([9, 0, 4])[:, None]
+    want = summed_state(ops.dispatcher_advance(
+        state, key, q1, *ops.fold_values(values, fold_k, fold_v), mask=mask,
+        recency_slope=slopes))
+    got = summed_state(compiled(ops.dispatcher_advance_from_values, mode)(
+        state, key, q1, values, fold_k, fold_v, mask=mask, recency_slope=slopes))
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)

@@ -13,7 +13,7 @@ import tensorflow as tf
 from tests.oracles import EPS, elu
 from tfrs_linear import ops
 from tfrs_linear.ops.linrec_recurrent import (
-    compensated_add, linrec_initial_state, linrec_step,
+    compensated_add, linrec_advance, linrec_initial_state, linrec_step,
 )
 
 MODES = ("eager", "graph", "xla")
@@ -261,3 +261,48 @@ def test_unknown_batch_and_event_counts_in_graph_mode(normalization):
         for name in want_state:
             np.testing.assert_allclose(got_state[name].numpy(), want_state[name].numpy(),
                                        rtol=1e-6, atol=1e-6)
+
+
+def right_and_left(x, counts, axis):
+    """``x`` with each row's first ``counts`` events kept (right-padded, zeros after) and
+    the same events left-padded, along the events ``axis``."""
+    right, left = np.zeros_like(x), np.zeros_like(x)
+    for b, n in enumerate(counts):
+        take = [slice(None)] * x.ndim
+        take[0], take[axis] = b, slice(0, n)
+        put = list(take)
+        put[axis] = slice(x.shape[axis] - n, x.shape[axis])
+        right[tuple(take)] = x[tuple(take)]
+        left[tuple(put)] = x[tuple(take)]
+    return right, left
+
+
+def summed_state(state):
+    """Each running sum as ``sum + compensation``; ``max`` as it is."""
+    return {n: state[n].numpy() + (state[n + "_comp"].numpy() if n + "_comp" in state else 0)
+            for n in state if not n.endswith("_comp")}
+
+
+@pytest.mark.parametrize("normalization, mode", [("paper", "graph"), ("token", "xla"),
+                                                 ("paper", "eager")])
+def test_advance_gives_the_steps_state_without_outputs(normalization, mode):
+    # From a state mid-stream, 7 events per row (4, 0, 7 and 2 of them real), right- or
+    # left-padded (the sums do not depend on the order): linrec_advance's state is
+    # linrec_step's.
+    rng = np.random.default_rng(60)
+    events = linrec_events(rng, 4, 2, 12, 4, 3)
+    state = linrec_initial_state(4, 2, 4, 3, normalization)
+    state, _ = linrec_step(state, *(events[n][:, :, :5] for n in ("query", "key", "value")),
+                           normalization=normalization)
+    counts = [4, 0, 7, 2]
+    new = {n: right_and_left(x[:, :, 5:], counts, 2) for n, x in events.items()}
+    mask_r, mask_l = right_and_left(np.ones([4, 7], bool), counts, 1)
+    want = summed_state(linrec_step(state, *(new[n][0] for n in ("query", "key", "value")),
+                                    mask=mask_r, normalization=normalization)[0])
+    advance = compiled(lambda s, k, v, mask: linrec_advance(
+        s, k, v, mask=mask, normalization=normalization), mode)
+    for side, mask in ((0, mask_r), (1, mask_l)):
+        got = summed_state(advance(state, new["key"][side], new["value"][side], mask))
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name}, {('right', 'left')[side]}")

@@ -7,7 +7,7 @@ import tensorflow as tf
 from tfrs_linear.constants import NORMALIZATIONS
 from tfrs_linear.layers.dropout import CounterDropoutMixin
 from tfrs_linear.ops.linrec import linrec_attention
-from tfrs_linear.ops.linrec_recurrent import linrec_initial_state, linrec_step
+from tfrs_linear.ops.linrec_recurrent import linrec_advance, linrec_initial_state, linrec_step
 from tfrs_linear.ops.reference import linrec_attention_scores
 
 _MHA = tf.keras.layers.MultiHeadAttention
@@ -339,6 +339,16 @@ class LinRecAttention(CounterDropoutMixin, _MHA):
         state, out = linrec_step(state, q, k, v, mask=mask, normalization=self.normalization,
                                  epsilon=self.epsilon, chunk_size=self.chunk_size)
         return state, self._output_dense(tf.transpose(out, [0, 2, 1, 3]))
+
+    def advance(self, state, inputs, mask=None):
+        """The state after ``m`` events per user, without their outputs: :meth:`step`'s
+        state, in ``O(m)`` (keys and values only). ``inputs [B, m, dim]`` and ``mask
+        [B, m]`` on either padding side: a whole history from :meth:`initial_state` is
+        the user's state (the first call of a served user, one parallel pass)."""
+        k, v = (tf.transpose(x, [0, 2, 1, 3])
+                for x in (self._key_dense(inputs), self._value_dense(inputs)))
+        return linrec_advance(state, k, v, mask=mask, normalization=self.normalization,
+                              epsilon=self.epsilon)
 
     def _compute_padding_masks(
         self, query, value, key=None, attention_mask=None, causal=False

@@ -251,6 +251,12 @@ class TransformerBlock(tf.keras.layers.Layer):
             x = x * tf.cast(mask, x.dtype)[:, :, tf.newaxis]
         return state, x
 
+    def advance(self, state, inputs, mask=None):
+        """The attention's state after ``m`` events per user (``inputs [B, m, d_model]``,
+        the block's inputs; ``mask [B, m]`` on either padding side), without outputs."""
+        self._check_streamable()
+        return self.attention_layer.advance(state, inputs, mask)
+
     def compute_mask(self, inputs, mask=None):
         """The output mask of a full call (a last-only call attaches ``mask[:, -1:]``)."""
         return mask

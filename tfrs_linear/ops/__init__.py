@@ -34,6 +34,8 @@ from tfrs_linear.ops.dispatcher_causal import (  # noqa: F401
 )
 from tfrs_linear.ops.dispatcher_recurrent import (  # noqa: F401
     DISPATCHER_STATE_SUMS,
+    dispatcher_advance,
+    dispatcher_advance_from_values,
     dispatcher_initial_state,
     dispatcher_step,
 )
@@ -46,6 +48,7 @@ from tfrs_linear.ops.linrec import (  # noqa: F401
 from tfrs_linear.ops.linrec_recurrent import (  # noqa: F401
     LINREC_STATE_SUMS,
     compensated_add,
+    linrec_advance,
     linrec_initial_state,
     linrec_step,
 )

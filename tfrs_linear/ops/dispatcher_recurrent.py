@@ -54,7 +54,8 @@ Numerics
 import tensorflow as tf
 
 from tfrs_linear.ops._common import (
-    aggregate_logits, check_aggregate_bias, float_mask, inverse_sqrt_width, very_negative,
+    aggregate_logits, check_aggregate_bias, check_rank, float_mask, inverse_sqrt_width,
+    very_negative, with_static_shape,
 )
 from tfrs_linear.ops.dispatcher import validate_dispatcher_inputs
 from tfrs_linear.ops.linrec_recurrent import COMP_SUFFIX, compensated_add, compensated_value
@@ -90,16 +91,16 @@ def _state_shapes(batch, heads, k, n_g, d_k, d_v):
     }
 
 
-def _check_state(state, q1, ik, iv):
-    """Raises a ``ValueError`` naming the key when ``state`` does not fit the inputs."""
+def _check_state(state, q1, n_g, d_k, d_v):
+    """Raises a ``ValueError`` naming the key when ``state`` does not fit the inputs
+    (``q1 [B, H, k, d_k]`` and the dispatch heads' ``G``, ``d_k``, ``d_v``)."""
     expected = {"max"} | {n + s for n in DISPATCHER_STATE_SUMS for s in ("", COMP_SUFFIX)}
     if set(state) != expected:
         raise ValueError(
             f"a dispatcher state has the keys {sorted(expected)}, got {sorted(state)} "
             "(make one with dispatcher_initial_state)."
         )
-    want = _state_shapes(q1.shape[0], q1.shape[1], q1.shape[2], ik.shape[1], ik.shape[-1],
-                         iv.shape[-1])
+    want = _state_shapes(q1.shape[0], q1.shape[1], q1.shape[2], n_g, d_k, d_v)
     for name, x in state.items():
         if tf.as_dtype(x.dtype) != tf.float32:
             raise ValueError(f"state[{name!r}] must be float32, got {x.dtype}.")
@@ -113,6 +114,26 @@ def _check_state(state, q1, ik, iv):
             )
 
 
+def _masked_logits(logits, r, slope):
+    """``(masked [B, H, k, m], valid, counts [B, m])``: the new events' logits as the
+    state sees them (``+ slope c_s``: seen from new event t every logit carries
+    ``exp(−slope c_t)``, which cancels, so the new events get ``+slope c_s`` and the old
+    maximum nothing), very negative at padding; ``valid`` their mask, ``counts`` ``c_t``."""
+    counts = tf.cumsum(r, axis=1)  # c_t [B, m]
+    if slope is not None:
+        logits = logits + slope[..., tf.newaxis] * counts[:, tf.newaxis, tf.newaxis, :]
+    valid = tf.broadcast_to(r[:, tf.newaxis, tf.newaxis, :] > 0, tf.shape(logits))
+    masked = tf.where(valid, logits, tf.fill(tf.shape(logits), very_negative(tf.float32)))
+    return masked, valid, counts
+
+
+def _new_max(ref_last, slope, counts):
+    """The state's maximum after the call: the last reference, aged by its real events."""
+    if slope is None:
+        return ref_last
+    return ref_last - slope * counts[:, -1][:, tf.newaxis, tf.newaxis]
+
+
 def _prefix_weights(state, logits, r, slope):
     """The ``m x m`` prefix weights of the new events and the old state's factors.
 
@@ -123,13 +144,7 @@ def _prefix_weights(state, logits, r, slope):
     new events up to ``t`` (every exponent ``<= 0``), ``final_max`` the state's new max.
     """
     neg = very_negative(tf.float32)
-    counts = tf.cumsum(r, axis=1)  # c_t [B, m]
-    if slope is not None:
-        # Seen from new event t every logit carries exp(-slope c_t), which cancels: the
-        # new events get +slope c_s and the old maximum nothing.
-        logits = logits + slope[..., tf.newaxis] * counts[:, tf.newaxis, tf.newaxis, :]
-    valid = tf.broadcast_to(r[:, tf.newaxis, tf.newaxis, :] > 0, tf.shape(logits))
-    masked = tf.where(valid, logits, tf.fill(tf.shape(logits), neg))
+    masked, valid, counts = _masked_logits(logits, r, slope)
     m = tf.shape(logits)[-1]
     tril = tf.linalg.band_part(tf.ones([m, m], tf.bool), -1, 0)  # [t, s]: s <= t
     pair = tf.logical_and(tril, valid[..., tf.newaxis, :])  # [B, H, k, t, s]
@@ -139,10 +154,21 @@ def _prefix_weights(state, logits, r, slope):
     shifted = tf.minimum(masked[..., tf.newaxis, :] - ref[..., tf.newaxis], 0.0)
     weights = tf.where(pair, tf.exp(shifted), tf.zeros_like(shifted))
     old = tf.exp(tf.minimum(old_max[..., tf.newaxis] - ref, 0.0))
-    final_max = ref[..., -1]
-    if slope is not None:
-        final_max = final_max - slope * counts[:, -1][:, tf.newaxis, tf.newaxis]
-    return weights, old, final_max
+    return weights, old, _new_max(ref[..., -1], slope, counts)
+
+
+def _last_weights(state, logits, r, slope):
+    """The last row of :func:`_prefix_weights` alone, in ``O(m)``: ``(last [B, H, k, m],
+    decay [B, H, k], final_max)`` with ``last = exp(u_s − ref)`` for every real ``s``
+    (else 0) and ``decay = exp(M − ref)``, ``ref`` the maximum of the state and of all
+    the real new events."""
+    masked, valid, counts = _masked_logits(logits, r, slope)
+    old_max = state["max"]
+    ref = tf.stop_gradient(tf.maximum(tf.reduce_max(masked, axis=-1), old_max))
+    last = tf.where(valid, tf.exp(tf.minimum(masked - ref[..., tf.newaxis], 0.0)),
+                    tf.zeros_like(masked))
+    decay = tf.exp(tf.minimum(old_max - ref, 0.0))
+    return last, decay, _new_max(ref, slope, counts)
 
 
 def _dispatch(state, weights, old, q2, ik, iv, vk, vv, r):
@@ -168,21 +194,22 @@ def _dispatch(state, weights, old, q2, ik, iv, vk, vv, r):
     return out * r[:, tf.newaxis, :, tf.newaxis]
 
 
-def _advance(state, weights, old, final_max, vk, vv, r):
-    """The state after the call: sums rescaled to the new maximum, plus the new events."""
-    last = weights[..., -1, :]  # [B, H, k, m]: every real new event, relative to ref_{m-1}
-    decay = old[..., -1]  # exp(M − ref_{m-1}) <= 1
+def _advance(state, last, decay, final_max, key_add, value_add, r):
+    """The state after the call: sums rescaled to the new maximum, plus the new events
+    (``last [B, H, k, m]``: every real new event relative to the last reference;
+    ``decay = exp(M − that reference) <= 1``; ``key_add``/``value_add [B, H, k, G, d]``
+    the folded values weighted by ``last``)."""
     additions = {
         "normalizer": (tf.reduce_sum(last, axis=-1), decay),
-        "key_sum": (tf.einsum("bhks,bhsgd->bhkgd", last, vk), decay[..., None, None]),
-        "value_sum": (tf.einsum("bhks,bhsgd->bhkgd", last, vv), decay[..., None, None]),
+        "key_sum": (key_add, decay[..., None, None]),
+        "value_sum": (value_add, decay[..., None, None]),
         "count": (tf.reduce_sum(r, axis=1), None),
     }
-    new_state = {"max": tf.ensure_shape(final_max, state["max"].shape)}
+    new_state = {"max": with_static_shape(final_max, state["max"].shape)}
     for name, (x, scale) in additions.items():
         total, comp = compensated_add(state[name], state[name + COMP_SUFFIX], x, scale)
-        new_state[name] = tf.ensure_shape(total, state[name].shape)
-        new_state[name + COMP_SUFFIX] = tf.ensure_shape(comp, state[name].shape)
+        new_state[name] = with_static_shape(total, state[name].shape)
+        new_state[name + COMP_SUFFIX] = with_static_shape(comp, state[name].shape)
     return new_state
 
 
@@ -218,7 +245,23 @@ def dispatcher_step(state, query, key, interest_query, interest_key, interest_va
         query, key, interest_query, interest_key, interest_value, value_key, value_value
     )
     q2, k1, q1, ik, iv, vk, vv = (tf.cast(x, tf.float32) for x in tensors)
-    _check_state(state, q1, ik, iv)
+    _check_state(state, q1, vk.shape[3], vk.shape[-1], vv.shape[-1])
+    r, logits, slope = _aggregate_terms(state, k1, q1, mask, aggregate_bias, recency_slope)
+    weights, old, final_max = _prefix_weights(state, logits, r, slope)
+    out = _dispatch(state, weights, old, q2, ik, iv, vk, vv, r)
+    last = weights[..., -1, :]
+    new_state = _advance(state, last, old[..., -1], final_max, *_weighted(last, vk, vv), r)
+    return new_state, tf.cast(out, tensors[0].dtype)
+
+
+def _weighted(last, vk, vv):
+    """``(Σ_s last_s value_key_s, Σ_s last_s value_value_s)`` ``[B, H, k, G, d]``."""
+    return (tf.einsum("bhks,bhsgd->bhkgd", last, vk),
+            tf.einsum("bhks,bhsgd->bhkgd", last, vv))
+
+
+def _aggregate_terms(state, k1, q1, mask, aggregate_bias, recency_slope):
+    """``(r [B, m], logits [B, H, k, m], slope [B, H, k] or None)`` of a call."""
     if mask is None:
         r = tf.ones(tf.shape(k1)[0:3:2], tf.float32)
     else:
@@ -227,10 +270,79 @@ def dispatcher_step(state, query, key, interest_query, interest_key, interest_va
     slope = None
     if recency_slope is not None:
         slope = tf.broadcast_to(tf.cast(recency_slope, tf.float32), tf.shape(state["max"]))
-    weights, old, final_max = _prefix_weights(state, logits, r, slope)
-    out = _dispatch(state, weights, old, q2, ik, iv, vk, vv, r)
-    new_state = _advance(state, weights, old, final_max, vk, vv, r)
-    return new_state, tf.cast(out, tensors[0].dtype)
+    return r, logits, slope
 
 
-__all__ = ["DISPATCHER_STATE_SUMS", "dispatcher_initial_state", "dispatcher_step"]
+def _checked(x, name, rank, layout):
+    x = tf.convert_to_tensor(x)
+    check_rank(name, x, rank, layout)
+    return tf.cast(x, tf.float32)
+
+
+def _advanced(state, k1, q1, mask, aggregate_bias, recency_slope, weighted):
+    """The state after a call, ``weighted(last)`` giving the folded values' sums."""
+    k1 = _checked(k1, "key", 4, "[batch, heads, events, d_k]")
+    q1 = _checked(q1, "interest_query", 4, "[batch, heads, interests, d_k]")
+    r, logits, slope = _aggregate_terms(state, k1, q1, mask, aggregate_bias, recency_slope)
+    last, decay, final_max = _last_weights(state, logits, r, slope)
+    return _advance(state, last, decay, final_max, *weighted(last), r)
+
+
+def dispatcher_advance(state, key, interest_query, value_key, value_value, mask=None,
+                       aggregate_bias=None, recency_slope=None):
+    """The state after ``m`` new events per user, without their outputs: what
+    :func:`dispatcher_step` returns as its state, in ``O(m·H·k·G·d)`` (no ``m x m``
+    weights). A whole history in one call is a user's state from
+    :func:`dispatcher_initial_state`.
+
+    Args:
+      state: the users' state (:func:`dispatcher_initial_state` or a previous step's).
+      key: ``[B, H, m, d_k]``; interest_query: ``[B, H, k, d_k]``; value_key:
+        ``[B, H, m, G, d_k]``; value_value: ``[B, H, m, G, d_v]``: as in
+        :func:`dispatcher_step`.
+      mask: optional ``[B, m]`` mask of the events (True/1 = real); the real events of a
+        row must be contiguous (ages count them), on either padding side. None: all real.
+      aggregate_bias, recency_slope: as in :func:`dispatcher_step`.
+
+    Returns:
+      The new state (same keys, shapes and dtype).
+    """
+    vk = _checked(value_key, "value_key", 5, "[batch, heads, events, dispatch_heads, d_k]")
+    vv = _checked(value_value, "value_value", 5, "[batch, heads, events, dispatch_heads, d_v]")
+    _check_state(state, tf.convert_to_tensor(interest_query), vk.shape[3], vk.shape[-1],
+                 vv.shape[-1])
+    return _advanced(state, key, interest_query, mask, aggregate_bias, recency_slope,
+                     lambda last: _weighted(last, vk, vv))
+
+
+def dispatcher_advance_from_values(state, key, interest_query, values, fold_key, fold_value,
+                                   mask=None, aggregate_bias=None, recency_slope=None):
+    """:func:`dispatcher_advance` with the folded values given as factors, as
+    :func:`tfrs_linear.ops.dispatcher_attention_from_values` takes them (``value_key =
+    values @ fold_key`` per head, the same for ``value_value``): the weighted sums run
+    over ``values [B, H, m, d]`` and are folded once, so the ``[B, H, m, G, d]`` folded
+    values never exist (a whole history's first state: 2 GB less at batch 64 and 20,000
+    events of the default ELASTIC). ``fold_key [H, d, G, d_k]``, ``fold_value [H, d, G,
+    d_v]``; the other arguments as in :func:`dispatcher_advance`."""
+    values = _checked(values, "values", 4, "[batch, heads, events, value_dim]")
+    fk = _checked(fold_key, "fold_key", 4, "[heads, value_dim, dispatch_heads, d_k]")
+    fv = _checked(fold_value, "fold_value", 4, "[heads, value_dim, dispatch_heads, d_v]")
+    _check_state(state, tf.convert_to_tensor(interest_query), fk.shape[2], fk.shape[3],
+                 fv.shape[3])
+
+    def weighted(last):
+        summed = tf.einsum("bhks,bhsv->bhkv", last, values)
+        return (tf.einsum("bhkv,hvge->bhkge", summed, fk),
+                tf.einsum("bhkv,hvge->bhkge", summed, fv))
+
+    return _advanced(state, key, interest_query, mask, aggregate_bias, recency_slope,
+                     weighted)
+
+
+__all__ = [
+    "DISPATCHER_STATE_SUMS",
+    "dispatcher_advance",
+    "dispatcher_advance_from_values",
+    "dispatcher_initial_state",
+    "dispatcher_step",
+]

@@ -43,7 +43,7 @@ Numerics
 import tensorflow as tf
 
 from tfrs_linear.constants import NORMALIZATIONS
-from tfrs_linear.ops._common import check_rank, float_mask
+from tfrs_linear.ops._common import check_rank, float_mask, with_static_shape
 from tfrs_linear.ops.linrec import causal_linear_attention, safe_norm
 
 # The running sums of each normalization's state; each has a "<name>_comp" compensation.
@@ -138,6 +138,27 @@ def _check_state(state, normalization, query, value):
             )
 
 
+def _key_terms(k, v, r, normalization, epsilon):
+    """The new events' keys and values as the sums see them, and what they add.
+
+    ``k, v`` float32 ``[B, H, m, d]``, ``r [B, m]`` the 0/1 mask. Returns ``(k_eff, v,
+    squares, additions)``: masked effective keys and values, the keys' squares ("paper";
+    else None) and the map of each running sum to what these events add to it."""
+    rm = r[:, tf.newaxis, :, tf.newaxis]
+    phi_k = tf.nn.elu(k) * rm
+    v = v * rm
+    additions = {"count": tf.reduce_sum(r, axis=1)}
+    squares = None
+    if normalization == "token":
+        k_eff = phi_k / safe_norm(phi_k, -1, epsilon)
+    else:
+        squares = tf.square(phi_k)
+        k_eff = phi_k
+        additions["key_sq_sum"] = tf.reduce_sum(squares, axis=2)
+    additions["kv_sum"] = tf.einsum("bhsd,bhse->bhde", k_eff, v)
+    return k_eff, v, squares, additions
+
+
 def _step_features(state, q, k, v, r, normalization, epsilon):
     """The effective queries and keys of the new events and what they add to the sums.
 
@@ -148,26 +169,28 @@ def _step_features(state, q, k, v, r, normalization, epsilon):
     eps = tf.constant(epsilon, tf.float32)
     d_k = q.shape[-1] if q.shape[-1] is not None else tf.shape(q)[-1]
     sqrt_dk = tf.sqrt(tf.cast(d_k, tf.float32))
-    rm = r[:, tf.newaxis, :, tf.newaxis]
+    k_eff, v, squares, additions = _key_terms(k, v, r, normalization, epsilon)
     phi_q = tf.nn.elu(q)
-    phi_k = tf.nn.elu(k) * rm
-    v = v * rm
-    q_hat = phi_q / safe_norm(phi_q, -1, epsilon) / sqrt_dk
-    additions = {"count": tf.reduce_sum(r, axis=1)}
-    if normalization == "token":
-        k_eff = phi_k / safe_norm(phi_k, -1, epsilon)
-        q_eff = q_hat
-    else:
-        squares = tf.square(phi_k)
+    q_eff = phi_q / safe_norm(phi_q, -1, epsilon) / sqrt_dk
+    if normalization == "paper":
         old_sq = compensated_value(state, "key_sq_sum")[:, :, tf.newaxis, :]
         col = tf.sqrt(tf.maximum(old_sq + tf.cumsum(squares, axis=2), eps * eps))
         n_t = compensated_value(state, "count")[:, tf.newaxis] + tf.cumsum(r, axis=1)
         scale = tf.sqrt(tf.maximum(n_t, 1.0))[:, tf.newaxis, :, tf.newaxis]
-        q_eff = q_hat / (col * scale)
-        k_eff = phi_k
-        additions["key_sq_sum"] = tf.reduce_sum(squares, axis=2)
-    additions["kv_sum"] = tf.einsum("bhsd,bhse->bhde", k_eff, v)
+        q_eff = q_eff / (col * scale)
     return q_eff, k_eff, v, additions
+
+
+def _added(state, additions, normalization):
+    """The state with ``additions`` added to its running sums (compensated)."""
+    new_state = {}
+    for name in LINREC_STATE_SUMS[normalization]:
+        total, comp = compensated_add(
+            state[name], state[name + COMP_SUFFIX], additions[name]
+        )
+        new_state[name] = with_static_shape(total, state[name].shape)
+        new_state[name + COMP_SUFFIX] = with_static_shape(comp, state[name].shape)
+    return new_state
 
 
 def _dense_prefix_sums(q, k, v):
@@ -225,14 +248,38 @@ def linrec_step(state, query, key, value, mask=None, normalization="paper", epsi
     past = tf.einsum("bhtd,bhde->bhte", q_eff, compensated_value(state, "kv_sum"))
     out = past + _prefix_sums(q_eff, k_eff, v, chunk_size)
     out = out * r[:, tf.newaxis, :, tf.newaxis]
-    new_state = {}
-    for name in LINREC_STATE_SUMS[normalization]:
-        total, comp = compensated_add(
-            state[name], state[name + COMP_SUFFIX], additions[name]
-        )
-        new_state[name] = tf.ensure_shape(total, state[name].shape)
-        new_state[name + COMP_SUFFIX] = tf.ensure_shape(comp, state[name].shape)
-    return new_state, tf.cast(out, query.dtype)
+    return _added(state, additions, normalization), tf.cast(out, query.dtype)
+
+
+def linrec_advance(state, key, value, mask=None, normalization="paper", epsilon=1e-6):
+    """The state after ``m`` new events per user, without their outputs: what
+    :func:`linrec_step` returns as its state, in ``O(m)`` and without the queries.
+
+    A whole history in one call is a user's state from :func:`linrec_initial_state`
+    (the events' order does not matter to the sums, so any padding side works).
+
+    Args:
+      state: the users' state (:func:`linrec_initial_state` or a previous step's).
+      key, value: the projected ``[B, H, m, d_k]`` and ``[B, H, m, d_v]`` of the events.
+      mask: optional ``[B, m]`` mask of the events (True/1 = real); None: all real.
+      normalization, epsilon: as in :func:`linrec_step`.
+
+    Returns:
+      The new state (same keys, shapes and dtype).
+    """
+    _check_normalization(normalization)
+    key = tf.convert_to_tensor(key)
+    value = tf.convert_to_tensor(value, dtype_hint=key.dtype)
+    for name, x in (("key", key), ("value", value)):
+        check_rank(name, x, 4, "[batch, heads, events, dim]")
+    _check_state(state, normalization, key, value)
+    k, v = tf.cast(key, tf.float32), tf.cast(value, tf.float32)
+    if mask is None:
+        r = tf.ones(tf.shape(k)[0:3:2], tf.float32)
+    else:
+        r = float_mask(mask, tf.float32, "mask")
+    additions = _key_terms(k, v, r, normalization, epsilon)[3]
+    return _added(state, additions, normalization)
 
 
 __all__ = [
@@ -240,6 +287,7 @@ __all__ = [
     "LINREC_STATE_SUMS",
     "compensated_add",
     "compensated_value",
+    "linrec_advance",
     "linrec_initial_state",
     "linrec_step",
 ]
