@@ -231,7 +231,8 @@ on it; only the numbers in the state differ (and the size of the position table,
 A user without a stored state (a first event, or a state lost or made by another export)
 is encoded once from the whole history. Exports since 2026-11-29 (afternoon) encode it in
 one parallel pass, the causal blocks over the whole history with each block's state summed
-from its inputs, up to 2^18 events per call (batch × width; more take the step loop). Before,
+from its inputs, at most 2^18 events at once (batch × width; larger batches in groups of
+rows, longer rows by the step loop). Before,
 `encode_state` ran the recurrent step over the history in `tf.while_loop`s, a fixed number
 of events per step (1,024 / 256 / 64 for LinRec, 64 / 16 for ELASTIC; earlier 64 / 16
 throughout). Either way its cost grows linearly with the history, like `serving_default`'s.

@@ -253,11 +253,12 @@ def test_encode_state_in_one_pass_equals_one_event_at_a_time(variant, jit_compil
     assert {k: v.shape.as_list() for k, v in state.items()} == shapes
 
 
-def test_batches_above_max_parallel_events_take_the_step_loop():
-    # 3 x 30 = 90 events: one pass by default; with max_parallel_events = 40 the loop
-    # (the same state), decided at trace time for a static shape and at run time (a
-    # tf.cond) for a dynamic one. The one pass is marked (+1000 on its count) to see
-    # which branch ran.
+@pytest.mark.parametrize("budget, path", [(40, "groups"), (20, "loop"), (90, "one pass")])
+def test_batches_above_max_parallel_events_go_in_groups_or_steps(budget, path):
+    # 3 rows x 30 = 90 events. At most 40 at once: one pass per row (groups of 40 // 30
+    # = 1 row); at most 20: rows of 30 do not fit, the step loop; 90: one pass. The same
+    # state every way; decided at trace time for a static shape and at run time for a
+    # dynamic one. Each one pass is marked (+1000 on its count) to count the passes.
     encoder = make_encoder("elastic-recency")
     rows = random_rows(np.random.default_rng(8), [30, 12, 0], 30)
     want_state, want_user = encoder.encode_state(rows, padding="right")
@@ -268,14 +269,18 @@ def test_batches_above_max_parallel_events_take_the_step_loop():
         return {**state, STATE_COUNT: state[STATE_COUNT] + 1000.0}, user
 
     encoder._encode_state_parallel = marked
-    encoder.max_parallel_events = 40
+    encoder.max_parallel_events = budget
+    marks = {"groups": 1000.0, "loop": 0.0, "one pass": 1000.0}[path]
     for signature in (None, [tf.TensorSpec([None, None], tf.int32)]):
-        for rows_in, parallel in ((rows, False), (rows[:1], True)):  # 90 and 30 events
-            state, user = tf.function(lambda ids: encoder.encode_state(ids, padding="right"),
-                                      input_signature=signature)(rows_in)
-            counts = want_state[STATE_COUNT].numpy()[:len(rows_in)] + 1000.0 * parallel
-            np.testing.assert_array_equal(state[STATE_COUNT].numpy(), counts)
-            assert relative_error(user.numpy(), want_user.numpy()[:len(rows_in)]) < TOL
+        state, user = tf.function(lambda ids: encoder.encode_state(ids, padding="right"),
+                                  input_signature=signature)(rows)
+        np.testing.assert_array_equal(state[STATE_COUNT].numpy(),
+                                      want_state[STATE_COUNT].numpy() + marks)
+        assert relative_error(user.numpy(), want_user.numpy()) < TOL
+        for name in want_state:
+            if name != STATE_COUNT:
+                np.testing.assert_allclose(state[name].numpy(), want_state[name].numpy(),
+                                           rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_encode_state_refuses_bad_step_sizes():

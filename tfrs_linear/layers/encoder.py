@@ -2,13 +2,16 @@
 
 import numbers
 
-import numpy as np
 import tensorflow as tf
 
 from tfrs_linear.constants import PAD_INDEX, POSITIONS
 from tfrs_linear.layers.dropout import CounterDropout
 from tfrs_linear.layers.embedding import TableEmbedding
 from tfrs_linear.layers.interest_memory import InterestMemory
+from tfrs_linear.layers.padding import (
+    PADDINGS, back_to_right, check_padding, find_padding_errors, left_aligned,
+    padding_error_message,
+)
 from tfrs_linear.layers.transformer import TransformerBlock
 
 
@@ -22,71 +25,9 @@ def _as_is(value):
     return value
 
 
-# The encoder's output forms and input paddings. (Option lists belong in constants.py;
-# these two are to move there.)
+# The encoder's output forms (its input paddings: layers.padding.PADDINGS). (Option
+# lists belong in constants.py; these two are to move there.)
 ENCODER_OUTPUTS = ("sequence", "last")
-PADDINGS = ("left", "right")
-
-
-def find_padding_errors(item_ids, padding="left"):
-    """The rows of ``item_ids`` (NumPy-like ``[batch, length]``) not padded as ``padding``
-    says: ``"left"`` = every 0 (padding) comes before the first real item, ``"right"`` =
-    after the last one. Returns their indices (an empty list when all are right).
-
-    The encoder checks its input with it when it runs eagerly; a training or serving loop
-    that compiles the encoder with XLA (where ``tf.debugging.Assert`` is dropped) can call
-    it, or :func:`check_padding`, on each batch before the compiled step.
-    """
-    real = np.asarray(item_ids) != PAD_INDEX
-    if real.ndim != 2 or real.shape[1] < 2:
-        return []
-    if padding == "left":
-        wrong = real[:, :-1] & ~real[:, 1:]  # a real item followed by padding
-    else:
-        wrong = ~real[:, :-1] & real[:, 1:]  # padding followed by a real item
-    return [int(i) for i in np.flatnonzero(wrong.any(axis=1))]
-
-
-def padding_error_message(padding, rows=None):
-    """The one-line error for rows padded on the wrong side (:func:`find_padding_errors`;
-    ``rows=None``: the graph-mode check, which prints the row indices after it)."""
-    which = "(indices below)" if rows is None else list(rows)[:5]
-    if padding == "left":
-        found, expected, other = "after a real item: they look right-padded", "Left-pad", "right"
-    else:
-        found, expected, other = "before a real item: they look left-padded", "Right-pad", "left"
-    return (
-        f"SequenceEncoder(padding={padding!r}): item_ids row(s) {which} have padding "
-        f"(0) {found} (or have holes). {expected} every row, newest item last, or build the "
-        f"encoder with padding={other!r}."
-    )
-
-
-def check_padding(item_ids, padding="left"):
-    """Raises ``ValueError`` (:func:`padding_error_message`) if a row of the NumPy-like
-    ``item_ids`` is not ``padding``-padded."""
-    if padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
-    rows = find_padding_errors(item_ids, padding)
-    if rows:
-        raise ValueError(padding_error_message(padding, rows))
-
-
-def _left_aligned(item_ids, real, padding):
-    """Right-padded rows turned left-padded (``[a b 0] -> [0 a b]``), lengths kept."""
-    if padding == "left":
-        return item_ids
-    lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
-    return tf.reverse(tf.reverse_sequence(item_ids, lengths, seq_axis=1, batch_axis=0), [1])
-
-
-def _back_to_right(sequence, real, padding):
-    """The inverse of :func:`_left_aligned` on the outputs ``[B, N, d]``."""
-    if padding == "left":
-        return sequence
-    lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
-    return tf.reverse_sequence(tf.reverse(sequence, [1]), lengths, seq_axis=1, batch_axis=0)
-
 
 # The encoder's configuration, in get_config()'s order: argument -> how it is stored.
 _ARGUMENTS = {
@@ -180,11 +121,12 @@ class SequenceEncoder(tf.keras.layers.Layer):
         **kwargs: ``tf.keras.layers.Layer`` arguments (``name``, ``dtype``...).
     """
 
-    # A batch of at most this many events (batch x width) is encoded by encode_state in
-    # one parallel pass; more take the step loop, whose memory does not grow with the
-    # history. The pass holds every event's activations: about 5-7 KB per event at the
-    # defaults (d_model 64, 2 blocks; batch 64 x 20,000 events: 6.3 GB LinRec, 9.4 GB
-    # ELASTIC peak RSS against 2.1 GB for the loop), so 2^18 events stay near 2 GB.
+    # encode_state's parallel pass takes at most this many events (batch x width) at
+    # once: a larger batch runs in groups of rows, rows longer than this take the step
+    # loop, whose memory does not grow with the history. The pass holds every event's
+    # activations: about 5-7 KB per event at the defaults (d_model 64, 2 blocks; batch
+    # 64 x 20,000 events in one pass: 6.3 GB LinRec, 9.4 GB ELASTIC peak RSS against
+    # 2.1 GB for the loop), so 2^18 events stay near 2 GB.
     max_parallel_events = 1 << 18
 
     def __init__(
@@ -374,13 +316,13 @@ class SequenceEncoder(tf.keras.layers.Layer):
         # Inside, every row is left-padded: the newest item is at the last column whatever
         # the padding side (the position embeddings count from there).
         real = tf.not_equal(item_ids, PAD_INDEX)
-        x = self._encode(_left_aligned(item_ids, real, self.padding), training,
+        x = self._encode(left_aligned(item_ids, real, self.padding), training,
                          last_only or self.output_form == "last", position_offsets)
         if self.output_form == "last":
             return x[:, -1]
         if last_only:
             return x
-        return _back_to_right(x, real, self.padding)
+        return back_to_right(x, real, self.padding)
 
     # -- streaming: a constant-size state per user (docs/streaming.md) -------------------
     @property
@@ -469,7 +411,8 @@ class SequenceEncoder(tf.keras.layers.Layer):
         ops), each block's attention state taken from that block's inputs in ``O(L)``
         (``advance``), the user embedding the last block's newest output. Its memory
         grows with ``batch x L`` (every event's activations), so a batch of more than
-        :attr:`max_parallel_events` events takes the loop below instead (decided at run
+        :attr:`max_parallel_events` events runs in groups of rows that fit, one pass per
+        group in turn, and rows longer than that take the loop below (decided at run
         time when the shape is unknown). ``events_per_step`` (an int, or descending
         ints: the tiers, see :meth:`encode_tiers`) always takes the loop: :meth:`step`
         over the history in ``tf.while_loop``s, a static number of events per step,
@@ -487,16 +430,44 @@ class SequenceEncoder(tf.keras.layers.Layer):
         return self._encode_state_loop(item_ids, padding, events_per_step)
 
     def _encode_state_auto(self, item_ids, padding):
-        """The parallel pass up to :attr:`max_parallel_events` events, the loop beyond."""
-        events = tf.size(item_ids, out_type=tf.int64)
-        static = tf.get_static_value(events)
-        if static is not None:
-            if static <= self.max_parallel_events:
+        """One parallel pass for at most :attr:`max_parallel_events` events; a larger
+        batch in groups of rows that fit, one pass per group in turn; rows longer than
+        that by the step loop. Decided at trace time for static shapes, else at run time."""
+        budget = self.max_parallel_events
+        shape = item_ids.shape
+        if shape[0] is not None and shape[1] is not None:
+            if shape[0] * shape[1] <= budget:
                 return self._encode_state_parallel(item_ids, padding)
+            if shape[1] <= budget:
+                return self._encode_state_grouped(item_ids, padding)
             return self._encode_state_loop(item_ids, padding, None)
-        return tf.cond(events <= self.max_parallel_events,
-                       lambda: self._encode_state_parallel(item_ids, padding),
-                       lambda: self._encode_state_loop(item_ids, padding, None))
+        batch, width = (tf.cast(d, tf.int64) for d in tf.unstack(tf.shape(item_ids)))
+        return tf.case(
+            [(batch * width <= budget, lambda: self._encode_state_parallel(item_ids, padding)),
+             (width <= budget, lambda: self._encode_state_grouped(item_ids, padding))],
+            default=lambda: self._encode_state_loop(item_ids, padding, None),
+            exclusive=False)
+
+    def _encode_state_grouped(self, item_ids, padding):
+        """The parallel pass on groups of ``max_parallel_events // width`` rows in turn
+        (rows of padding complete the last group)."""
+        batch, width = tf.unstack(tf.shape(item_ids))
+        rows = tf.maximum(self.max_parallel_events // width, 1)
+        groups = (batch + rows - 1) // rows
+        ids = tf.pad(item_ids, [[0, groups * rows - batch], [0, 0]])
+        ids = tf.reshape(ids, [groups, rows, width])
+        specs = {name: tf.TensorSpec([None] + value.shape[1:].as_list(), value.dtype)
+                 for name, value in self.initial_state(1).items()}
+        user_spec = tf.TensorSpec([None, self.d_model], tf.float32)
+        state, user = tf.map_fn(lambda group: self._encode_state_parallel(group, padding),
+                                ids, fn_output_signature=(specs, user_spec),
+                                parallel_iterations=1)  # one group's memory at a time
+
+        def ungrouped(x):  # [groups, rows, ...] -> [batch, ...]
+            return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], 0))[:batch]
+
+        state = {name: ungrouped(value) for name, value in state.items()}
+        return state, ungrouped(user)
 
     def _encode_state_loop(self, item_ids, padding, events_per_step):
         """:meth:`encode_state` by steps (``events_per_step`` None: the default tiers)."""
@@ -515,7 +486,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
         """:meth:`encode_state`'s one pass over ``padding``-padded ``item_ids``."""
         # Left-aligned as in call, plus one column of padding: a history of width 0
         # (a new user) then needs no branch, and padding before the items changes nothing.
-        ids = tf.pad(_left_aligned(item_ids, tf.not_equal(item_ids, PAD_INDEX), padding),
+        ids = tf.pad(left_aligned(item_ids, tf.not_equal(item_ids, PAD_INDEX), padding),
                      [[0, 0], [1, 0]])
         mask = tf.not_equal(ids, PAD_INDEX)
         x = self._embed(ids, mask, training=False)
