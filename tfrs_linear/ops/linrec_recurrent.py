@@ -26,6 +26,7 @@ positions are zeroed before every sum in both); its padded slots output exactly 
 leave the state unchanged. Inside a step the prefix sums over the new events are
 ``causal_linear_attention`` (chunked, linear in ``m``) plus ``q' · kv_sum``, so the same
 call is the prefill: :func:`linrec_initial_state` then one step with the whole history.
+:func:`linrec_advance` gives the state alone (keys and values only, no outputs).
 
 Numerics
 --------
