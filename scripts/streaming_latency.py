@@ -62,6 +62,14 @@ from native_timer import compile_or_exit, time_points
 from streaming_report import write_outputs
 
 SIGNATURES = ("step", "serving_default", "encode_state")
+# Environment variables of a server that change its latency (recorded with each run):
+# the allocator preloaded in place of glibc's malloc, TensorFlow's oneDNN kernels.
+SERVER_ENVIRONMENT = ("LD_PRELOAD", "TF_ENABLE_ONEDNN_OPTS")
+
+
+def server_environment(environ):
+    """The :data:`SERVER_ENVIRONMENT` variables set (non-empty) in ``environ``."""
+    return {k: environ[k] for k in SERVER_ENVIRONMENT if environ.get(k)}
 TIMERS = ("python", "native")  # how each call is made (main's --timer)
 USER = "user_embedding"
 
@@ -286,6 +294,8 @@ def summarise(times, states, config, loads, args, started, wall, setup):
         "load_1min": {"min": min(loads), "max": max(loads), "mean": float(np.mean(loads)),
                       "per_round": [round(x, 2) for x in loads]},
         "rows": rows, "state_bytes": state, "floor": floor,
+        # The process settings that change these times without changing the exports.
+        "environment": server_environment(os.environ),
     }
 
 

@@ -159,8 +159,16 @@ runs; `n` says how many). With at most {result['rounds']} runs, a point's p99 is
 slowest run. {result['cpus']} CPU cores shared with other jobs: 1-minute load average
 {load['min']:.1f}–{load['max']:.1f} (mean {load['mean']:.1f}) {_when(result)} the rounds.
 Run started {result['started_utc']} and took {result['wall_s']:.0f} s ({result['setup_s']:.0f} s of it
-exporting, or reusing exports, and loading them); TensorFlow {result['tensorflow']}.
+exporting, or reusing exports, and loading them); TensorFlow {result['tensorflow']}.{_environment_text(result)}
 Absolute times depend on the load; the ratios are within one run."""
+
+
+def _environment_text(result):
+    """The run's server settings from its environment (``LD_PRELOAD``, oneDNN), if any."""
+    env = result.get("environment") or {}
+    if not env:
+        return ""
+    return " Environment: " + ", ".join(f"`{k}={v}`" for k, v in sorted(env.items())) + "."
 
 
 def _floor_text(result):

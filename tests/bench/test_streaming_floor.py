@@ -25,3 +25,22 @@ def test_the_sliced_source_is_a_float_input_of_rank_two():
     assert streaming_latency.passthrough_source(specs) == "block_0.kv_sum"
     del specs["block_0.kv_sum"]
     assert streaming_latency.passthrough_source(specs) == "newest_output"
+
+
+def test_the_report_names_the_server_environment_of_a_run():
+    # A run records LD_PRELOAD / TF_ENABLE_ONEDNN_OPTS when set (they change the times,
+    # not the exports); its page says so, and a run without them says nothing.
+    import json
+
+    import streaming_report
+
+    result = json.loads((_SCRIPTS.parent / "docs/serving/streaming-native.json").read_text())
+    assert "Environment:" not in streaming_report.report(result)
+    result["environment"] = {"LD_PRELOAD": "/lib/libtcmalloc_minimal.so.4",
+                             "TF_ENABLE_ONEDNN_OPTS": "0"}
+    page = streaming_report.report(result)
+    assert ("Environment: `LD_PRELOAD=/lib/libtcmalloc_minimal.so.4`, "
+            "`TF_ENABLE_ONEDNN_OPTS=0`.") in page
+    assert streaming_latency.server_environment(
+        {"LD_PRELOAD": "/lib/libjemalloc.so.2", "TF_ENABLE_ONEDNN_OPTS": "", "PATH": "/bin"}
+    ) == {"LD_PRELOAD": "/lib/libjemalloc.so.2"}
