@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.ops.test_linrec_recurrent import summed_state
 from tfrs_linear.layers import SequenceEncoder
 from tfrs_linear.layers.encoder import STATE_COUNT
 
@@ -216,13 +217,6 @@ def test_encode_state_tiers_equal_the_full_encoder(variant, jit_compile):
     np.testing.assert_array_equal(state[STATE_COUNT].numpy(), lengths)
 
 
-def summed(state):
-    """Each running sum read as ``sum + compensation`` (two orders of adding the same
-    terms split them differently), ``max`` and the embedding as they are."""
-    return {name: value.numpy() + state.get(name + "_comp", 0.0)
-            for name, value in state.items() if not name.endswith("_comp")}
-
-
 @pytest.mark.parametrize("variant, jit_compile, padding", [
     ("linrec-paper", True, "right"), ("linrec-token", False, "left"),
     ("elastic-recency", False, "right"), ("elastic", True, "left")])
@@ -243,8 +237,10 @@ def test_encode_state_in_one_pass_equals_one_event_at_a_time(variant, jit_compil
     state_1, user_1 = ones(right)
     assert set(state) == set(state_1)
     assert relative_error(user.numpy(), user_1.numpy()) < TOL
-    want = summed(state_1)
-    for name, got in summed(state).items():
+    # Each running sum as sum + compensation: two orders of adding the same terms split
+    # them differently.
+    want = summed_state(state_1)
+    for name, got in summed_state(state).items():
         np.testing.assert_allclose(got, want[name], rtol=1e-4, atol=1e-5, err_msg=name)
     np.testing.assert_array_equal(state[STATE_COUNT].numpy(), lengths)
     np.testing.assert_array_equal(user.numpy()[2], 0.0)  # no events: the initial state's

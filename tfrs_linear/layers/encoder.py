@@ -26,7 +26,7 @@ def _as_is(value):
 
 
 # The encoder's output forms (its input paddings: layers.padding.PADDINGS). (Option
-# lists belong in constants.py; these two are to move there.)
+# lists belong in constants.py; this one and PADDINGS are to move there.)
 ENCODER_OUTPUTS = ("sequence", "last")
 
 # The encoder's configuration, in get_config()'s order: argument -> how it is stored.
