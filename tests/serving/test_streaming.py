@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.serving.common import CATALOGUE, INDEX, K, numpy_scores, numpy_topk, strs
+from tests.serving.common import CATALOGUE, INDEX, K, VOCAB, numpy_scores, numpy_topk, strs
 from tests.serving.conftest import STREAM_R
+from tfrs_linear import serving
 from tfrs_linear.serving.streaming import DEFAULT_STREAM_HISTORY, STREAM_SIGNATURES
 from tfrs_linear.serving.wire import EXPORT_INFO_FILE, SIGNATURES
 
@@ -200,3 +201,34 @@ def test_a_from_end_export_has_no_streaming_signature(exports):
     with graph.as_default(), tf.compat.v1.Session(graph=graph) as sess:
         meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(exports["v1"]))
     assert not set(meta.signature_def) & set(STREAM_SIGNATURES)
+
+
+def test_every_encode_state_route_of_an_export_gives_the_same_state(stream_exports, served,
+                                                                     tmp_path):
+    """The encoder's one-pass budget is baked into an export. Lowered to 6 events before
+    exporting, the export's encode_state (a TF1 session, as TF Serving runs it) takes its
+    run-time routes: 2 rows x 5 events go in groups of one row, a row of 8 events takes
+    the step loop. Each gives the default export's one-pass state (every running sum as
+    sum + compensation), embedding and fingerprint."""
+    model = stream_exports["elastic"]["model"]
+    encoder = model.encoder
+    encoder.max_parallel_events = 6
+    try:
+        version = serving.export_model(model, VOCAB, tmp_path / "small", k=K,
+                                       exclude_history=False)
+    finally:
+        encoder.max_parallel_events = type(encoder).max_parallel_events
+    small, default = Served(version), served["elastic"]
+    rng = np.random.default_rng(9)
+    for lengths in ([5, 5], [8, 3]):
+        history = _random_rows(rng, lengths)
+        got, want = (s.run("encode_state", item_ids=history) for s in (small, default))
+        assert set(got) == set(want)
+        for name in want:
+            if name.endswith("_comp"):
+                continue
+            comp = name + "_comp"
+            np.testing.assert_allclose(got[name] + got.get(comp, 0),
+                                       want[name] + want.get(comp, 0),
+                                       rtol=1e-4, atol=1e-5, err_msg=f"{name}, {lengths}")
+    small.session.close()
