@@ -374,7 +374,15 @@ def parse_args(argv):
                    help="train with adam only (not also with lazy_adam)")
     p.add_argument("--render-only", action="store_true",
                    help="rewrite OUT.md from OUT.json (no measurement)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.render_only:
+        if not Path(args.out + ".json").is_file():
+            p.error(f"--render-only: no saved run at {args.out}.json")
+    else:
+        # Before the run, not when its report is written minutes later.
+        out.parent.mkdir(parents=True, exist_ok=True)
+    return args
 
 
 def machine():
