@@ -433,20 +433,17 @@ class SequenceEncoder(tf.keras.layers.Layer):
         """One parallel pass for at most :attr:`max_parallel_events` events; a larger
         batch in groups of rows that fit, one pass per group in turn; rows longer than
         that by the step loop. Decided at trace time for static shapes, else at run time."""
+        static = item_ids.shape.is_fully_defined()
+        batch, width = (item_ids.shape.as_list() if static else
+                        (tf.cast(d, tf.int64) for d in tf.unstack(tf.shape(item_ids))))
         budget = self.max_parallel_events
-        shape = item_ids.shape
-        if shape[0] is not None and shape[1] is not None:
-            if shape[0] * shape[1] <= budget:
-                return self._encode_state_parallel(item_ids, padding)
-            if shape[1] <= budget:
-                return self._encode_state_grouped(item_ids, padding)
-            return self._encode_state_loop(item_ids, padding, None)
-        batch, width = (tf.cast(d, tf.int64) for d in tf.unstack(tf.shape(item_ids)))
-        return tf.case(
-            [(batch * width <= budget, lambda: self._encode_state_parallel(item_ids, padding)),
-             (width <= budget, lambda: self._encode_state_grouped(item_ids, padding))],
-            default=lambda: self._encode_state_loop(item_ids, padding, None),
-            exclusive=False)
+        routes = [(batch * width <= budget,
+                   lambda: self._encode_state_parallel(item_ids, padding)),
+                  (width <= budget, lambda: self._encode_state_grouped(item_ids, padding))]
+        loop = lambda: self._encode_state_loop(item_ids, padding, None)  # noqa: E731
+        if static:
+            return next((route for fits, route in routes if fits), loop)()
+        return tf.case(routes, default=loop, exclusive=False)
 
     def _encode_state_grouped(self, item_ids, padding):
         """The parallel pass on groups of ``max_parallel_events // width`` rows in turn

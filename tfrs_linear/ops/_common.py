@@ -27,6 +27,14 @@ def float_mask(mask, dtype, name="mask"):
     return tf.cast(tf.cast(mask, tf.bool), dtype)
 
 
+def events_mask(mask, events):
+    """The recurrent forms' 0/1 float32 ``[B, m]`` mask of the new events: ``mask``
+    (:func:`float_mask`), or all ones for the ``[B, H, m, d]`` ``events`` when None."""
+    if mask is None:
+        return tf.ones(tf.shape(events)[0:3:2], tf.float32)
+    return float_mask(mask, tf.float32, "mask")
+
+
 def check_rank(name, x, rank, layout):
     """Raises a ``ValueError`` unless ``x`` has rank ``rank`` (``layout`` names its axes)."""
     if x.shape.rank is not None and x.shape.rank != rank:

@@ -56,7 +56,7 @@ Numerics
 import tensorflow as tf
 
 from tfrs_linear.ops._common import (
-    aggregate_logits, check_aggregate_bias, check_rank, float_mask, inverse_sqrt_width,
+    aggregate_logits, check_aggregate_bias, check_rank, events_mask, inverse_sqrt_width,
     very_negative, with_static_shape,
 )
 from tfrs_linear.ops.dispatcher import validate_dispatcher_inputs
@@ -264,10 +264,7 @@ def _weighted(last, vk, vv):
 
 def _aggregate_terms(state, k1, q1, mask, aggregate_bias, recency_slope):
     """``(r [B, m], logits [B, H, k, m], slope [B, H, k] or None)`` of a call."""
-    if mask is None:
-        r = tf.ones(tf.shape(k1)[0:3:2], tf.float32)
-    else:
-        r = float_mask(mask, tf.float32, "mask")
+    r = events_mask(mask, k1)
     logits = aggregate_logits(q1, k1, check_aggregate_bias(aggregate_bias))
     slope = None
     if recency_slope is not None:
@@ -281,10 +278,12 @@ def _checked(x, name, rank, layout):
     return tf.cast(x, tf.float32)
 
 
-def _advanced(state, k1, q1, mask, aggregate_bias, recency_slope, weighted):
-    """The state after a call, ``weighted(last)`` giving the folded values' sums."""
+def _advanced(state, k1, q1, mask, aggregate_bias, recency_slope, dims, weighted):
+    """The state after a call: ``dims`` the dispatch heads' ``(G, d_k, d_v)``,
+    ``weighted(last)`` the folded values' sums."""
     k1 = _checked(k1, "key", 4, "[batch, heads, events, d_k]")
     q1 = _checked(q1, "interest_query", 4, "[batch, heads, interests, d_k]")
+    _check_state(state, q1, *dims)
     r, logits, slope = _aggregate_terms(state, k1, q1, mask, aggregate_bias, recency_slope)
     last, decay, final_max = _last_weights(state, logits, r, slope)
     return _advance(state, last, decay, final_max, *weighted(last), r)
@@ -311,9 +310,8 @@ def dispatcher_advance(state, key, interest_query, value_key, value_value, mask=
     """
     vk = _checked(value_key, "value_key", 5, "[batch, heads, events, dispatch_heads, d_k]")
     vv = _checked(value_value, "value_value", 5, "[batch, heads, events, dispatch_heads, d_v]")
-    _check_state(state, tf.convert_to_tensor(interest_query), vk.shape[3], vk.shape[-1],
-                 vv.shape[-1])
     return _advanced(state, key, interest_query, mask, aggregate_bias, recency_slope,
+                     (vk.shape[3], vk.shape[-1], vv.shape[-1]),
                      lambda last: _weighted(last, vk, vv))
 
 
@@ -329,8 +327,6 @@ def dispatcher_advance_from_values(state, key, interest_query, values, fold_key,
     values = _checked(values, "values", 4, "[batch, heads, events, value_dim]")
     fk = _checked(fold_key, "fold_key", 4, "[heads, value_dim, dispatch_heads, d_k]")
     fv = _checked(fold_value, "fold_value", 4, "[heads, value_dim, dispatch_heads, d_v]")
-    _check_state(state, tf.convert_to_tensor(interest_query), fk.shape[2], fk.shape[3],
-                 fv.shape[3])
 
     def weighted(last):
         summed = tf.einsum("bhks,bhsv->bhkv", last, values)
@@ -338,7 +334,7 @@ def dispatcher_advance_from_values(state, key, interest_query, values, fold_key,
                 tf.einsum("bhkv,hvge->bhkge", summed, fv))
 
     return _advanced(state, key, interest_query, mask, aggregate_bias, recency_slope,
-                     weighted)
+                     (fk.shape[2], fk.shape[3], fv.shape[3]), weighted)
 
 
 __all__ = [

@@ -44,7 +44,7 @@ Numerics
 import tensorflow as tf
 
 from tfrs_linear.constants import NORMALIZATIONS
-from tfrs_linear.ops._common import check_rank, float_mask, with_static_shape
+from tfrs_linear.ops._common import check_rank, events_mask, with_static_shape
 from tfrs_linear.ops.linrec import causal_linear_attention, safe_norm
 
 # The running sums of each normalization's state; each has a "<name>_comp" compensation.
@@ -241,10 +241,7 @@ def linrec_step(state, query, key, value, mask=None, normalization="paper", epsi
         check_rank(name, x, 4, "[batch, heads, new_events, dim]")
     _check_state(state, normalization, query, value)
     q, k, v = (tf.cast(x, tf.float32) for x in (query, key, value))
-    if mask is None:
-        r = tf.ones(tf.shape(q)[0:3:2], tf.float32)
-    else:
-        r = float_mask(mask, tf.float32, "mask")
+    r = events_mask(mask, q)
     q_eff, k_eff, v, additions = _step_features(state, q, k, v, r, normalization, epsilon)
     past = tf.einsum("bhtd,bhde->bhte", q_eff, compensated_value(state, "kv_sum"))
     out = past + _prefix_sums(q_eff, k_eff, v, chunk_size)
@@ -275,10 +272,7 @@ def linrec_advance(state, key, value, mask=None, normalization="paper", epsilon=
         check_rank(name, x, 4, "[batch, heads, events, dim]")
     _check_state(state, normalization, key, value)
     k, v = tf.cast(key, tf.float32), tf.cast(value, tf.float32)
-    if mask is None:
-        r = tf.ones(tf.shape(k)[0:3:2], tf.float32)
-    else:
-        r = float_mask(mask, tf.float32, "mask")
+    r = events_mask(mask, k)
     additions = _key_terms(k, v, r, normalization, epsilon)[3]
     return _added(state, additions, normalization)
 
