@@ -111,6 +111,28 @@ def test_steps_equal_serving_default_on_the_whole_history(stream_exports, served
     assert np.array_equal(state["count"], [4, 5, 4, 5])  # at most R = 5 events
 
 
+@pytest.mark.parametrize("attention", ["linrec", "elastic"])
+def test_one_event_and_several_events_per_call_give_the_same_state(served, attention):
+    """``step`` has two routes: one event per row (traced with m = 1: broadcast products,
+    no sort) and several (the general form, a separate function). Two events per call
+    give what one event per call twice gives, and serving_default's top-k."""
+    s = served[attention]
+    history = [["item1", "item2"], ["item3", "item9", "item5"], ["item4"]]
+    state = _state(s.run("encode_state", item_ids=history))
+    new = [["item7", "item8"], ["item6", ""], ["", ""]]
+    both = s.run("step", item_ids=new, **state)
+    one = s.run("step", item_ids=[r[:1] for r in new], **state)
+    one = s.run("step", item_ids=[r[1:] for r in new], **_state(one))
+    for name in sorted(_state(both)):
+        np.testing.assert_allclose(both[name], one[name], atol=1e-5, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(both["user_embedding"], one["user_embedding"], atol=1e-5)
+    np.testing.assert_array_equal(both["item_ids"], one["item_ids"])
+    full = s.run("serving_default", item_ids=[h + [x for x in n if x]
+                                              for h, n in zip(history, new)])
+    np.testing.assert_array_equal(both["item_ids"], full["item_ids"])
+    assert both["count"].tolist() == [4, 4, 1]
+
+
 def test_a_row_without_new_events_keeps_its_state(served):
     s = served["linrec"]
     history = [["item1", "item2"], ["item3", "item9", "item5"]]

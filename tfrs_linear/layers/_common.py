@@ -1,6 +1,6 @@
-"""Helpers shared by the ELASTIC layers (private module; its names are public so that
-:mod:`tfrs_linear.layers.dispatcher` and :mod:`tfrs_linear.layers.interest_memory` can
-both use them)."""
+"""Helpers shared by the layers (private module; its names are public so that
+:mod:`tfrs_linear.layers.dispatcher`, :mod:`tfrs_linear.layers.interest_memory` and
+:mod:`tfrs_linear.layers.linrec` can use them)."""
 
 import tensorflow as tf
 
@@ -55,3 +55,36 @@ def input_dim(name, input_shape):
             f"shape {input_shape}."
         )
     return int(input_shape[-1])
+
+
+def heads_projection(x, kernel, bias=None):
+    """``[B, L, dim] -> [B, H, L, width]``: ``einsum("bld,dhe->bhle", x, kernel) + bias``
+    (``kernel [dim, H, width]``, ``bias [H, width]`` or None) as one 2-D MatMul.
+
+    The recurrent forms' projections: a served step's single event makes an einsum (or a
+    batched MatMul) of this size cost several times a plain MatMul, and hand its work to
+    the intra-op pool. With ``L`` statically 1 the heads move first by a reshape."""
+    dim, heads, width = kernel.shape
+    flat = tf.matmul(tf.reshape(x, [-1, dim]), tf.reshape(kernel, [dim, heads * width]))
+    if bias is not None:
+        flat = tf.nn.bias_add(flat, tf.reshape(bias, [heads * width]))
+    if x.shape[1] == 1:
+        return tf.reshape(flat, [-1, heads, 1, width])
+    y = tf.reshape(flat, tf.concat([tf.shape(x)[:2], [heads, width]], axis=0))
+    return tf.transpose(y, [0, 2, 1, 3])
+
+
+def heads_output(y, kernel, bias=None):
+    """``[B, H, L, width] -> [B, L, dim]``: ``einsum("bhlv,hvd->bld", y, kernel) + bias``
+    (``kernel [H, width, dim]``, ``bias [dim]`` or None) as one 2-D MatMul (see
+    :func:`heads_projection`)."""
+    heads, width, dim = kernel.shape
+    one = y.shape[2] == 1
+    if not one:
+        y = tf.transpose(y, [0, 2, 1, 3])  # [B, L, H, width]
+    flat = tf.matmul(tf.reshape(y, [-1, heads * width]), tf.reshape(kernel, [heads * width, dim]))
+    if bias is not None:
+        flat = tf.nn.bias_add(flat, bias)
+    if one:
+        return tf.reshape(flat, [-1, 1, dim])
+    return tf.reshape(flat, tf.concat([tf.shape(y)[:2], [dim]], axis=0))

@@ -9,14 +9,17 @@ import math
 
 import tensorflow as tf
 
-from tfrs_linear.layers._common import check_inputs, fresh, input_dim, keras_mask_or
+from tfrs_linear.layers._common import (
+    check_inputs, fresh, heads_output, heads_projection, input_dim, keras_mask_or,
+)
 from tfrs_linear.layers.dropout import CounterDropout
 from tfrs_linear.ops.dispatcher import (
     dispatcher_aggregate,
     dispatcher_attention_from_values,
     dispatcher_dispatch,
 )
-from tfrs_linear.ops.dispatcher_causal import check_causal_path, fold_values
+from tfrs_linear.ops.contract import contract
+from tfrs_linear.ops.dispatcher_causal import check_causal_path
 from tfrs_linear.ops.dispatcher_recurrent import (
     dispatcher_advance_from_values, dispatcher_initial_state, dispatcher_step,
 )
@@ -387,14 +390,16 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         )
 
     def _folds(self):
-        """``(W_o1 W_k2, W_o1 W_v2)`` per head pair: ``[H, dv, H, d]`` each."""
-        return (tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.key_2_kernel),
-                tf.einsum("hvd,dge->hvge", self.output_1_kernel, self.value_2_kernel))
+        """``(W_o1 W_k2, W_o1 W_v2)`` per head pair: ``[H, dv, H, d]`` each, each one 2-D
+        MatMul (``einsum("hvd,dge->hvge")``; a served step computes them every call)."""
+        h, v, dim = self.output_1_kernel.shape
+        w_o1 = tf.reshape(self.output_1_kernel, [h * v, dim])
 
-    def _folded_values(self, v1):
-        """``(value_key, value_value) [B, H, N, H, d]``: the values with ``W_o1 W_k2`` and
-        ``W_o1 W_v2`` folded in (docs/elastic.md)."""
-        return fold_values(v1, *self._folds())
+        def fold(kernel):
+            g, e = kernel.shape[1:]
+            return tf.reshape(tf.matmul(w_o1, tf.reshape(kernel, [dim, g * e])), [h, v, g, e])
+
+        return fold(self.key_2_kernel), fold(self.value_2_kernel)
 
     # -- the recurrent (streaming) form ------------------------------------------------
     def initial_state(self, batch):
@@ -424,19 +429,23 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         state's per-event decay. No dropout: the step is for inference.
         """
         self._check_streamable()
-        p = self._initial_interests(inputs, None)
-        v1 = self._heads(inputs, self.value_1_kernel, self.value_1_bias)
-        value_key, value_value = self._folded_values(v1)
+        fold_k, fold_v = self._folds()
+        v1 = heads_projection(inputs, self.value_1_kernel, self.value_1_bias)
+        interest_query, interest_key, interest_value = self._interest_heads(
+            inputs, (self.query_1_kernel, self.query_1_bias),
+            (self.key_2_kernel, self.key_2_bias), (self.value_2_kernel, self.value_2_bias))
         state, y = dispatcher_step(
             state,
-            self._heads(inputs, self.query_2_kernel, self.query_2_bias),
-            self._heads(inputs, self.key_1_kernel, self.key_1_bias),
-            self._heads(p, self.query_1_kernel, self.query_1_bias),
-            self._heads(p, self.key_2_kernel, self.key_2_bias),
-            self._heads(p, self.value_2_kernel, self.value_2_bias),
-            value_key, value_value, mask=mask, recency_slope=self.recency_slopes(),
+            heads_projection(inputs, self.query_2_kernel, self.query_2_bias),
+            heads_projection(inputs, self.key_1_kernel, self.key_1_bias),
+            interest_query, interest_key, interest_value,
+            contract("bhnv,hvge->bhnge", v1, fold_k), contract("bhnv,hvge->bhnge", v1, fold_v),
+            mask=mask, recency_slope=self.recency_slopes(),
         )
-        return state, self._output(y, mask, training=False)
+        out = heads_output(y, self.output_2_kernel, self.output_2_bias)
+        if mask is not None:
+            out = out * tf.cast(mask, out.dtype)[:, :, tf.newaxis]
+        return state, out
 
     def advance(self, state, inputs, mask=None):
         """The state after ``m`` events per user, without their outputs: :meth:`step`'s
@@ -444,14 +453,26 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         ``mask [B, m]`` on either padding side, each row's real events contiguous: a
         whole history from :meth:`initial_state` is the user's state in one pass."""
         self._check_streamable()
-        p = self._initial_interests(inputs, None)
+        (interest_query,) = self._interest_heads(inputs, (self.query_1_kernel, self.query_1_bias))
         return dispatcher_advance_from_values(
             state,
-            self._heads(inputs, self.key_1_kernel, self.key_1_bias),
-            self._heads(p, self.query_1_kernel, self.query_1_bias),
-            self._heads(inputs, self.value_1_kernel, self.value_1_bias),
+            heads_projection(inputs, self.key_1_kernel, self.key_1_bias),
+            interest_query,
+            heads_projection(inputs, self.value_1_kernel, self.value_1_bias),
             *self._folds(), mask=mask, recency_slope=self.recency_slopes(),
         )
+
+    def _interest_heads(self, inputs, *projections):
+        """The learned interest tokens' projections ``[B, H, k, width]`` (one per
+        ``(kernel, bias)``) for the batch of ``inputs``: projected once, then broadcast
+        over the batch (the same for every user)."""
+        tokens = tf.cast(self.interest_tokens, inputs.dtype)[tf.newaxis]  # [1, k, dim]
+        batch = tf.shape(inputs)[:1]
+        out = []
+        for kernel, bias in projections:
+            y = heads_projection(tokens, kernel, bias)  # [1, H, k, width]
+            out.append(tf.broadcast_to(y, tf.concat([batch, y.shape[1:]], axis=0)))
+        return out
 
     def recency_slopes(self):
         """The recency slopes ``[heads, k]`` (the variable dtype: float32 under mixed

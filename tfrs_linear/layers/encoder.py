@@ -244,6 +244,8 @@ class SequenceEncoder(tf.keras.layers.Layer):
         ``Assert``: a ``jit_compile`` d function computes on regardless (see the class
         docstring), so compiled loops check batches first (:func:`check_padding`)."""
         padding = padding or self.padding
+        if item_ids.shape[1] == 1:
+            return  # one column is padded on both sides
         if tf.executing_eagerly():
             check_padding(item_ids.numpy(), padding)
             return
@@ -393,8 +395,11 @@ class SequenceEncoder(tf.keras.layers.Layer):
             own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             own, x = block.step(own, x, real)
             new_state.update({prefix + k: v for k, v in own.items()})
-        newest = tf.maximum(tf.cast(added, tf.int32) - 1, 0)
-        last = tf.cast(tf.gather(x, newest, axis=1, batch_dims=1), tf.float32)
+        if new_ids.shape[1] == 1:
+            last = tf.cast(x[:, 0], tf.float32)
+        else:
+            newest = tf.maximum(tf.cast(added, tf.int32) - 1, 0)
+            last = tf.cast(tf.gather(x, newest, axis=1, batch_dims=1), tf.float32)
         user = tf.where(added[:, tf.newaxis] > 0, last, state[STATE_NEWEST])
         new_state[STATE_COUNT] = state[STATE_COUNT] + added
         new_state[STATE_NEWEST] = user

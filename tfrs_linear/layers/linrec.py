@@ -5,6 +5,7 @@ import contextlib
 import tensorflow as tf
 
 from tfrs_linear.constants import NORMALIZATIONS
+from tfrs_linear.layers._common import heads_output, heads_projection
 from tfrs_linear.layers.dropout import CounterDropoutMixin
 from tfrs_linear.ops.linrec import linrec_attention
 from tfrs_linear.ops.linrec_recurrent import linrec_advance, linrec_initial_state, linrec_step
@@ -86,6 +87,27 @@ def _align_keys(x, t_len, s_len):
         return x[:, :t_len]
     paddings = [[0, 0], [0, t_len - s_len]] + [[0, 0]] * (x.shape.rank - 2)
     return tf.pad(x, paddings)
+
+
+def _heads(dense, x):
+    """``[B, m, dim] -> [B, N, m, H]``: a query/key/value projection of the recurrent
+    form as one 2-D MatMul (:func:`~tfrs_linear.layers._common.heads_projection`), in
+    the dense layer's compute dtype as its own call would be."""
+    if dense.equation != "abc,cde->abde":
+        return tf.transpose(dense(x), [0, 2, 1, 3])
+    dtype = dense.compute_dtype
+    bias = None if dense.bias is None else tf.cast(dense.bias, dtype)
+    return heads_projection(tf.cast(x, dtype), tf.cast(dense.kernel, dtype), bias)
+
+
+def _merged(dense, y):
+    """``[B, N, m, H] -> [B, m, dim]``: the output projection of the recurrent form as one
+    2-D MatMul (:func:`~tfrs_linear.layers._common.heads_output`)."""
+    if dense.equation != "abcd,cde->abe":
+        return dense(tf.transpose(y, [0, 2, 1, 3]))
+    dtype = dense.compute_dtype
+    bias = None if dense.bias is None else tf.cast(dense.bias, dtype)
+    return heads_output(tf.cast(y, dtype), tf.cast(dense.kernel, dtype), bias)
 
 
 def _compute_keys_in_float32(key_dense):
@@ -333,20 +355,18 @@ class LinRecAttention(CounterDropoutMixin, _MHA):
         the output projection's bias, as a padded query does in :meth:`call`). No
         dropout: the step is for inference.
         """
-        projected = (self._query_dense(inputs), self._key_dense(inputs),
-                     self._value_dense(inputs))
-        q, k, v = (tf.transpose(x, [0, 2, 1, 3]) for x in projected)  # [B, N, m, H]
+        q, k, v = (_heads(dense, inputs)  # [B, N, m, H]
+                   for dense in (self._query_dense, self._key_dense, self._value_dense))
         state, out = linrec_step(state, q, k, v, mask=mask, normalization=self.normalization,
                                  epsilon=self.epsilon, chunk_size=self.chunk_size)
-        return state, self._output_dense(tf.transpose(out, [0, 2, 1, 3]))
+        return state, _merged(self._output_dense, out)
 
     def advance(self, state, inputs, mask=None):
         """The state after ``m`` events per user, without their outputs: :meth:`step`'s
         state, in ``O(m)`` (keys and values only). ``inputs [B, m, dim]`` and ``mask
         [B, m]`` on either padding side: a whole history from :meth:`initial_state` is
         the user's state (the first call of a served user, one parallel pass)."""
-        k, v = (tf.transpose(x, [0, 2, 1, 3])
-                for x in (self._key_dense(inputs), self._value_dense(inputs)))
+        k, v = (_heads(dense, inputs) for dense in (self._key_dense, self._value_dense))
         return linrec_advance(state, k, v, mask=mask, normalization=self.normalization,
                               epsilon=self.epsilon)
 

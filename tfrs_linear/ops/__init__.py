@@ -10,7 +10,8 @@ One concept per module, each opening with its numerics contract:
   fallback (``causal_path``); :mod:`~tfrs_linear.ops.causal_scans`: their prefix scans.
 * :mod:`~tfrs_linear.ops.linrec_recurrent`, :mod:`~tfrs_linear.ops.dispatcher_recurrent`:
   the per-event (recurrent) forms of the causal ops: a constant-size float32 state per
-  user, updated by m new events at a time (streaming inference).
+  user, updated by m new events at a time (streaming inference);
+  :mod:`~tfrs_linear.ops.contract`: their small products without einsum kernels.
 * :mod:`~tfrs_linear.ops.product_keys`: product-key top-m lookup.
 * :mod:`~tfrs_linear.ops.catalogue_loss`: softmax cross-entropy over a whole catalogue,
   on the real rows only, a chunk of rows at a time (the full loss).
@@ -20,6 +21,7 @@ One concept per module, each opening with its numerics contract:
 
 from tfrs_linear.constants import NORMALIZATIONS  # noqa: F401
 from tfrs_linear.ops.catalogue_loss import catalogue_cross_entropy, rows_per_chunk  # noqa: F401
+from tfrs_linear.ops.contract import contract  # noqa: F401
 from tfrs_linear.ops.dispatcher import (  # noqa: F401
     dispatcher_aggregate,
     dispatcher_attention,

@@ -124,14 +124,16 @@ def check_aggregate_bias(bias):
     return bias
 
 
-def aggregate_logits(q1, k1, bias):
+def aggregate_logits(q1, k1, bias, einsum=tf.einsum):
     """The dispatcher's scaled aggregate logits ``q1 · k1 / sqrt(d_k) (+ bias)``, ``[B, H, k, N]``.
 
     ``q1 [B, H, k, d_k]`` are the interest queries, ``k1 [B, H, N, d_k]`` the sequence
     keys. ``bias`` (or None) is broadcast to ``[B, H, k, N]``; it may differ per position
     ``s`` but not per query position, so the causal prefix sums stay prefix sums.
+    ``einsum``: ``tf.einsum`` or a function like it (the recurrent forms pass
+    :func:`tfrs_linear.ops.contract.contract`).
     """
-    logits = tf.einsum("bhid,bhnd->bhin", q1, k1) * inverse_sqrt_width(q1)
+    logits = einsum("bhid,bhnd->bhin", q1, k1) * inverse_sqrt_width(q1)
     if bias is not None:
         logits = logits + tf.cast(bias, logits.dtype)
     return logits

@@ -59,6 +59,7 @@ from tfrs_linear.ops._common import (
     aggregate_logits, check_aggregate_bias, check_rank, events_mask, inverse_sqrt_width,
     very_negative, with_static_shape,
 )
+from tfrs_linear.ops.contract import contract
 from tfrs_linear.ops.dispatcher import validate_dispatcher_inputs
 from tfrs_linear.ops.linrec_recurrent import COMP_SUFFIX, compensated_add, compensated_value
 
@@ -184,15 +185,15 @@ def _dispatch(state, weights, old, q2, ik, iv, vk, vv, r):
     inv_z = 1.0 / tf.maximum(z, 1.0)  # [B, H, k, m]; Z >= 1 with a real prefix, else 0
 
     def mean(name, values):  # values [B, H, m, G, d] -> [B, G, m, k, d]
-        past = tf.einsum("bhkt,bhkgd->bhktgd", old, compensated_value(state, name))
-        new = tf.einsum("bhkts,bhsgd->bhktgd", weights, values)
+        past = contract("bhkt,bhkgd->bhktgd", old, compensated_value(state, name))
+        new = contract("bhkts,bhsgd->bhktgd", weights, values)
         summed = tf.reduce_sum((past + new) * inv_z[..., tf.newaxis, tf.newaxis], axis=1)
         return tf.transpose(summed, [0, 3, 2, 1, 4])
 
     keys = ik[:, :, tf.newaxis] + mean("key_sum", vk)  # [B, G, m, k, d_k]
     values = iv[:, :, tf.newaxis] + mean("value_sum", vv)  # [B, G, m, k, d_v]
-    logits = tf.einsum("bgtd,bgtkd->bgtk", q2, keys) * inverse_sqrt_width(q2)
-    out = tf.einsum("bgtk,bgtkd->bgtd", tf.nn.softmax(logits, axis=-1), values)
+    logits = contract("bgtd,bgtkd->bgtk", q2, keys) * inverse_sqrt_width(q2)
+    out = contract("bgtk,bgtkd->bgtd", tf.nn.softmax(logits, axis=-1), values)
     return out * r[:, tf.newaxis, :, tf.newaxis]
 
 
@@ -258,14 +259,14 @@ def dispatcher_step(state, query, key, interest_query, interest_key, interest_va
 
 def _weighted(last, vk, vv):
     """``(Σ_s last_s value_key_s, Σ_s last_s value_value_s)`` ``[B, H, k, G, d]``."""
-    return (tf.einsum("bhks,bhsgd->bhkgd", last, vk),
-            tf.einsum("bhks,bhsgd->bhkgd", last, vv))
+    return (contract("bhks,bhsgd->bhkgd", last, vk),
+            contract("bhks,bhsgd->bhkgd", last, vv))
 
 
 def _aggregate_terms(state, k1, q1, mask, aggregate_bias, recency_slope):
     """``(r [B, m], logits [B, H, k, m], slope [B, H, k] or None)`` of a call."""
     r = events_mask(mask, k1)
-    logits = aggregate_logits(q1, k1, check_aggregate_bias(aggregate_bias))
+    logits = aggregate_logits(q1, k1, check_aggregate_bias(aggregate_bias), einsum=contract)
     slope = None
     if recency_slope is not None:
         slope = tf.broadcast_to(tf.cast(recency_slope, tf.float32), tf.shape(state["max"]))

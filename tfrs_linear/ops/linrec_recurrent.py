@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from tfrs_linear.constants import NORMALIZATIONS
 from tfrs_linear.ops._common import check_rank, events_mask, with_static_shape
+from tfrs_linear.ops.contract import contract
 from tfrs_linear.ops.linrec import causal_linear_attention, safe_norm
 
 # The running sums of each normalization's state; each has a "<name>_comp" compensation.
@@ -156,7 +157,7 @@ def _key_terms(k, v, r, normalization, epsilon):
         squares = tf.square(phi_k)
         k_eff = phi_k
         additions["key_sq_sum"] = tf.reduce_sum(squares, axis=2)
-    additions["kv_sum"] = tf.einsum("bhsd,bhse->bhde", k_eff, v)
+    additions["kv_sum"] = contract("bhsd,bhse->bhde", k_eff, v)
     return k_eff, v, squares, additions
 
 
@@ -197,9 +198,9 @@ def _added(state, additions, normalization):
 def _dense_prefix_sums(q, k, v):
     """``Σ_{s<=t} (q_t·k_s) v_s`` over the ``m`` new events as one masked ``m x m`` matmul."""
     m = tf.shape(q)[2]
-    scores = tf.einsum("bhtd,bhsd->bhts", q, k)
+    scores = contract("bhtd,bhsd->bhts", q, k)
     causal = tf.linalg.band_part(tf.ones([m, m], scores.dtype), -1, 0)
-    return tf.einsum("bhts,bhse->bhte", scores * causal, v)
+    return contract("bhts,bhse->bhte", scores * causal, v)
 
 
 def _prefix_sums(q, k, v, chunk_size):
@@ -243,7 +244,7 @@ def linrec_step(state, query, key, value, mask=None, normalization="paper", epsi
     q, k, v = (tf.cast(x, tf.float32) for x in (query, key, value))
     r = events_mask(mask, q)
     q_eff, k_eff, v, additions = _step_features(state, q, k, v, r, normalization, epsilon)
-    past = tf.einsum("bhtd,bhde->bhte", q_eff, compensated_value(state, "kv_sum"))
+    past = contract("bhtd,bhde->bhte", q_eff, compensated_value(state, "kv_sum"))
     out = past + _prefix_sums(q_eff, k_eff, v, chunk_size)
     out = out * r[:, tf.newaxis, :, tf.newaxis]
     return _added(state, additions, normalization), tf.cast(out, query.dtype)
