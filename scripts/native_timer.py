@@ -81,11 +81,13 @@ def time_points(timer, exports, points, rounds, scratch, inter_op=0, intra_op=0)
     """Runs the timer on the exports; returns ``{label: [seconds per timed call]}``.
 
     ``exports``: the export folders, loaded once each in one process. ``points``:
-    ``{label: (export index, feeds, fetches, rounds_of_point)}`` with ``feeds`` a dict of
-    tensor name -> NumPy array, ``fetches`` a list of tensor names and
-    ``rounds_of_point`` the 0-based rounds (of ``rounds``) the point runs in. Every point
-    runs twice as warm-up first (once if that took over 5 s); then the points of each
-    round run one after the other, interleaved across the exports. ``inter_op`` and
+    ``{label: (export index, feeds, fetches, rounds_of_point[, burst])}`` with ``feeds``
+    a dict of tensor name -> NumPy array, ``fetches`` a list of tensor names,
+    ``rounds_of_point`` the 0-based rounds (of ``rounds``) the point runs in and ``burst``
+    (default 1) its calls in a row in each of them, each timed. Every point runs twice as
+    warm-up first (once if that took over 5 s); then the points of each round run one
+    after the other, interleaved across the exports. The times of a point are its calls
+    in order (``len(rounds_of_point) * burst`` of them). ``inter_op`` and
     ``intra_op``: the session's thread pools (0: TensorFlow's default; ``inter_op`` -1:
     every op in the calling thread), as TF Serving's ``--tensorflow_inter_op_parallelism``
     / ``--tensorflow_intra_op_parallelism`` set them. One process, so one setting per call
@@ -96,12 +98,15 @@ def time_points(timer, exports, points, rounds, scratch, inter_op=0, intra_op=0)
     lines = [f"models {len(exports)} " + " ".join(str(Path(e).resolve()) for e in exports),
              f"rounds {rounds}", f"threads {int(inter_op)} {int(intra_op)}"]
     with open(data, "wb") as handle:
-        for label, (model, feeds, fetches, plan) in points.items():
+        for label, (model, feeds, fetches, plan, *burst) in points.items():
             if not label or any(c.isspace() for c in label):
                 raise ValueError(f"a point label is one word: {label!r}")
+            burst = int(burst[0]) if burst else 1
+            if burst < 1:
+                raise ValueError(f"point {label}: burst must be >= 1, got {burst}")
             plan = sorted(plan)
-            lines.append(f"point {label} {model} {len(feeds)} {len(fetches)} {len(plan)} "
-                         + " ".join(str(r) for r in plan))
+            lines.append(f"point {label} {model} {len(feeds)} {len(fetches)} {burst} "
+                         f"{len(plan)} " + " ".join(str(r) for r in plan))
             for name, value in feeds.items():
                 code, offset = _write_feed(handle, value)
                 shape = np.shape(value)

@@ -14,7 +14,7 @@
  *                                      as TF Serving's --tensorflow_inter_op_parallelism
  *                                      and --tensorflow_intra_op_parallelism; inter_op -1:
  *                                      every op in the calling thread)
- *   point <label> <model index> <n_feeds> <n_fetches> <n_rounds> <r_1> ... <r_n>
+ *   point <label> <model index> <n_feeds> <n_fetches> <burst> <n_rounds> <r_1> ... <r_n>
  *     feed <tensor_name> <f32|i32|i64|str> <ndims> <d_1> ... <d_ndims> <file> <offset>
  *     ... (n_feeds feed lines, then n_fetches lines:)
  *     fetch <tensor_name>
@@ -23,8 +23,11 @@
  * elements are <length as uint32><bytes>, one after the other.
  * Every point runs twice as warm-up (once if that took over 5 s), then in the listed
  * rounds (0-based), the points of a round one after the other (interleaved, so that
- * load changes hit every point and every export alike).
- * Output (stdout): one line per point: `<label> <seconds> <seconds> ...`.
+ * load changes hit every point and every export alike); in each of its rounds a point
+ * runs <burst> calls in a row, each timed (as a server answers a stream of requests of
+ * one signature; the first call of a burst follows other exports' calls).
+ * Output (stdout): one line per point: `<label> <seconds> <seconds> ...`, the calls in
+ * order (n_rounds x burst of them).
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -42,7 +45,7 @@
 
 typedef struct {
   char label[128];
-  int model, n_feeds, n_fetches, n_rounds;
+  int model, n_feeds, n_fetches, burst, n_rounds;
   int *rounds;
   TF_Output feeds[MAX_TENSORS], fetches[MAX_TENSORS];
   TF_Tensor *values[MAX_TENSORS];
@@ -193,9 +196,11 @@ int main(int argc, char **argv) {
   int n_points = 0;
   while (n_points < MAX_POINTS && fscanf(spec, " point %127s", points[n_points].label) == 1) {
     Point *p = &points[n_points++];
-    if (fscanf(spec, "%d %d %d %d", &p->model, &p->n_feeds, &p->n_fetches, &p->n_rounds) != 4
+    if (fscanf(spec, "%d %d %d %d %d", &p->model, &p->n_feeds, &p->n_fetches, &p->burst,
+               &p->n_rounds) != 5
         || p->model < 0 || p->model >= n_models || p->n_feeds > MAX_TENSORS
-        || p->n_fetches > MAX_TENSORS || p->n_rounds > rounds)
+        || p->n_fetches > MAX_TENSORS || p->burst < 1 || p->burst > MAX_ROUNDS
+        || p->n_rounds > rounds)
       die("bad point line", p->label);
     p->rounds = calloc(rounds + 1, sizeof(int));
     for (int i = 0; i < p->n_rounds; ++i) {
@@ -212,7 +217,7 @@ int main(int argc, char **argv) {
       if (fscanf(spec, " fetch %511s", name) != 1) die("bad fetch line", p->label);
       p->fetches[i] = output_by_name(graph, name);
     }
-    p->times = calloc(p->n_rounds + 1, sizeof(double));
+    p->times = calloc((size_t)p->n_rounds * p->burst + 1, sizeof(double));
   }
   if (fscanf(spec, " %*s") != EOF) die("more than 64 points, or a bad line", argv[1]);
   fclose(spec);
@@ -222,7 +227,8 @@ int main(int argc, char **argv) {
   for (int r = 0; r < rounds; ++r)
     for (int i = 0; i < n_points; ++i)
       if (points[i].rounds[r])
-        points[i].times[points[i].n_times++] = run_once(sessions, &points[i], status);
+        for (int b = 0; b < points[i].burst; ++b)
+          points[i].times[points[i].n_times++] = run_once(sessions, &points[i], status);
 
   for (int i = 0; i < n_points; ++i) {
     printf("%s", points[i].label);

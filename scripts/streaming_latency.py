@@ -201,19 +201,25 @@ def warm_up(sessions, points):
     return last
 
 
-def schedule(warm, rounds, min_reps, seconds):
-    """``{point: set of rounds}``: up to ``rounds`` reps, fewer for a slow point (at most
-    ``seconds`` of expected time, never below ``min_reps``), spread over all rounds."""
-    plan = {}
+def schedule(warm, rounds, min_reps, seconds, burst=1):
+    """``({point: set of rounds}, {point: calls per round})``: up to ``rounds`` rounds of
+    up to ``burst`` calls in a row, fewer for a slow point (at most ``seconds`` of
+    expected time: first fewer calls per round, then fewer rounds, never below
+    ``min_reps`` rounds of one call), the rounds spread over the whole run."""
+    plan, bursts = {}, {}
     for key, t in warm.items():
-        reps = int(max(min_reps, min(rounds, math.floor(seconds / max(t, 1e-9)))))
+        t = max(t, 1e-9)
+        calls = int(max(1, min(burst, math.floor(seconds / (t * rounds)))))
+        reps = int(max(min_reps, min(rounds, math.floor(seconds / (t * calls)))))
         reps = min(reps, rounds)
         plan[key] = set(np.linspace(0, rounds - 1, reps).round().astype(int).tolist())
-    return plan
+        bursts[key] = calls
+    return plan, bursts
 
 
-def measure(sessions, points, plan, rounds):
-    """Round-robin timing; returns ``({point: [seconds]}, [1-min load per round])``."""
+def measure(sessions, points, plan, rounds, bursts=None):
+    """Round-robin timing; returns ``({point: [seconds]}, [1-min load per round])``.
+    ``bursts``: calls in a row per round of each point (default 1), each timed."""
     times = {key: [] for key in points}
     loads = []
     for r in range(rounds):
@@ -222,21 +228,24 @@ def measure(sessions, points, plan, rounds):
             if r not in plan[key]:
                 continue
             session = sessions[key[0], key[1]]
-            t0 = time.perf_counter()
-            session.run(key[3], feeds)
-            times[key].append(time.perf_counter() - t0)
+            for _ in range((bursts or {}).get(key, 1)):
+                t0 = time.perf_counter()
+                session.run(key[3], feeds)
+                times[key].append(time.perf_counter() - t0)
         if r % 5 == 4 or r == rounds - 1:
             print(f"round {r + 1}/{rounds} done, load {loads[-1]:.2f}", flush=True)
     return times, loads
 
 
-def measure_native(timer, sessions, points, plan, rounds, scratch, threads=(0, 0)):
+def measure_native(timer, sessions, points, plan, rounds, scratch, threads=(0, 0),
+                   bursts=None):
     """:func:`measure` through the C timer (``native_timer``): every export loaded once
     in one C process, the same points, rounds and interleaving, each call one
     ``TF_SessionRun``; returns ``({point: [seconds]}, [1-min load before, after])``.
     ``threads``: the sessions' (inter-op, intra-op) thread pools, 0 = TensorFlow's
     default, inter-op -1 = every op in the calling thread (TF Serving's
-    ``--tensorflow_inter_op_parallelism`` and ``--tensorflow_intra_op_parallelism``)."""
+    ``--tensorflow_inter_op_parallelism`` and ``--tensorflow_intra_op_parallelism``).
+    ``bursts``: calls in a row per round of each point (default 1)."""
     keys = list(dict.fromkeys((k[0], k[1]) for k in points))
     native, labels = {}, {}
     for key, feeds in points.items():
@@ -246,7 +255,8 @@ def measure_native(timer, sessions, points, plan, rounds, scratch, threads=(0, 0
         labels[key] = label
         native[label] = (keys.index(key[:2]),
                          {session.inputs[signature][k]: v for k, v in feeds.items()},
-                         list(session.outputs[signature].values()), plan[key])
+                         list(session.outputs[signature].values()), plan[key],
+                         (bursts or {}).get(key, 1))
     loads = [os.getloadavg()[0]]
     print(f"native timer: {len(points)} points over {len(keys)} exports", flush=True)
     got = time_points(timer, [sessions[k].export_dir for k in keys], native, rounds, scratch,
@@ -263,19 +273,23 @@ def state_bytes(state):
     return model // batch, extra // batch
 
 
-def summarise(times, states, config, loads, args, started, wall, setup):
-    """The JSON record of a run."""
+def summarise(times, states, config, loads, args, started, wall, setup, bursts=None):
+    """The JSON record of a run (``bursts``: each point's calls in a row per round)."""
     rows, floor = [], None
-    for (attention, length, batch, signature), t in times.items():
+    for key, t in times.items():
+        attention, length, batch, signature = key
         ms = np.array(t) * 1e3
+        burst = (bursts or {}).get(key, 1)
         if attention == FLOOR:
             floor = {"p50_ms": float(np.percentile(ms, 50)),
                      "p99_ms": float(np.percentile(ms, 99)), "n": len(ms), "batch": batch}
             continue
         rows.append({"attention": attention, "history": length, "batch": batch,
-                     "signature": signature, "n": len(ms),
+                     "signature": signature, "n": len(ms), "burst": burst,
                      "p50_ms": float(np.percentile(ms, 50)),
-                     "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())})
+                     "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
+                     # The first call of each burst: right after other exports' calls.
+                     "first_p50_ms": float(np.percentile(ms[::burst], 50))})
     state = {}
     for (attention, length), s in states.items():
         model, extra = state_bytes(s)
@@ -287,7 +301,7 @@ def summarise(times, states, config, loads, args, started, wall, setup):
         "timer": args.timer,
         "threads": [args.inter_op_threads, args.intra_op_threads],
         "cpus": os.cpu_count(), "tensorflow": tf.__version__, "items": args.items, "k": args.k,
-        "positions": args.positions, "rounds": args.rounds,
+        "positions": args.positions, "rounds": args.rounds, "burst": args.burst,
         "seconds_per_point": args.seconds_per_point, "min_reps": args.min_reps,
         "d_model": config.d_model, "num_layers": config.num_layers,
         "num_heads": config.num_heads,
@@ -311,6 +325,10 @@ def main(argv=None):
     p.add_argument("--positions", default="from_start", choices=["from_start", "none"])
     p.add_argument("--rounds", type=int, default=40, help="timed requests of a fast point")
     p.add_argument("--min-reps", type=int, default=2, help="timed requests of a slow point")
+    p.add_argument("--burst", type=int, default=20,
+                   help="calls in a row of a point in each round, each timed (fewer for a "
+                   "slow point): a server answering a stream of one signature's requests; "
+                   "1 = every call right after other exports' calls")
     p.add_argument("--seconds-per-point", type=float, default=30.0,
                    help="cap on the expected measured time of one point")
     p.add_argument("--seed", type=int, default=0)
@@ -335,6 +353,8 @@ def main(argv=None):
         p.error("--export-only needs --export-dir")
     if (args.inter_op_threads or args.intra_op_threads) and args.timer != "native":
         p.error("--inter-op-threads/--intra-op-threads need --timer native")
+    if args.burst < 1:
+        p.error(f"--burst must be >= 1, got {args.burst}")
     if not -1 <= args.inter_op_threads <= 127 or not 0 <= args.intra_op_threads <= 127:
         p.error("--inter-op-threads must be in -1..127 and --intra-op-threads in 0..127")
     out = Path(args.out)
@@ -375,17 +395,19 @@ def main(argv=None):
             sessions[FLOOR, lengths[0]] = Session(floor_dir)
             points[FLOOR, lengths[0], 1, "step"] = points[key]
         warm = warm_up(sessions, points)
-        plan = schedule(warm, args.rounds, args.min_reps, args.seconds_per_point)
-        expected = sum(warm[key] * len(plan[key]) for key in points)
+        plan, bursts = schedule(warm, args.rounds, args.min_reps, args.seconds_per_point,
+                                args.burst)
+        expected = sum(warm[key] * len(plan[key]) * bursts[key] for key in points)
         print(f"warm-up done; the rounds should take about {expected:.0f} s", flush=True)
         if args.timer == "native":
             times, loads = measure_native(timer, sessions, points, plan, args.rounds, scratch,
-                                          (args.inter_op_threads, args.intra_op_threads))
+                                          (args.inter_op_threads, args.intra_op_threads),
+                                          bursts)
         else:
-            times, loads = measure(sessions, points, plan, args.rounds)
+            times, loads = measure(sessions, points, plan, args.rounds, bursts)
     wall = time.perf_counter() - t_start
     config = ModelConfig(attention=attentions[0], positions=args.positions)
-    result = summarise(times, states, config, loads, args, started, wall, setup)
+    result = summarise(times, states, config, loads, args, started, wall, setup, bursts)
     write_outputs(result, out)
     return 0
 

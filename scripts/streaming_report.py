@@ -54,18 +54,38 @@ def _lead(attention, length, batch):
 
 
 def latency_table(result):
+    bursts = result.get("burst", 1) > 1
+    first = " `step` p50 of a burst's first call ms |" if bursts else ""
     lines = ["| model | history | batch | `step` p50 / p99 ms | `serving_default` p50 / p99 ms "
-             "| speed-up p50 / p99 | n (step / default) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             f"| speed-up p50 / p99 |{first} n (step / default) |",
+             "|---|---:|---:|---:|---:|---:|" + ("---:|" if bursts else "") + "---:|"]
     for attention, length, batch in _cells(result):
         s = _row(result, attention, length, batch, "step")
         d = _row(result, attention, length, batch, "serving_default")
+        cold = f" {_ms(s['first_p50_ms'])} |" if bursts else ""
         lines.append(
             _lead(attention, length, batch) + f"{_ms(s['p50_ms'])} / {_ms(s['p99_ms'])} | "
             f"{_ms(d['p50_ms'])} / {_ms(d['p99_ms'])} | "
-            f"{_times(d['p50_ms'] / s['p50_ms'])} / {_times(d['p99_ms'] / s['p99_ms'])} | "
-            f"{s['n']} / {d['n']} |")
+            f"{_times(d['p50_ms'] / s['p50_ms'])} / {_times(d['p99_ms'] / s['p99_ms'])} |"
+            f"{cold} {s['n']} / {d['n']} |")
     return lines
+
+
+def _rounds_text(result):
+    """How the points were interleaved (and, since bursts, how many calls in a row)."""
+    burst = result.get("burst", 1)
+    text = f"""The points were interleaved round-robin over {result['rounds']} rounds after one or two
+warm-up calls each; a slow point ran in fewer rounds, spread evenly over the run (at most
+about {result['seconds_per_point']:.0f} s of measured time, at least {result['min_reps']}
+runs; `n` says how many)."""
+    if burst == 1:
+        return text + f""" With at most {result['rounds']} runs, a point's p99 is about its
+slowest run."""
+    return text + f""" In each of its rounds a point ran up to {burst} calls in a row, each
+timed (fewer for a slow point): a server answering a stream of one signature's requests,
+whose weights stay in the caches. The first call of each burst follows the other exports'
+calls (a 20,000-event re-encode touches tens of MB), so its caches are cold: the
+`step` column "first call" gives their median, the p99 includes them."""
 
 
 def flatness_table(result):
@@ -152,11 +172,7 @@ on (the export's default; `step` excludes the newest 100 items its state keeps).
 are random catalogue ids; `step` is fed the state `encode_state` made of the first of them
 (at batch 64 repeated 64 times: `step` runs the same dense ops whatever the state's values).
 
-The points were interleaved round-robin over {result['rounds']} rounds after one or two
-warm-up calls each; a slow point ran in fewer rounds, spread evenly over the run (at most
-about {result['seconds_per_point']:.0f} s of measured time, at least {result['min_reps']}
-runs; `n` says how many). With at most {result['rounds']} runs, a point's p99 is about its
-slowest run. {result['cpus']} CPU cores shared with other jobs: 1-minute load average
+{_rounds_text(result)} {result['cpus']} CPU cores shared with other jobs: 1-minute load average
 {load['min']:.1f}–{load['max']:.1f} (mean {load['mean']:.1f}) {_when(result)} the rounds.
 Run started {result['started_utc']} and took {result['wall_s']:.0f} s ({result['setup_s']:.0f} s of it
 exporting, or reusing exports, and loading them); TensorFlow {result['tensorflow']}.{_environment_text(result)}

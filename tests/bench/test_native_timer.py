@@ -60,12 +60,17 @@ def test_times_each_point_in_its_rounds_with_the_exact_feeds(export, tmp_path):
     root, timer = export
     inputs, outputs = _names(root)
     feeds = {inputs["x"]: FLOATS, inputs["i"]: INTS, inputs["s"]: WORDS}
-    points = {"all-rounds": (0, feeds, outputs, range(5)), "two": (0, feeds, outputs[:1], [1, 4])}
+    points = {"all-rounds": (0, feeds, outputs, range(5)), "two": (0, feeds, outputs[:1], [1, 4]),
+              "bursts": (1, feeds, outputs, [0, 3], 4)}
     times = native_timer.time_points(timer, [root / "m", root / "m"], points, 5, tmp_path,
                                      inter_op=1, intra_op=2)
-    assert sorted(times) == ["all-rounds", "two"]
+    assert sorted(times) == ["all-rounds", "bursts", "two"]
     assert len(times["all-rounds"]) == 5 and len(times["two"]) == 2
-    assert all(0 < t < 10 for t in times["all-rounds"] + times["two"])
+    assert len(times["bursts"]) == 8  # 4 calls in a row in each of its 2 rounds
+    assert all(0 < t < 10 for t in times["all-rounds"] + times["two"] + times["bursts"])
+    with pytest.raises(ValueError, match="burst must be >= 1"):
+        native_timer.time_points(timer, [root / "m"], {"p": (0, feeds, outputs, [0], 0)}, 1,
+                                 tmp_path)
 
 
 def test_the_calling_thread_config_is_taken_and_other_negatives_refused(export, tmp_path):

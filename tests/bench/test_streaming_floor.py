@@ -44,3 +44,27 @@ def test_the_report_names_the_server_environment_of_a_run():
     assert streaming_latency.server_environment(
         {"LD_PRELOAD": "/lib/libjemalloc.so.2", "TF_ENABLE_ONEDNN_OPTS": "", "PATH": "/bin"}
     ) == {"LD_PRELOAD": "/lib/libjemalloc.so.2"}
+
+
+def test_the_schedule_keeps_each_point_within_its_seconds():
+    """Bursts of up to 20 calls, fewer for a slower point, then fewer rounds (hand-worked:
+    a 46 ms call gets floor(30 / (0.046 * 40)) = 16 calls in each of 40 rounds)."""
+    warm = {"fast": 0.001, "mid": 0.046, "slow": 3.6}
+    plan, bursts = streaming_latency.schedule(warm, rounds=40, min_reps=2, seconds=30, burst=20)
+    assert bursts == {"fast": 20, "mid": 16, "slow": 1}
+    assert len(plan["fast"]) == len(plan["mid"]) == 40
+    assert sorted(plan["slow"]) == [0, 6, 11, 17, 22, 28, 33, 39]  # 8 rounds, spread out
+    assert streaming_latency.schedule(warm, 40, 2, 30)[1] == {"fast": 1, "mid": 1, "slow": 1}
+
+
+def test_the_latency_table_gives_the_first_calls_of_bursts():
+    import streaming_report
+
+    rows = [{"attention": "linrec", "history": 200, "batch": 1, "signature": sig, "n": 800,
+             "p50_ms": p50, "p99_ms": 2 * p50, "first_p50_ms": 3 * p50}
+            for sig, p50 in (("step", 0.5), ("serving_default", 50.0))]
+    table = streaming_report.latency_table({"rows": rows, "burst": 20})
+    assert "first call" in table[0]
+    assert table[2] == "| LinRec | 200 | 1 | 0.50 / 1.00 | 50.0 / 100 | 100× / 100× | 1.50 | 800 / 800 |"
+    old = streaming_report.latency_table({"rows": rows})  # a run from before bursts
+    assert "first call" not in old[0] and old[2].endswith("| 100× / 100× | 800 / 800 |")
