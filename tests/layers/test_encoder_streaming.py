@@ -288,3 +288,22 @@ def test_encode_state_refuses_bad_step_sizes():
     # NumPy ints are ints.
     state, _ = encoder.encode_state(ids, (np.int64(4), 2))
     assert float(state[STATE_COUNT][0]) == 5
+
+
+@pytest.mark.parametrize("variant", ["linrec-paper", "elastic-recency"])
+def test_streaming_under_mixed_bfloat16_matches_the_full_encoder(variant):
+    """Under a mixed_bfloat16 policy the state stays float32 and step (one event, then
+    two) gives the full encoder's embedding within bfloat16's precision (ELASTIC's step
+    used to fail there: its weights, float32 variables, were used without the cast that
+    the layer's own call applies)."""
+    policy = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        encoder = make_encoder(variant)
+        assert encoder.compute_dtype == "bfloat16"
+        worst, state = run_stream(encoder, np.random.default_rng(8), steps=4, events=[1, 2],
+                                  jit_compile=False)
+    finally:
+        tf.keras.mixed_precision.set_global_policy(policy)
+    assert all(v.dtype == tf.float32 for v in state.values())
+    assert worst < 0.05, worst

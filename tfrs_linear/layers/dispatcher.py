@@ -429,20 +429,22 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         state's per-event decay. No dropout: the step is for inference.
         """
         self._check_streamable()
-        fold_k, fold_v = self._folds()
-        v1 = heads_projection(inputs, self.value_1_kernel, self.value_1_bias)
+        inputs, w = self._in_compute_dtype(inputs)
+        fold_k, fold_v = (w(f) for f in self._folds())
+        v1 = heads_projection(inputs, w(self.value_1_kernel), w(self.value_1_bias))
         interest_query, interest_key, interest_value = self._interest_heads(
-            inputs, (self.query_1_kernel, self.query_1_bias),
-            (self.key_2_kernel, self.key_2_bias), (self.value_2_kernel, self.value_2_bias))
+            inputs, (w(self.query_1_kernel), w(self.query_1_bias)),
+            (w(self.key_2_kernel), w(self.key_2_bias)),
+            (w(self.value_2_kernel), w(self.value_2_bias)))
         state, y = dispatcher_step(
             state,
-            heads_projection(inputs, self.query_2_kernel, self.query_2_bias),
-            heads_projection(inputs, self.key_1_kernel, self.key_1_bias),
+            heads_projection(inputs, w(self.query_2_kernel), w(self.query_2_bias)),
+            heads_projection(inputs, w(self.key_1_kernel), w(self.key_1_bias)),
             interest_query, interest_key, interest_value,
             contract("bhnv,hvge->bhnge", v1, fold_k), contract("bhnv,hvge->bhnge", v1, fold_v),
             mask=mask, recency_slope=self.recency_slopes(),
         )
-        out = heads_output(y, self.output_2_kernel, self.output_2_bias)
+        out = heads_output(y, w(self.output_2_kernel), w(self.output_2_bias))
         if mask is not None:
             out = out * tf.cast(mask, out.dtype)[:, :, tf.newaxis]
         return state, out
@@ -453,14 +455,27 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         ``mask [B, m]`` on either padding side, each row's real events contiguous: a
         whole history from :meth:`initial_state` is the user's state in one pass."""
         self._check_streamable()
-        (interest_query,) = self._interest_heads(inputs, (self.query_1_kernel, self.query_1_bias))
+        inputs, w = self._in_compute_dtype(inputs)
+        (interest_query,) = self._interest_heads(
+            inputs, (w(self.query_1_kernel), w(self.query_1_bias)))
         return dispatcher_advance_from_values(
             state,
-            heads_projection(inputs, self.key_1_kernel, self.key_1_bias),
+            heads_projection(inputs, w(self.key_1_kernel), w(self.key_1_bias)),
             interest_query,
-            heads_projection(inputs, self.value_1_kernel, self.value_1_bias),
-            *self._folds(), mask=mask, recency_slope=self.recency_slopes(),
+            heads_projection(inputs, w(self.value_1_kernel), w(self.value_1_bias)),
+            *(w(f) for f in self._folds()), mask=mask, recency_slope=self.recency_slopes(),
         )
+
+    def _in_compute_dtype(self, inputs):
+        """``(inputs, w)`` in the layer's compute dtype, ``w(weight)`` a weight in it (or
+        None): what ``__call__``'s autocast does, for the recurrent form, which is called
+        directly (under mixed precision the variables are float32)."""
+        dtype = self.compute_dtype
+
+        def w(weight):
+            return None if weight is None else tf.cast(weight, dtype)
+
+        return tf.cast(inputs, dtype), w
 
     def _interest_heads(self, inputs, *projections):
         """The learned interest tokens' projections ``[B, H, k, width]`` (one per
