@@ -143,9 +143,10 @@ class StreamingSignatures:
         # with m = 1 known, so the layers take their single-event forms: 2-D MatMuls and
         # broadcast products instead of einsums (ops.contract), no sort of the events.
         # The general form is a function that is not inlined, so that when it is not
-        # taken it is one dead node, not a few hundred. Batch-1 step, hot, C timer, one
-        # run (2026-11-29): 0.79x the time of the general form alone with the default
-        # thread pools, 0.89x with every op in the caller's thread.
+        # taken it is one dead node, not a few hundred. Batch-1 LinRec step, hot, C timer,
+        # one run (2026-11-29): 0.79x the time of the general form alone (the step before
+        # this branch) with the default thread pools, 0.89x with every op in the caller's
+        # thread; ELASTIC 0.71x with the default pools.
         return tf.cond(tf.equal(tf.shape(item_ids)[1], 1),
                        lambda: self._step(state, tf.reshape(item_ids, [-1, 1])),
                        lambda: self._general_step(state, item_ids))
