@@ -19,7 +19,7 @@ from tfrs_linear.ops.dispatcher import (
     dispatcher_dispatch,
 )
 from tfrs_linear.ops.contract import contract
-from tfrs_linear.ops.dispatcher_causal import check_causal_path
+from tfrs_linear.ops.dispatcher_causal import check_causal_path, fold_values
 from tfrs_linear.ops.dispatcher_recurrent import (
     dispatcher_advance_from_values, dispatcher_initial_state, dispatcher_step,
 )
@@ -441,7 +441,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             heads_projection(inputs, w(self.query_2_kernel), w(self.query_2_bias)),
             heads_projection(inputs, w(self.key_1_kernel), w(self.key_1_bias)),
             interest_query, interest_key, interest_value,
-            contract("bhnv,hvge->bhnge", v1, fold_k), contract("bhnv,hvge->bhnge", v1, fold_v),
+            *fold_values(v1, fold_k, fold_v, einsum=contract),
             mask=mask, recency_slope=self.recency_slopes(),
         )
         out = heads_output(y, w(self.output_2_kernel), w(self.output_2_bias))

@@ -92,9 +92,8 @@ def _align_keys(x, t_len, s_len):
 def _heads(dense, x):
     """``[B, m, dim] -> [B, N, m, H]``: a query/key/value projection of the recurrent
     form as one 2-D MatMul (:func:`~tfrs_linear.layers._common.heads_projection`), in
-    the dense layer's compute dtype as its own call would be."""
-    if dense.equation != "abc,cde->abde":
-        return tf.transpose(dense(x), [0, 2, 1, 3])
+    the dense layer's compute dtype as its own call would be (its equation is
+    ``"abc,cde->abde"``: the layer takes rank-3 inputs only)."""
     dtype = dense.compute_dtype
     bias = None if dense.bias is None else tf.cast(dense.bias, dtype)
     return heads_projection(tf.cast(x, dtype), tf.cast(dense.kernel, dtype), bias)
@@ -102,9 +101,8 @@ def _heads(dense, x):
 
 def _merged(dense, y):
     """``[B, N, m, H] -> [B, m, dim]``: the output projection of the recurrent form as one
-    2-D MatMul (:func:`~tfrs_linear.layers._common.heads_output`)."""
-    if dense.equation != "abcd,cde->abe":
-        return dense(tf.transpose(y, [0, 2, 1, 3]))
+    2-D MatMul (:func:`~tfrs_linear.layers._common.heads_output`; the equation is
+    ``"abcd,cde->abe"``)."""
     dtype = dense.compute_dtype
     bias = None if dense.bias is None else tf.cast(dense.bias, dtype)
     return heads_output(tf.cast(y, dtype), tf.cast(dense.kernel, dtype), bias)

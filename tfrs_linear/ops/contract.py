@@ -11,6 +11,7 @@ otherwise (a whole history, a dynamic number of events, a training batch).
 """
 
 import functools
+import math
 
 import tensorflow as tf
 
@@ -89,10 +90,7 @@ def contract(equation, a, b):
     sizes = _static_sizes(sa, sb, a, b, out[0])
     if order is None or sizes is None or set(out) - set(sa + sb):
         return tf.einsum(equation, a, b)
-    elements = 1
-    for size in sizes.values():
-        elements *= size
-    if elements > MAX_BROADCAST_ELEMENTS:
+    if math.prod(sizes.values()) > MAX_BROADCAST_ELEMENTS:
         return tf.einsum(equation, a, b)
     product = _expanded(a, sa, order) * _expanded(b, sb, order)
     summed = [i for i, c in enumerate(order) if c not in out]

@@ -163,11 +163,13 @@ def causal_dispatcher_from_values(q2, k1, q1, ik, iv, values, fold_k, fold_v, m,
                           causal_path, bias)
 
 
-def fold_values(values, fold_k, fold_v):
+def fold_values(values, fold_k, fold_v, einsum=tf.einsum):
     """``(value_key, value_value)``: ``values [B, H, N, d]`` times the per-head folds
-    ``fold_k [H, d, G, d_k]`` and ``fold_v [H, d, G, d_v]`` (``[B, H, N, G, d_*]``)."""
-    return (tf.einsum("bhnv,hvge->bhnge", values, fold_k),
-            tf.einsum("bhnv,hvge->bhnge", values, fold_v))
+    ``fold_k [H, d, G, d_k]`` and ``fold_v [H, d, G, d_v]`` (``[B, H, N, G, d_*]``).
+    ``einsum``: ``tf.einsum`` or a function like it (the recurrent step passes
+    :func:`tfrs_linear.ops.contract.contract`)."""
+    return (einsum("bhnv,hvge->bhnge", values, fold_k),
+            einsum("bhnv,hvge->bhnge", values, fold_v))
 
 
 def _dispatch_path(q2, k1, q1, ik, iv, vals, folds, m, chunk, causal_path, bias):
