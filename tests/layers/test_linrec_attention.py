@@ -222,6 +222,51 @@ def _cross_reference(layer, xq, xv, key_mask, query_mask):
     return np.einsum("bnth,nhd->btd", out, ws["attention_output/kernel"]) + ws["attention_output/bias"], scores
 
 
+class _ThroughTheHook(LinRecAttention):
+    """Overrides `_compute_attention` (by calling it): `call` must take the hook's path."""
+
+    def _compute_attention(self, *args, **kwargs):
+        return super()._compute_attention(*args, **kwargs)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_projections_into_heads_equal_the_hook_path_values_and_gradients(causal, use_bias):
+    """`call` without an overridden hook projects straight into the op's layout (one 2-D
+    MatMul per projection). It must give the parent's projections + the hook's numbers,
+    forward and backward, eager and under XLA; a subclass overriding the hook still
+    gets it called."""
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.normal(size=[3, 9, 6]), tf.float32)
+    mask = random_padding_mask(rng, 3, 9)
+    kwargs = dict(num_heads=2, key_dim=4, value_dim=3, chunk_size=4, causal=causal,
+                  use_bias=use_bias)
+    fast, hooked = LinRecAttention(**kwargs), _ThroughTheHook(**kwargs)
+    fast(x, x)
+    hooked(x, x)
+    hooked.set_weights(fast.get_weights())
+    calls = []
+    projected = fast._projected_heads
+    fast._projected_heads = lambda *a: calls.append(1) or projected(*a)
+
+    def value_and_grads(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, x, attention_mask=mask)
+            loss = tf.reduce_sum(tf.sin(y))
+        return [y] + tape.gradient(loss, [x] + layer.trainable_weights)
+
+    for run in (value_and_grads, tf.function(value_and_grads, jit_compile=True)):
+        calls.clear()
+        got, want = run(fast), run(hooked)
+        assert calls, "the layer did not take its projections-into-heads path"
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-6)
+    calls.clear()
+    fast(x, x, attention_mask=mask, return_attention_scores=True)
+    assert not calls, "scores are the hook's: that call must take the hook's path"
+
+
 @pytest.mark.parametrize("normalization", ["paper", "token"])
 @pytest.mark.parametrize("t_len,s_len", [(4, 9), (9, 4)])
 def test_causal_mask_with_query_and_value_of_different_lengths(normalization, t_len, s_len):
