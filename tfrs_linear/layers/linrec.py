@@ -91,9 +91,10 @@ def _align_keys(x, t_len, s_len):
 
 def _heads(dense, x):
     """``[B, m, dim] -> [B, N, m, H]``: a query/key/value projection (of the recurrent
-    form, and of ``call`` when the hook is not overridden) as one 2-D MatMul (:func:`~tfrs_linear.layers._common.heads_projection`), in
-    the dense layer's compute dtype as its own call would be (its equation is
-    ``"abc,cde->abde"``: the layer takes rank-3 inputs only)."""
+    form, and of ``call`` when the hook is not overridden) as one 2-D MatMul
+    (:func:`~tfrs_linear.layers._common.heads_projection`), in the dense layer's compute
+    dtype as its own call would be (its equation is ``"abc,cde->abde"``: the layer takes
+    rank-3 inputs only)."""
     dtype = dense.compute_dtype
     bias = None if dense.bias is None else tf.cast(dense.bias, dtype)
     return heads_projection(tf.cast(x, dtype), tf.cast(dense.kernel, dtype), bias)
