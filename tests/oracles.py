@@ -227,3 +227,34 @@ def dispatcher_op_inputs(rng, batch=3, heads=2, n=23, k=4, dk=3, dv=5, dtype=np.
     mask[0, :] = False  # all padding
     mask[0, 3:7] = True  # a short real stretch between padding
     return t, mask
+
+
+def counter_keep_mask(size, key, rate):
+    """The keep mask of tfrs_linear.ops.counter_hash.keep_mask for ``size`` elements,
+    written again in NumPy (the oracle of both CounterDropouts)."""
+    with np.errstate(over="ignore"):
+        k0, k1 = (np.uint32(int(k) & 0xFFFFFFFF) for k in key)
+        x = np.arange(size, dtype=np.uint64).astype(np.uint32)
+        x = x * np.uint32(0x9E3779B9) + k0
+        x = (x ^ (x >> np.uint32(16))) * np.uint32(0x7FEB352D)
+        x = ((x ^ (x >> np.uint32(15))) ^ k1) * np.uint32(0x846CA68B)
+        x = x ^ (x >> np.uint32(16))
+    return x >= np.uint32(min(round(rate * 2**32), 2**32 - 1))
+
+
+def _lowbias32(x):
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+def counter_mixed_key(seed):
+    """tfrs_linear.ops.counter_hash.mixed_key in NumPy: ``a = f(k1 + f(k0))``,
+    ``b = f(a + 0x9E3779B9)`` with ``f`` the lowbias32 finaliser."""
+    with np.errstate(over="ignore"):
+        k0, k1 = (np.uint32(int(k) & 0xFFFFFFFF) for k in seed)
+        a = _lowbias32(np.uint32(k1 + _lowbias32(k0)))
+        return a, _lowbias32(np.uint32(a + np.uint32(0x9E3779B9)))
+

@@ -4,21 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.oracles import counter_keep_mask as _numpy_keep_mask
 from tfrs_linear.layers import SequenceEncoder
 from tfrs_linear.layers.dropout import CounterDropout, keep_mask
 from tfrs_linear.training.model_scope import model_scope, random_generators
-
-
-def _numpy_keep_mask(size, key, rate):
-    """The hash of tfrs_linear.layers.dropout written again in NumPy (the oracle)."""
-    with np.errstate(over="ignore"):
-        k0, k1 = (np.uint32(int(k) & 0xFFFFFFFF) for k in key)
-        x = np.arange(size, dtype=np.uint64).astype(np.uint32)
-        x = x * np.uint32(0x9E3779B9) + k0
-        x = (x ^ (x >> np.uint32(16))) * np.uint32(0x7FEB352D)
-        x = ((x ^ (x >> np.uint32(15))) ^ k1) * np.uint32(0x846CA68B)
-        x = x ^ (x >> np.uint32(16))
-    return x >= np.uint32(min(round(rate * 2**32), 2**32 - 1))
 
 
 @pytest.mark.parametrize("key", [(0, 0), (12345, 987654321), (2**40 + 7, -3)])

@@ -27,12 +27,14 @@ if not _keras.__version__.startswith("3."):  # pragma: no cover - Keras 2 instal
     )
 
 from tfrs_linear.keras3.dispatcher import LinearDispatcherAttention  # noqa: E402
+from tfrs_linear.keras3.dropout import CounterDropout  # noqa: E402
 from tfrs_linear.keras3.encoder import SequenceEncoder, embedding_initializer  # noqa: E402
 from tfrs_linear.keras3.linrec import LinRecAttention  # noqa: E402
 from tfrs_linear.keras3.memory import InterestMemory  # noqa: E402
 from tfrs_linear.keras3.transformer import TransformerBlock  # noqa: E402
 
 __all__ = [
+    "CounterDropout",
     "InterestMemory",
     "LinRecAttention",
     "LinearDispatcherAttention",

@@ -7,6 +7,7 @@ from keras import ops
 
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3 import _elastic_math as E
+from tfrs_linear.keras3.dropout import CounterDropout
 
 # Recency slopes ``_MAX_SLOPE * sigmoid(raw)``: a half-life of at least one item, which
 # keeps a causal chunk's logit rise within the TF fast path's bound.
@@ -150,7 +151,7 @@ class LinearDispatcherAttention(keras.layers.Layer):
                 epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
                 name="interest_norm")
             self.interest_norm.build((None, k, dim))
-        self.dropout_layer = keras.layers.Dropout(
+        self.dropout_layer = CounterDropout(
             self.dropout, dtype=self.dtype_policy, seed=self.seed, name="dropout")
 
     # ------------------------------------------------------------------ call

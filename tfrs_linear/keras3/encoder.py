@@ -5,6 +5,7 @@ from keras import ops
 
 from tfrs_linear.constants import PAD_INDEX
 from tfrs_linear.keras3 import _common as C
+from tfrs_linear.keras3.dropout import CounterDropout
 from tfrs_linear.keras3.memory import InterestMemory
 from tfrs_linear.keras3.transformer import TransformerBlock
 
@@ -67,7 +68,7 @@ class SequenceEncoder(keras.layers.Layer):
             dtype=policy, name="position_embedding")
         self.input_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=policy, name="input_norm")
-        self.input_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
+        self.input_dropout = CounterDropout(self.dropout, dtype=policy)
         self.blocks = [self._make_block(i) for i in range(self.num_layers)]
         self.memory = None
         if self.use_memory:

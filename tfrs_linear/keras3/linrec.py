@@ -5,6 +5,7 @@ from keras import ops
 
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3 import _linrec_math as M
+from tfrs_linear.keras3.dropout import CounterDropout
 
 
 class _Masks:
@@ -118,6 +119,19 @@ class LinRecAttention(keras.layers.MultiHeadAttention):
             epsilon=self.epsilon,
         )
         return config
+
+    def _build_attention(self, rank):
+        """The parent's hook, with the head-output dropout a :class:`CounterDropout` of
+        the same rate and seed (its hashed mask on the TensorFlow backend).
+
+        The parent runs with a rate of 0 so that the dropout it makes (replaced, but
+        still tracked) holds no seed variable: the layer's weights stay the parent's."""
+        rate, self._dropout = self._dropout, 0.0
+        try:
+            super()._build_attention(rank)
+        finally:
+            self._dropout = rate
+        self._dropout_layer = CounterDropout(rate=rate, dtype=self.dtype_policy, seed=self.seed)
 
     def build(self, query_shape, value_shape, key_shape=None):
         for name, shape in (("query", query_shape), ("value", value_shape),

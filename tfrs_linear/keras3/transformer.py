@@ -6,6 +6,7 @@ from keras import ops
 from tfrs_linear.constants import ATTENTIONS, NORMALIZATIONS
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3.dispatcher import LinearDispatcherAttention
+from tfrs_linear.keras3.dropout import CounterDropout
 from tfrs_linear.keras3.linrec import LinRecAttention
 
 
@@ -84,13 +85,13 @@ class TransformerBlock(keras.layers.Layer):
         else:
             self.attention_layer.build(shape, shape)
         policy = self.dtype_policy
-        self.attention_dropout_layer = keras.layers.Dropout(self.dropout, dtype=policy)
+        self.attention_dropout_layer = CounterDropout(self.dropout, dtype=policy)
         self.attention_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=policy, name="attention_norm")
         self.ffn_inner = keras.layers.Dense(ffn_dim, activation=self.activation,
                                             dtype=policy, name="ffn_inner")
         self.ffn_outer = keras.layers.Dense(d_model, dtype=policy, name="ffn_outer")
-        self.ffn_dropout = keras.layers.Dropout(self.dropout, dtype=policy)
+        self.ffn_dropout = CounterDropout(self.dropout, dtype=policy)
         self.ffn_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=policy, name="ffn_norm")
         self.attention_norm.build(shape)

@@ -16,12 +16,9 @@ ops when no generator is enabled; a fixed key under Keras' ``"stateless"`` RNG t
 Keras' own stateless dropout repeats its mask), then keeps element ``i`` of the noise
 shape when ``hash(i, key) >= rate * 2**32``, scaling kept elements by ``1 / (1 - rate)``.
 
-The hash: ``x = i * 0x9E3779B9 + key_0``, then the ``lowbias32`` integer finaliser
-(xor-shift 16, multiply 0x7feb352d, xor-shift 15, xor ``key_1``, multiply 0x846ca68b,
-xor-shift 16), all in uint32. Its bits pass as uniform for this purpose (the tests check
-the keep rate, independence between neighbouring elements and between calls); it is not
-a cryptographic or a statistical-simulation generator. Noise shapes of 2**32 elements or
-more use Keras' own dropout.
+The hash is :func:`tfrs_linear.ops.counter_hash.keep_mask` (re-exported here; its module
+says what it is and is not). Noise shapes of 2**32 elements or more use Keras' own
+dropout.
 """
 
 import math
@@ -29,40 +26,7 @@ import numbers
 
 import tensorflow as tf
 
-_GOLDEN = 0x9E3779B9
-_MIX_1 = 0x7FEB352D
-_MIX_2 = 0x846CA68B
-_MAX_COUNTER = 2**32
-
-
-def keep_mask(shape, key, rate):
-    """The boolean keep mask of :class:`CounterDropout` for ``shape`` and ``key``.
-
-    Args:
-      shape: the noise shape (a 1-D int tensor or list).
-      key: two integers (an int tensor of shape ``[2]``, any int dtype); only the low
-        32 bits of each are used.
-      rate: the drop probability, in ``[0, 1)`` (a Python number).
-
-    Returns:
-      A ``tf.bool`` tensor of ``shape``: True (keep) with probability ``1 - rate``.
-    """
-    key = tf.cast(tf.bitwise.bitwise_and(tf.cast(key, tf.int64), 0xFFFFFFFF), tf.uint32)
-    size = tf.reduce_prod(tf.cast(shape, tf.int64))
-    counter = tf.cast(tf.range(size, dtype=tf.int64), tf.uint32)
-
-    def u32(value):
-        return tf.constant(value, tf.uint32)
-
-    def xorshift(x, bits):
-        return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u32(bits)))
-
-    x = counter * u32(_GOLDEN) + key[0]
-    x = xorshift(x, 16) * u32(_MIX_1)
-    x = tf.bitwise.bitwise_xor(xorshift(x, 15), key[1]) * u32(_MIX_2)
-    x = xorshift(x, 16)
-    threshold = u32(min(int(round(float(rate) * 2**32)), 2**32 - 1))
-    return tf.reshape(x >= threshold, shape)
+from tfrs_linear.ops.counter_hash import MAX_COUNTER, keep_mask
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
@@ -123,7 +87,7 @@ def _too_large(inputs, noise_shape):
     Unknown sizes (the batch) count as 4,096 in all: small next to ``2**32``."""
     dims = list(noise_shape if noise_shape is not None else inputs.shape)
     known = math.prod(int(d) for d in dims if d is not None)
-    return known * (4096 if None in dims else 1) >= _MAX_COUNTER
+    return known * (4096 if None in dims else 1) >= MAX_COUNTER
 
 
 __all__ = ["CounterDropout", "CounterDropoutMixin", "keep_mask"]
