@@ -18,8 +18,6 @@ rate * 2**32``, scaling kept elements by ``1 / (1 - rate)``). Other backends, a 
 inputs of ``2**32`` elements or more take Keras' own dropout.
 """
 
-import math
-
 import keras
 
 _PACKAGE = "tfrs_linear_keras3"
@@ -48,12 +46,12 @@ class CounterDropout(keras.layers.Dropout):
 
 def _hashable(inputs, noise_shape):
     """Whether the hashed mask applies: the TensorFlow backend, no noise shape, and fewer
-    than ``2**32`` elements (an unknown dimension counted as 4,096)."""
+    than ``2**32`` elements."""
     if keras.backend.backend() != "tensorflow" or noise_shape is not None:
         return False
-    dims = list(inputs.shape)
-    known = math.prod(int(d) for d in dims if d is not None)
-    return known * (4096 if None in dims else 1) < 2**32
+    from tfrs_linear.ops.counter_hash import counter_fits
+
+    return counter_fits(inputs.shape)
 
 
 __all__ = ["CounterDropout"]

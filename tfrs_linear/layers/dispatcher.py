@@ -444,10 +444,8 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             *fold_values(v1, fold_k, fold_v, einsum=contract),
             mask=mask, recency_slope=self.recency_slopes(),
         )
-        out = heads_output(y, w(self.output_2_kernel), w(self.output_2_bias))
-        if mask is not None:
-            out = out * tf.cast(mask, out.dtype)[:, :, tf.newaxis]
-        return state, out
+        return state, _zero_padding(
+            heads_output(y, w(self.output_2_kernel), w(self.output_2_bias)), mask)
 
     def advance(self, state, inputs, mask=None):
         """The state after ``m`` events per user, without their outputs: :meth:`step`'s
@@ -515,9 +513,7 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
         outputs = tf.einsum("bhnv,hvd->bnd", y, self.output_2_kernel)
         if self.output_2_bias is not None:
             outputs = outputs + self.output_2_bias
-        if mask is not None:
-            outputs = outputs * tf.cast(mask, outputs.dtype)[:, :, tf.newaxis]
-        return outputs
+        return _zero_padding(outputs, mask)
 
     def compute_mask(self, inputs, mask=None):
         if mask is None:
@@ -556,3 +552,10 @@ class LinearDispatcherAttention(tf.keras.layers.Layer):
             causal_path=self.causal_path,
         )
         return config
+
+
+def _zero_padding(outputs, mask):
+    """``outputs [B, N, dim]`` with the padded positions (``mask`` False) set to 0."""
+    if mask is None:
+        return outputs
+    return outputs * tf.cast(mask, outputs.dtype)[:, :, tf.newaxis]

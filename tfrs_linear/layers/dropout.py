@@ -21,12 +21,11 @@ says what it is and is not). Noise shapes of 2**32 elements or more use Keras' o
 dropout.
 """
 
-import math
 import numbers
 
 import tensorflow as tf
 
-from tfrs_linear.ops.counter_hash import MAX_COUNTER, keep_mask
+from tfrs_linear.ops.counter_hash import counter_fits, keep_mask
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
@@ -44,7 +43,8 @@ class CounterDropout(tf.keras.layers.Dropout):
             return tf.identity(inputs)
         if training is None:
             training = tf.keras.backend.learning_phase()
-        if not isinstance(self.rate, numbers.Real) or _too_large(inputs, self.noise_shape):
+        if not isinstance(self.rate, numbers.Real) or not counter_fits(
+                self.noise_shape if self.noise_shape is not None else inputs.shape):
             return super().call(inputs, training=training)
         rate = float(self.rate)
 
@@ -79,15 +79,6 @@ class CounterDropoutMixin:
     def _build_attention(self, rank):
         super()._build_attention(rank)
         self._dropout_layer = CounterDropout(rate=self._dropout, dtype=self._dtype_policy)
-
-
-def _too_large(inputs, noise_shape):
-    """Whether the noise shape may reach ``2**32`` elements (the counter's range).
-
-    Unknown sizes (the batch) count as 4,096 in all: small next to ``2**32``."""
-    dims = list(noise_shape if noise_shape is not None else inputs.shape)
-    known = math.prod(int(d) for d in dims if d is not None)
-    return known * (4096 if None in dims else 1) >= MAX_COUNTER
 
 
 __all__ = ["CounterDropout", "CounterDropoutMixin", "keep_mask"]

@@ -95,18 +95,24 @@ def _heads(dense, x):
     (:func:`~tfrs_linear.layers._common.heads_projection`), in the dense layer's compute
     dtype as its own call would be (its equation is ``"abc,cde->abde"``: the layer takes
     rank-3 inputs only)."""
-    dtype = dense.compute_dtype
-    bias = None if dense.bias is None else tf.cast(dense.bias, dtype)
-    return heads_projection(tf.cast(x, dtype), tf.cast(dense.kernel, dtype), bias)
+    kernel, bias = _dense_weights(dense)
+    return heads_projection(tf.cast(x, kernel.dtype), kernel, bias)
 
 
 def _merged(dense, y):
     """``[B, N, m, H] -> [B, m, dim]``: the output projection of the recurrent form as one
     2-D MatMul (:func:`~tfrs_linear.layers._common.heads_output`; the equation is
     ``"abcd,cde->abe"``)."""
+    kernel, bias = _dense_weights(dense)
+    return heads_output(tf.cast(y, kernel.dtype), kernel, bias)
+
+
+def _dense_weights(dense):
+    """``(kernel, bias or None)`` of a dense layer in its compute dtype, as its own call
+    would use them (under mixed precision the variables are float32)."""
     dtype = dense.compute_dtype
     bias = None if dense.bias is None else tf.cast(dense.bias, dtype)
-    return heads_output(tf.cast(y, dtype), tf.cast(dense.kernel, dtype), bias)
+    return tf.cast(dense.kernel, dtype), bias
 
 
 def _compute_keys_in_float32(key_dense):
@@ -326,8 +332,7 @@ class LinRecAttention(CounterDropoutMixin, _MHA):
         if self._heads_first(query, key, causal, return_attention_scores):
             out = self._attend_heads(
                 *self._projected_heads(query, key, value), query_mask, key_mask, causal)
-            out = self._dropout_layer(tf.transpose(out, [0, 2, 1, 3]), training=training)
-            scores = None
+            out, scores = self._dropped_heads(out, training), None
         else:
             # [B, T, N, H], [B, S, N, H], [B, S, N, H_v]
             projected = (self._query_dense(query), self._key_dense(key), self._value_dense(value))
@@ -371,6 +376,10 @@ class LinRecAttention(CounterDropoutMixin, _MHA):
                 heads.append(_heads(dense, x))
         return heads
 
+    def _dropped_heads(self, out, training):
+        """``[B, N, T, H] -> [B, T, N, H]``, then the head-output dropout."""
+        return self._dropout_layer(tf.transpose(out, [0, 2, 1, 3]), training=training)
+
     def _attend_heads(self, q, k, v, query_mask, key_mask, causal):
         """The op on ``[B, N, T, H]`` heads: ``[B, N, T, H_v]``."""
         return linrec_attention(
@@ -404,8 +413,7 @@ class LinRecAttention(CounterDropoutMixin, _MHA):
         the output projection's bias, as a padded query does in :meth:`call`). No
         dropout: the step is for inference.
         """
-        q, k, v = (_heads(dense, inputs)  # [B, N, m, H]
-                   for dense in (self._query_dense, self._key_dense, self._value_dense))
+        q, k, v = self._projected_heads(inputs, inputs, inputs)  # [B, N, m, H]
         state, out = linrec_step(state, q, k, v, mask=mask, normalization=self.normalization,
                                  epsilon=self.epsilon, chunk_size=self.chunk_size)
         return state, _merged(self._output_dense, out)
@@ -535,6 +543,4 @@ class LinRecAttention(CounterDropoutMixin, _MHA):
                 # Back to [B, N, T, S]: keys past T get weight 0, the padded ones go.
                 scores = tf.transpose(_align_keys(
                     tf.transpose(scores, [0, 3, 1, 2]), s_len, t_len), [0, 2, 3, 1])
-        out = tf.transpose(out, [0, 2, 1, 3])  # [B, T, N, H]
-        out = self._dropout_layer(out, training=training)
-        return out, scores
+        return self._dropped_heads(out, training), scores

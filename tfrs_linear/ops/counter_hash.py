@@ -15,12 +15,23 @@ a cryptographic or a statistical-simulation generator. The counter covers fewer 
 :data:`MAX_COUNTER` elements.
 """
 
+import math
+
 import tensorflow as tf
 
 _GOLDEN = 0x9E3779B9
 _MIX_1 = 0x7FEB352D
 _MIX_2 = 0x846CA68B
 MAX_COUNTER = 2**32  # elements a mask may have (the uint32 counter)
+
+
+def counter_fits(dims):
+    """Whether a mask of static-or-None ``dims`` surely has fewer than :data:`MAX_COUNTER`
+    elements (an unknown dimension, the batch, counted as 4,096: small next to
+    ``2**32``). Larger masks take the framework's own dropout."""
+    dims = list(dims)
+    known = math.prod(int(d) for d in dims if d is not None)
+    return known * (4096 if None in dims else 1) < MAX_COUNTER
 
 
 def mixed_key(seed):
@@ -32,18 +43,9 @@ def mixed_key(seed):
     word enters the hash by an xor before one multiply). Each word here goes through the
     whole finaliser: ``a = f(k_1 + f(k_0))``, ``b = f(a + 0x9E3779B9)``.
     """
-    seed = tf.cast(tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), 0xFFFFFFFF), tf.uint32)
+    seed = _low_words(seed)
     a = _finalise(seed[1] + _finalise(seed[0]))
-    return tf.stack([a, _finalise(a + tf.constant(_GOLDEN, tf.uint32))])
-
-
-def _finalise(x):
-    """``lowbias32``: xor-shift 16, multiply, xor-shift 15, multiply, xor-shift 16."""
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
-    x = x * tf.constant(_MIX_1, tf.uint32)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(15, tf.uint32)))
-    x = x * tf.constant(_MIX_2, tf.uint32)
-    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+    return tf.stack([a, _finalise(a + _u32(_GOLDEN))])
 
 
 def keep_mask(shape, key, rate):
@@ -58,22 +60,36 @@ def keep_mask(shape, key, rate):
     Returns:
       A ``tf.bool`` tensor of ``shape``: True (keep) with probability ``1 - rate``.
     """
-    key = tf.cast(tf.bitwise.bitwise_and(tf.cast(key, tf.int64), 0xFFFFFFFF), tf.uint32)
+    key = _low_words(key)
     size = tf.reduce_prod(tf.cast(shape, tf.int64))
     counter = tf.cast(tf.range(size, dtype=tf.int64), tf.uint32)
-
-    def u32(value):
-        return tf.constant(value, tf.uint32)
-
-    def xorshift(x, bits):
-        return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, u32(bits)))
-
-    x = counter * u32(_GOLDEN) + key[0]
-    x = xorshift(x, 16) * u32(_MIX_1)
-    x = tf.bitwise.bitwise_xor(xorshift(x, 15), key[1]) * u32(_MIX_2)
-    x = xorshift(x, 16)
-    threshold = u32(min(int(round(float(rate) * 2**32)), 2**32 - 1))
+    x = counter * _u32(_GOLDEN) + key[0]
+    x = _xorshift(x, 16) * _u32(_MIX_1)
+    x = tf.bitwise.bitwise_xor(_xorshift(x, 15), key[1]) * _u32(_MIX_2)
+    x = _xorshift(x, 16)
+    threshold = _u32(min(int(round(float(rate) * 2**32)), 2**32 - 1))
     return tf.reshape(x >= threshold, shape)
 
 
-__all__ = ["MAX_COUNTER", "keep_mask", "mixed_key"]
+def _finalise(x):
+    """``lowbias32``: xor-shift 16, multiply, xor-shift 15, multiply, xor-shift 16 (the
+    hash of :func:`keep_mask` without its key)."""
+    x = _xorshift(x, 16) * _u32(_MIX_1)
+    x = _xorshift(x, 15) * _u32(_MIX_2)
+    return _xorshift(x, 16)
+
+
+def _low_words(key):
+    """The low 32 bits of each of ``key``'s integers, as uint32."""
+    return tf.cast(tf.bitwise.bitwise_and(tf.cast(key, tf.int64), 0xFFFFFFFF), tf.uint32)
+
+
+def _u32(value):
+    return tf.constant(value, tf.uint32)
+
+
+def _xorshift(x, bits):
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(bits)))
+
+
+__all__ = ["MAX_COUNTER", "counter_fits", "keep_mask", "mixed_key"]
