@@ -12,11 +12,19 @@ and with ``jit_compile=True``: modes ``graph``, ``xla``; ``TF_USE_LEGACY_KERAS``
 Every step returns one scalar (loss plus the sums of the gradients) read back to the host.
 Per point: a first (compiling) call, ``--warmup`` calls (none after a first call over
 10 s: it already warmed up), ``--repeats`` timed calls, median.
-Softmax is skipped where its N x N tensors are predicted not to fit in memory. Writes
-``keras3.json`` (raw times, machine, versions, load average), ``keras3.md`` (ratios within
-the run) and ``keras3.png`` (time vs N, log-log, one panel per backend).
+Softmax is skipped where its N x N tensors are predicted not to fit in memory (the host's,
+or with ``--device gpu`` the GPU's). Writes ``NAME.json`` (raw times, machine, versions, load
+average), ``NAME.md`` (ratios within the run) and ``NAME.png`` (time vs N, log-log, one panel
+per backend); NAME is ``--name`` (default ``keras3``).
 
     .venv/bin/python scripts/bench_keras3.py [--out docs/bench] [--quick]
+
+``--device gpu`` runs the workers on the first GPU instead of hiding it (each worker checks
+that its backend sees one, else the backend's points fail with the reason), e.g. the JAX
+backend alone on a machine without TensorFlow::
+
+    python scripts/bench_keras3.py --device gpu --backends jax --name keras3-gpu \
+        --lengths 256,1024,4096,16384,65536
 """
 
 import argparse
@@ -36,6 +44,8 @@ BACKENDS = ("tensorflow", "jax", "tf-keras")
 MODES = {"tensorflow": ("graph", "xla"), "jax": ("jit",), "tf-keras": ("graph", "xla")}
 TITLES = {"tensorflow": "Keras 3, TensorFlow backend", "jax": "Keras 3, JAX backend",
           "tf-keras": "tf-keras (Keras 2), tfrs_linear.layers"}
+SHORT_TITLES = {"tensorflow": "TensorFlow backend", "jax": "JAX backend",
+                "tf-keras": "against tf-keras"}
 # (name, attention, causal)
 CONFIGS = (("softmax", "softmax", False), ("softmax, causal", "softmax", True),
            ("LinRec", "linrec", False), ("LinRec, causal", "linrec", True),
@@ -73,8 +83,21 @@ def _load():
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def machine_info():
-    """CPU, cores, memory, Python and package versions (read without importing them)."""
+def gpu_info():
+    """``nvidia-smi``'s name, memory and driver of the first GPU, or None."""
+    try:
+        line = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+             "--format=csv,noheader"], capture_output=True, text=True, timeout=60,
+        ).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return None
+    name, memory, driver = (f.strip() for f in line.split(","))
+    return {"name": name, "memory": memory, "driver": driver}
+
+
+def machine_info(device="cpu"):
+    """CPU, cores, memory, GPU, Python and package versions (read without importing them)."""
     versions = {}
     for name in VERSIONS:
         try:
@@ -90,18 +113,32 @@ def machine_info():
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
+        "device": device,
+        "gpu": gpu_info() if device == "gpu" else None,
     }
 
 
 # ------------------------------------------------------------------ worker: subjects
 
 
-def softmax_skip(attention, n):
+def _gpu_bytes(backend):
+    """Memory of the first GPU (JAX: its allocator's limit; else nvidia-smi's), or None."""
+    try:
+        if backend == "jax":
+            import jax
+
+            return jax.devices()[0].memory_stats()["bytes_limit"]
+        return int(gpu_info()["memory"].split()[0]) * 2**20  # nvidia-smi's "N MiB"
+    except Exception:  # noqa: BLE001 - no figure: measure rather than skip
+        return None
+
+
+def softmax_skip(attention, n, device="cpu", backend=None):
     """None, or why softmax at length ``n`` is predicted not to fit in memory."""
     if attention != "softmax":
         return None
     need = SOFTMAX_NXN_TENSORS * SHAPE["batch"] * SHAPE["heads"] * n * n * 4
-    available = _meminfo_bytes("MemAvailable")
+    available = _gpu_bytes(backend) if device == "gpu" else _meminfo_bytes("MemAvailable")
     if available is None or need <= MEMORY_FRACTION * available:
         return None
     return (f"does not fit (predicted): ~{need / 2**30:.1f} GiB of N x N tensors, "
@@ -229,7 +266,7 @@ def measure(backend, mode, attention, causal, n, args, cache):
     """One point's record (times, or why it was skipped or failed)."""
     import numpy as np
 
-    skip = softmax_skip(attention, n)
+    skip = softmax_skip(attention, n, args.device, backend)
     if skip:
         return {"status": "skipped", "reason": skip}
     layer, call = _subject(backend, attention, causal, cache)
@@ -248,7 +285,24 @@ def measure(backend, mode, attention, causal, n, args, cache):
     return time_step(step, tf.constant(x), args.warmup, args.repeats)
 
 
-def _worker_env_check(backend):
+def _device_check(backend, device):
+    """The device the backend computes on; raises when ``--device gpu`` finds no GPU."""
+    if backend == "jax":
+        import jax
+
+        platform_name = jax.devices()[0].platform
+        kind = getattr(jax.devices()[0], "device_kind", platform_name)
+    else:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        platform_name, kind = ("gpu", gpus[0].name) if gpus else ("cpu", "cpu")
+    if device == "gpu" and platform_name != "gpu":
+        raise RuntimeError(f"--device gpu: the {backend} backend sees no GPU ({platform_name})")
+    return kind
+
+
+def _worker_env_check(backend, device="cpu"):
     legacy = os.environ.get("TF_USE_LEGACY_KERAS")
     if backend == "tf-keras":
         import tensorflow as tf
@@ -256,20 +310,22 @@ def _worker_env_check(backend):
         keras2 = tf.keras.__name__
         if legacy != "1" or not keras2.startswith("tf_keras"):
             raise RuntimeError(f"tf-keras worker: TF_USE_LEGACY_KERAS={legacy}, tf.keras={keras2}")
-        return {"TF_USE_LEGACY_KERAS": legacy, "tf.keras": keras2}
+        return {"TF_USE_LEGACY_KERAS": legacy, "tf.keras": keras2,
+                "device": _device_check(backend, device)}
     if legacy is not None:
         raise RuntimeError(f"Keras 3 worker started with TF_USE_LEGACY_KERAS={legacy}")
     import keras
 
     if keras.config.backend() != backend:
         raise RuntimeError(f"Keras backend {keras.config.backend()}, expected {backend}")
-    return {"TF_USE_LEGACY_KERAS": None, "keras_backend": keras.config.backend()}
+    return {"TF_USE_LEGACY_KERAS": None, "keras_backend": keras.config.backend(),
+            "device": _device_check(backend, device)}
 
 
 def worker_main(args):
     """The subprocess of one backend: every point, the result rewritten after each."""
     out = {"backend": args.worker, "pid": os.getpid(), "load_average_start": _load(),
-           "env": _worker_env_check(args.worker), "points": []}
+           "env": _worker_env_check(args.worker, args.device), "points": []}
     cache = {}
     for n in args.lengths:
         for name, attention, causal in configs_of(args.worker):
@@ -294,8 +350,11 @@ def worker_main(args):
 
 def run_backend(backend, args, result_path):
     """Runs one backend's subprocess; returns its result (or a failure record)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="-1",
-               JAX_PLATFORMS="cpu")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if args.device == "cpu":
+        env.update(CUDA_VISIBLE_DEVICES="-1", JAX_PLATFORMS="cpu")
+    else:  # the first GPU; JAX allocates as it goes (no 75% preallocation)
+        env.update(CUDA_VISIBLE_DEVICES="0", XLA_PYTHON_CLIENT_PREALLOCATE="false")
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"]
                                      if env.get("PYTHONPATH") else "")
     for name in ("TF_USE_LEGACY_KERAS", "KERAS_BACKEND"):
@@ -304,7 +363,8 @@ def run_backend(backend, args, result_path):
                {"KERAS_BACKEND": backend})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", backend,
            "--_result", str(result_path), "--lengths", ",".join(map(str, args.lengths)),
-           "--repeats", str(args.repeats), "--warmup", str(args.warmup)]
+           "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+           "--device", args.device, "--batch", str(args.batch)]
     t0 = time.perf_counter()
     error = None
     try:
@@ -396,20 +456,27 @@ def write_markdown(data, path):
     m, points, lengths = data["machine"], index_points(data["results"]), data["lengths"]
     backends = [r["backend"] for r in data["results"]]
     v = m["versions"]
+    where = "GPU" if m.get("device") == "gpu" else "CPU"
+    g = m.get("gpu")
+    gpu = f"GPU {g['name']} ({g['memory']}, driver {g['driver']})" if g else (
+        "no GPU used" if where == "CPU" else "a GPU nvidia-smi did not describe")
     speed, versus = ratio_tables(points, lengths, backends)
     lines = [
-        "# Keras 3 layers: TensorFlow and JAX backends, and against tf-keras", "",
+        "# Keras 3 layers: " + ", ".join(SHORT_TITLES[b] for b in backends)
+        + f" ({where})", "",
         f"Made by `scripts/bench_keras3.py` on {data['date']}: {m['cpu_model']}, "
         f"{m['usable_cores']} usable of {m['logical_cores']} logical cores, "
-        f"{m['mem_total_bytes'] / 2**30:.1f} GiB RAM, no GPU; Keras {v['keras']}, "
-        f"TensorFlow {v['tensorflow']}, tf-keras {v['tf-keras']}, JAX {v['jax']}, "
-        f"Python {m['python']}.",
+        f"{m['mem_total_bytes'] / 2**30:.1f} GiB RAM, {gpu}; "
+        + ", ".join(f"{k} {v[k]}" for k in VERSIONS if v.get(k)) + f", Python {m['python']}.",
         f"Load average before {data['load_average_start']}, after "
-        f"{data['load_average_end']}; wall time {data['wall_s']:.0f} s. "
-        "The cores were shared with other jobs: compare ratios within this run, not times.",
+        f"{data['load_average_end']}; wall time {data['wall_s']:.0f} s. " + (
+            "The cores were shared with other jobs: compare ratios within this run, not "
+            "times." if where == "CPU" else "Every layer ran on the GPU (each worker "
+            "checked that its backend saw it); float32 matmuls at the backend's default "
+            "precision there."),
         "",
         f"Attention layer, forward+backward (gradients of `sum(y**2)` with respect to the "
-        f"inputs and every weight), batch {SHAPE['batch']}, d_model {SHAPE['d_model']}, "
+        f"inputs and every weight), batch {data['shape']['batch']}, d_model {SHAPE['d_model']}, "
         f"{SHAPE['heads']} heads, float32; median of {data['repeats']} timed calls after "
         f"the first (compiling) call and {data['warmup']} warm-up calls (none where the "
         f"first call took over {WARM_FIRST_CALL_S:g} s). Modes: `graph` = "
@@ -473,8 +540,11 @@ def write_plot(data, path):
         if ax.lines:
             ax.legend(fontsize=6.5, loc="upper left")
     axes[0][0].set_ylabel("ms per forward+backward step (median)")
-    fig.suptitle(f"Attention layer, batch {SHAPE['batch']}, d_model {SHAPE['d_model']}, "
-                 f"{SHAPE['heads']} heads, float32, CPU (shared: compare ratios)", fontsize=9)
+    where = ("GPU " + ((data["machine"].get("gpu") or {}).get("name") or "")
+             if data["machine"].get("device") == "gpu" else "CPU (shared: compare ratios)")
+    shape = data.get("shape", SHAPE)
+    fig.suptitle(f"Attention layer, batch {shape['batch']}, d_model {shape['d_model']}, "
+                 f"{shape['heads']} heads, float32, {where}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -492,6 +562,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed calls after the first")
     p.add_argument("--backends", default=",".join(BACKENDS), help="subset of " + ",".join(BACKENDS))
     p.add_argument("--worker-timeout", type=float, default=3600.0, help="seconds per backend")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: hide any GPU (default); gpu: the workers run on the first GPU")
+    p.add_argument("--batch", type=int, default=SHAPE["batch"], help="sequences per step")
+    p.add_argument("--name", default="keras3", help="stem of the output files")
     p.add_argument("--_worker", dest="worker", choices=BACKENDS, help=argparse.SUPPRESS)
     p.add_argument("--_result", dest="result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -506,6 +580,11 @@ def parse_args(argv=None):
         p.error(f"--lengths: every N must be >= 1, got {text!r}")
     if args.repeats < 1 or args.warmup < 0:
         p.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
+    if args.batch < 1:
+        p.error(f"--batch must be >= 1, got {args.batch}")
+    if not args.name or not all(c.isalnum() or c in "-_." for c in args.name):
+        p.error(f"--name: letters, digits, '-', '_' and '.' only, got {args.name!r}")
+    SHAPE["batch"] = args.batch
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         p.error(f"--out: {args.out} exists and is not a folder")
     args.backends = [b for b in args.backends.split(",") if b]
@@ -522,18 +601,20 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(), "load_average_start": _load(), "shape": SHAPE,
+            "machine": machine_info(args.device), "load_average_start": _load(), "shape": SHAPE,
             "lengths": args.lengths, "repeats": args.repeats, "warmup": args.warmup,
             "results": []}
     t0 = time.perf_counter()
     for backend in args.backends:
-        data["results"].append(run_backend(backend, args, out / f".keras3-{backend}.json"))
-        (out / f".keras3-{backend}.json").unlink(missing_ok=True)
+        partial = out / f".{args.name}-{backend}.json"
+        data["results"].append(run_backend(backend, args, partial))
+        partial.unlink(missing_ok=True)
     data.update(load_average_end=_load(), wall_s=round(time.perf_counter() - t0, 1))
-    (out / "keras3.json").write_text(json.dumps(data, indent=1))
-    write_markdown(data, out / "keras3.md")
-    write_plot(data, out / "keras3.png")
-    print(f"wrote {out / 'keras3.json'}, keras3.md, keras3.png in {data['wall_s']:.0f} s")
+    stem = out / args.name
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    write_markdown(data, stem.with_suffix(".md"))
+    write_plot(data, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json, .md, .png in {data['wall_s']:.0f} s")
     return 0
 
 
