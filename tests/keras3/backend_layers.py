@@ -168,9 +168,8 @@ def test_lda_given_interests_and_no_tokens_of_its_own():
 
 
 def test_lda_causal_logit_jumps_stay_exact():
-    """Aggregate logits that jump by far more than 60 inside a chunk (the TF fast path's
-    bound; TensorFlow then takes its per-position fallback, the other backends always
-    use the exact per-position form)."""
+    """Aggregate logits that jump by far more than 60 inside a chunk (the fast path's
+    bound: every backend then takes its exact per-position fallback)."""
     rng = np.random.default_rng(6)
     x = rng.normal(size=(2, 13, DIM))
     x[:, 6] *= 40.0
@@ -180,6 +179,60 @@ def test_lda_causal_logit_jumps_stay_exact():
     out, _ = forward(layer, x, mask=mask)
     want = O.lda(O.lda_weights(layer), x, mask, True)[0]
     np.testing.assert_allclose(out, want, rtol=1e-8, atol=1e-8)
+    # The fast path still runs beside the fallback (on zeroed logits): no NaN reaches
+    # the gradients through the branch that is discarded.
+    g_x, g_w = gradients(layer, x, rng.normal(size=x.shape), mask=mask)
+    assert all(np.all(np.isfinite(g)) for g in [g_x, *g_w])
+
+
+@pytest.mark.parametrize("path", ["fast", "exact"])
+def test_lda_causal_keras_ops_paths_each_match_the_reference(monkeypatch, path):
+    """The ``keras.ops`` causal form (what JAX and PyTorch run; here forced on TensorFlow
+    too) with its switch pinned to one branch: the fast path alone and the exact
+    per-position form alone each give the dense float64 outputs, and their input and
+    weight gradients agree."""
+    from tfrs_linear.keras3 import _common, _elastic_math
+
+    monkeypatch.setattr(_common, "backend_name", lambda: "keras.ops")
+    monkeypatch.setattr(_elastic_math, "fast_path_ok", lambda refs: path == "fast")
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(3, 13, DIM))
+    mask = O.random_mask(rng, 3, 13)
+    layer = make_lda(True, recency_bias=True, chunk_size=4)
+    layer.recency_raw.assign(rng.normal(size=(HEADS, K)))
+    out, interests = forward(layer, x, mask=mask)
+    want, want_p = O.lda(O.lda_weights(layer), x, mask, True)
+    np.testing.assert_allclose(out, want, **TOL)
+    np.testing.assert_allclose(interests, want_p, **TOL)
+    cot = rng.normal(size=x.shape)
+    g_x, g_w = gradients(layer, x, cot, mask=mask)
+    monkeypatch.setattr(_elastic_math, "fast_path_ok", lambda refs: path != "fast")
+    other_x, other_w = gradients(layer, x, cot, mask=mask)
+    assert all(np.all(np.isfinite(g)) for g in [g_x, other_x, *g_w, *other_w])
+    np.testing.assert_allclose(g_x, other_x, rtol=1e-9, atol=1e-11)
+    assert len(g_w) == len(other_w) > 0
+    for g, other in zip(g_w, other_w):
+        np.testing.assert_allclose(g, other, rtol=1e-9, atol=1e-11)
+
+
+def test_lda_causal_switch_takes_the_fast_path_unless_the_logits_jump():
+    """``fast_path_ok`` (the ``keras.ops`` switch): True while the running maximum of the
+    aggregate logits rises by at most 60 over a chunk's positions with a real prefix,
+    False above; a rise before the first real item, or across chunks, does not count."""
+    from tfrs_linear.keras3._elastic_fast import fast_path_ok, fast_references
+
+    def ok(logits, mask, chunk=4):
+        logits = np.asarray(logits, np.float64)[None, None, None]  # [1, 1, 1, N]
+        m = np.asarray(mask, np.float64)[None]
+        return bool(run(lambda a, b: fast_path_ok(fast_references(a, b, chunk)), logits, m))
+
+    ones = [1] * 8
+    assert ok(np.random.default_rng(0).normal(size=8) * 5, ones)
+    assert ok([0, 60, 0, 0, 0, 0, 0, 0], ones)  # a rise of exactly 60
+    assert not ok([0, 60.5, 0, 0, 0, 0, 0, 0], ones)
+    assert ok([0, 0, 0, 0, 500, 0, 0, 0], ones)  # the jump starts a chunk
+    assert ok([0, 500, 0, 0, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1, 1])  # no real prefix before
+    assert not ok([0, 0, 500, 0, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1, 1, 1])
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -9,18 +9,28 @@ Softmaxes subtract a stop-gradient maximum and divide by ``max(sum, 1)`` (see
 The causal fused dispatcher (:func:`causal_dispatcher_attention`) calls
 :func:`tfrs_linear.ops.dispatcher_attention_from_values` on the TensorFlow backend (its
 chunked fast path on the unfolded values, with the exact per-position fallback). On the
-other backends it runs :func:`_causal_exact`, the per-position form written in
-``keras.ops``: every weight is
-relative to its own position's running maximum (no exponent is ever positive, so it is
-exact for any logits), chunk-wise with a ``C x C`` block of weights per interest and a
-rescaled running state across chunks (a log-depth doubling recurrence, no scan).
+other backends it runs the same pair in ``keras.ops``: the fast path of
+:mod:`tfrs_linear.keras3._elastic_fast` where it is exact, else :func:`_causal_exact`,
+the per-position form: every weight is relative to its own position's running maximum
+(no exponent is ever positive, so it is exact for any logits), chunk-wise with a
+``C x C`` block of weights per interest and a rescaled running state across chunks (a
+log-depth doubling recurrence, no scan).
 """
 
+import functools
 import math
 
+import keras
 from keras import ops
 
 from tfrs_linear.keras3 import _common as C
+from tfrs_linear.keras3._elastic_fast import (
+    causal_fast_values,
+    fast_path_ok,
+    fast_references,
+    running_max,
+    shift_right,
+)
 
 
 def aggregate_logits(q1, k1, bias=None):
@@ -102,31 +112,35 @@ def causal_dispatcher_attention(q2, k1, q1, ik, iv, values, fold_k, fold_v, mask
             q2, k1, q1, ik, iv, values, fold_k, fold_v, mask=mask, causal=True,
             chunk_size=chunk_size, aggregate_bias=bias,
         )
-    vk = ops.einsum("bhnv,hvge->bhnge", values, fold_k)
-    vv = ops.einsum("bhnv,hvge->bhnge", values, fold_v)
     dtype = C.compute_dtype(q2.dtype)
-    xs = _cast_all(dtype, q2, k1, q1, ik, iv, vk, vv, bias)
+    q2_, k1_, q1_, ik_, iv_, values_, fold_k_, fold_v_, bias_ = _cast_all(
+        dtype, q2, k1, q1, ik, iv, values, fold_k, fold_v, bias)
     if mask is None:
         m = ops.ones(C.dims(k1)[:1] + C.dims(k1)[2:3], dtype)
     else:
         m = ops.cast(ops.cast(mask, "bool"), dtype)
-    out = _causal_exact(*xs[:7], m, int(chunk_size), xs[7])
-    return ops.cast(out, q2.dtype)
+    chunk = int(chunk_size)
+    logits = aggregate_logits(q1_, k1_, bias_)
+    ok = fast_path_ok(fast_references(logits, m, chunk))
+    # The fast path always runs, outside any conditional; where it is not exact it runs
+    # on zeroed logits (so that its values and gradients stay finite) and its result is
+    # discarded. The exact form sits in a `cond` that runs it only there. It is
+    # rematerialised, so that differentiating the `cond` carries its inputs across, not
+    # every intermediate of its [k, C, C] weights (JAX keeps the residuals of both
+    # branches).
+    refs = fast_references(ops.where(ok, logits, ops.zeros_like(logits)), m, chunk)
+    fast = causal_fast_values(q2_, refs, ik_, iv_, values_, fold_k_, fold_v_, m)
+    exact = keras.remat(functools.partial(_exact_from_values, chunk=chunk))
+    inputs = (q2_, k1_, q1_, ik_, iv_, values_, fold_k_, fold_v_, m, bias_)
+    slow = ops.cond(ok, lambda: ops.zeros_like(fast), lambda: exact(*inputs))
+    return ops.cast(ops.where(ok, fast, slow), q2.dtype)
 
 
-def _shift_right(x, shift, axis, fill):
-    """``x`` moved ``shift`` places along ``axis`` (static), the gap filled with ``fill``."""
-    n = x.shape[axis]
-    return C.take_axis(C.pad_axis(x, axis, shift, 0, fill), axis, 0, n)
-
-
-def _running_max(x, axis, neg):
-    """Inclusive running maximum along a static ``axis`` by log-depth doubling."""
-    n, shift = x.shape[axis], 1
-    while shift < n:
-        x = ops.maximum(x, _shift_right(x, shift, axis, neg))
-        shift *= 2
-    return x
+def _exact_from_values(q2, k1, q1, ik, iv, values, fold_k, fold_v, m, bias, chunk):
+    """:func:`_causal_exact` with the folded values formed from ``values`` and the folds."""
+    vk = ops.einsum("bhnv,hvge->bhnge", values, fold_k)
+    vv = ops.einsum("bhnv,hvge->bhnge", values, fold_v)
+    return _causal_exact(q2, k1, q1, ik, iv, vk, vv, m, chunk, bias)
 
 
 def _linear_recurrence(decay, local, axis):
@@ -136,8 +150,8 @@ def _linear_recurrence(decay, local, axis):
     """
     n, shift = decay.shape[axis], 1
     while shift < n:
-        local = local + decay[..., None] * _shift_right(local, shift, axis, 0.0)
-        decay = decay * _shift_right(decay, shift, axis, 0.0)
+        local = local + decay[..., None] * shift_right(local, shift, axis, 0.0)
+        decay = decay * shift_right(decay, shift, axis, 0.0)
         shift *= 2
     return local
 
@@ -152,9 +166,9 @@ def _references(logits_c, mask_c, neg):
     valid = ops.broadcast_to(mask_c[:, None, None] > 0, ops.shape(logits_c))
     masked = ops.where(valid, logits_c, neg)
     plain = ops.stop_gradient(masked)
-    run_max = _running_max(ops.max(plain, axis=-1), 3, neg)  # [B, H, k, n]
-    prev_max = _shift_right(run_max, 1, 3, neg)
-    ref = ops.maximum(_running_max(plain, 4, neg), prev_max[..., None])
+    run_max = running_max(ops.max(plain, axis=-1), 3, neg)  # [B, H, k, n]
+    prev_max = shift_right(run_max, 1, 3, neg)
+    ref = ops.maximum(running_max(plain, 4, neg), prev_max[..., None])
     return valid, masked, run_max, prev_max, ref
 
 
@@ -179,7 +193,7 @@ def _chunk_states(masked, valid, run_max, prev_max, vk_c, vv_c, sizes):
     )
     step_decay = ops.exp(prev_max - run_max)  # <= 1
     states = _linear_recurrence(step_decay, local, 3)  # inclusive, relative to R_c
-    prev = _shift_right(states, 1, 3, 0.0)  # relative to R_{c-1} = prev_max
+    prev = shift_right(states, 1, 3, 0.0)  # relative to R_{c-1} = prev_max
     g_dk = n_g * d_k
     prev_key = ops.reshape(prev[..., :g_dk], (-1, heads, k_int, n_chunks, n_g, d_k))
     prev_val = ops.reshape(prev[..., g_dk:-1], (-1, heads, k_int, n_chunks, n_g, d_v))
