@@ -49,6 +49,20 @@ def test_linrec_matches_dense_reference(normalization, causal):
     np.testing.assert_allclose(got, want, **TOL)
 
 
+@pytest.mark.parametrize("normalization", ["paper", "token"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_linrec_causal_over_many_chunks_matches_dense_reference(normalization, masked):
+    """More chunks than one masked matmul sums over (37 chunks of 1: the cumulative-sum
+    branch of the prefix over chunks), with and without a padding mask."""
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(2, 37, DIM))
+    mask = O.random_mask(rng, 2, 37) if masked else None
+    layer = make_linrec(normalization=normalization, chunk_size=1, causal=True)
+    got = forward(layer, x, x, query_mask=mask, value_mask=mask)
+    want = O.linrec_layer(O.mha_weights(layer), x, x, mask, mask, True, normalization)[0]
+    np.testing.assert_allclose(got, want, **TOL)
+
+
 def test_linrec_cross_attention_and_unmasked():
     rng = np.random.default_rng(1)
     query, value = rng.normal(size=(2, 5, DIM)), rng.normal(size=(2, 9, DIM))

@@ -6,7 +6,9 @@ bfloat16 inputs are computed in float32 (norms, prefix sums, the d_k x d_v state
 cast back; float64 stays float64. Padded keys and values are zeroed before any norm or
 sum and padded queries output exactly 0. Causal attention is chunk-wise: a masked C x C
 product inside each chunk and an exclusive prefix sum of the chunks' d_k x d_v states,
-never an N x N matrix and never a state per position.
+never an N x N matrix and never a state per position; the causal "paper" form's prefix
+column norms are masked C x C products too (no cumulative sum over N, which XLA lowers on
+CPU to a tree of reduce-windows), as in :mod:`tfrs_linear.ops.linrec`.
 """
 
 from keras import ops
@@ -14,6 +16,9 @@ from keras import ops
 from tfrs_linear.keras3 import _common as C
 
 NORMALIZATIONS = ("paper", "token")
+DEFAULT_CHUNK_SIZE = 32  # tfrs_linear.ops.linrec's
+# Up to this many chunks an exclusive prefix sum over them is one masked matmul.
+MATMUL_PREFIX_MAX_CHUNKS = 32
 
 
 def _resolve_query_mask(key_mask, query_mask, t_len, s_len, causal):
@@ -24,9 +29,12 @@ def _resolve_query_mask(key_mask, query_mask, t_len, s_len, causal):
     return None
 
 
-def linrec_features(q, k, v, key_mask, query_mask, causal, normalization, epsilon):
+def linrec_features(q, k, v, key_mask, query_mask, causal, normalization, epsilon,
+                    prefix_norm=True):
     """``(q_eff, k_eff, v_eff, query_mask)`` with ``out = q_eff k_effᵀ v_eff`` (lower
-    triangular in causal mode) times the query mask; inputs in the compute dtype."""
+    triangular in causal mode) times the query mask; inputs in the compute dtype.
+    ``prefix_norm=False`` (causal "paper" only): the queries are not yet divided by the
+    prefix norms ``c_t sqrt(n_t)`` (:func:`_causal_paper` does it chunk-wise)."""
     dtype = q.dtype
     t_len, s_len = q.shape[2], k.shape[2]
     query_mask = _resolve_query_mask(key_mask, query_mask, t_len, s_len, causal)
@@ -49,6 +57,8 @@ def linrec_features(q, k, v, key_mask, query_mask, causal, normalization, epsilo
         scale = ops.sqrt(ops.maximum(n, 1.0))[:, None, None, None]
         k_hat = phi_k / (C.safe_norm(phi_k, 2, epsilon) * scale)
         return q_hat, k_hat, v, query_mask
+    if not prefix_norm:
+        return q_hat, phi_k, v, query_mask
     # Causal: the prefix normalization (c_t, n_t over s <= t) folded into the queries.
     n_t = ops.cumsum(counts, axis=1)  # [B, N]
     eps2 = ops.cast(epsilon, dtype) ** 2
@@ -57,27 +67,74 @@ def linrec_features(q, k, v, key_mask, query_mask, causal, normalization, epsilo
     return q_hat / (col_t * scale_t), phi_k, v, query_mask
 
 
-def causal_linear_attention(q, k, v, chunk_size):
-    """``out_t = Σ_{s <= t} (q_t · k_s) v_s`` chunk-wise (shapes ``[B, H, N, d]``)."""
-    shape = C.dims(q)
-    heads, length = shape[1], shape[2]
-    d_v = C.dims(v)[3]
+def exclusive_chunk_sum(x):
+    """``out[:, :, j] = Σ_{j' < j} x[:, :, j']`` over axis 2 of ``x [B, H, n, ...]`` (4 or 5
+    axes): a strictly lower-triangular ``n x n`` product when ``n`` is static and at most
+    :data:`MATMUL_PREFIX_MAX_CHUNKS`, else a cumulative sum. Exact: weights are 0 or 1."""
+    n = x.shape[2]
+    if isinstance(n, int) and n <= MATMUL_PREFIX_MAX_CHUNKS:
+        strict = ops.tril(ops.ones((n, n), x.dtype), -1)
+        rest = "de"[: len(x.shape) - 3]
+        return ops.einsum(f"mn,bhn{rest}->bhm{rest}", strict, x)
+    inclusive = ops.cumsum(x, axis=2)
+    return ops.concatenate([ops.zeros_like(inclusive[:, :, :1]), inclusive[:, :, :-1]], axis=2)
+
+
+def _chunk_layout(length, chunk_size):
     chunk, pad, n_chunks = C.chunk_sizes(length, chunk_size)
-    qc = C.chunked(q, 2, pad, n_chunks, chunk)  # [B, H, n, C, d_k]
-    kc = C.chunked(k, 2, pad, n_chunks, chunk)
-    vc = C.chunked(v, 2, pad, n_chunks, chunk)
-    tril = ops.tril(ops.ones((chunk, chunk), q.dtype))
+    return chunk, n_chunks, lambda x, axis: C.chunked(x, axis, pad, n_chunks, chunk)
+
+
+def _chunked_causal(qc, kc, vc, tril):
+    """Causal linear attention on chunked ``[B, H, n, C, d]`` tensors (the shared core)."""
     scores = ops.einsum("bhncd,bhnsd->bhncs", qc, kc) * tril
     intra = ops.einsum("bhncs,bhnse->bhnce", scores, vc)
     states = ops.einsum("bhncd,bhnce->bhnde", kc, vc)
-    inclusive = ops.cumsum(states, axis=2)
-    # Exclusive prefix: the states of the chunks strictly before each chunk.
-    prefix = ops.concatenate(
-        [ops.zeros_like(inclusive[:, :, :1]), inclusive[:, :, :-1]], axis=2
-    )
-    inter = ops.einsum("bhncd,bhnde->bhnce", qc, prefix)
-    out = ops.reshape(intra + inter, [-1, heads, n_chunks * chunk, d_v])
+    return intra + ops.einsum("bhncd,bhnde->bhnce", qc, exclusive_chunk_sum(states))
+
+
+def _unchunked(out, heads, n_chunks, chunk, length):
+    out = ops.reshape(out, [-1, heads, n_chunks * chunk, out.shape[-1]])
     return out[:, :, :length, :]
+
+
+def causal_linear_attention(q, k, v, chunk_size):
+    """``out_t = Σ_{s <= t} (q_t · k_s) v_s`` chunk-wise (shapes ``[B, H, N, d]``)."""
+    heads, length = C.dims(q)[1:3]
+    chunk, n_chunks, chunked = _chunk_layout(length, chunk_size)
+    tril = ops.tril(ops.ones((chunk, chunk), q.dtype))
+    out = _chunked_causal(chunked(q, 2), chunked(k, 2), chunked(v, 2), tril)
+    return _unchunked(out, heads, n_chunks, chunk, length)
+
+
+def _prefix_counts(key_mask, k):
+    """``n_t``, the real positions up to ``t``: ``[1, N]`` without a mask, else ``[B, N]``."""
+    length = k.shape[2]
+    if key_mask is None and isinstance(length, int):
+        return ops.arange(1, length + 1, dtype=k.dtype)[None]  # no constant to fold
+    if key_mask is None:
+        key_mask = ops.ones_like(k[:, 0, :, 0])
+    return ops.cumsum(key_mask, axis=1)
+
+
+def _causal_paper(q_hat, phi_k, v, key_mask, epsilon, chunk_size):
+    """The causal "paper" form from ``q_hat`` (row-normalised ELU(Q) / sqrt(d_k)) and the
+    masked ``phi_k``, ``v``: :func:`linrec_features` then :func:`causal_linear_attention`,
+    with the prefix column norms ``Σ_{s <= t} φ(k_s)²`` as a masked ``C x C`` product inside
+    each chunk plus :func:`exclusive_chunk_sum` of the chunk totals."""
+    heads, length = C.dims(q_hat)[1:3]
+    chunk, n_chunks, chunked = _chunk_layout(length, chunk_size)
+    qc, kc, vc = chunked(q_hat, 2), chunked(phi_k, 2), chunked(v, 2)
+    tril = ops.tril(ops.ones((chunk, chunk), q_hat.dtype))
+    squares = ops.square(kc)
+    col_sq = (ops.einsum("ts,bhnsd->bhntd", tril, squares)
+              + exclusive_chunk_sum(ops.sum(squares, axis=3))[:, :, :, None])
+    counts = chunked(_prefix_counts(key_mask, phi_k), 1)  # [B or 1, n, C]
+    eps2 = ops.cast(epsilon, q_hat.dtype) ** 2
+    col = ops.sqrt(ops.maximum(col_sq, eps2))
+    scale = ops.sqrt(ops.maximum(counts, 1.0))[:, None, :, :, None]
+    out = _chunked_causal(qc / (col * scale), kc, vc, tril)
+    return _unchunked(out, heads, n_chunks, chunk, length)
 
 
 def _prepare(query, key, value, key_mask, query_mask):
@@ -97,7 +154,7 @@ def linrec_attention(
     causal=False,
     normalization="paper",
     epsilon=1e-6,
-    chunk_size=64,
+    chunk_size=DEFAULT_CHUNK_SIZE,
 ):
     """LinRec attention on ``[B, H, T, d_k]``, ``[B, H, S, d_k]``, ``[B, H, S, d_v]``.
 
@@ -116,8 +173,12 @@ def linrec_attention(
                 f"{query.shape[2]} and {key.shape[2]}."
             )
     q, k, v, km, qm = _prepare(query, key, value, key_mask, query_mask)
-    q, k, v, qm = linrec_features(q, k, v, km, qm, causal, normalization, epsilon)
-    if causal:
+    paper_causal = causal and normalization == "paper"
+    q, k, v, qm = linrec_features(q, k, v, km, qm, causal, normalization, epsilon,
+                                  prefix_norm=not paper_causal)
+    if paper_causal:
+        out = _causal_paper(q, k, v, km, epsilon, chunk_size)
+    elif causal:
         out = causal_linear_attention(q, k, v, chunk_size)
     else:
         state = ops.einsum("bhsd,bhse->bhde", k, v)

@@ -51,7 +51,7 @@ class SequenceEncoder(keras.layers.Layer):
     def __init__(self, vocab_size, max_len, d_model=64, num_layers=2, num_heads=2,
                  ffn_dim=256, attention="linrec", causal=True, dropout=0.2,
                  attention_dropout=0.2, layer_norm_epsilon=1e-12, normalization="paper",
-                 chunk_size=64, num_interests=16, recency_bias=False, use_memory=False,
+                 chunk_size=32, num_interests=16, recency_bias=False, use_memory=False,
                  memory_keys=128, memory_top_m=8, item_embedding=None, **kwargs):
         super().__init__(**kwargs)
         arguments = locals()

@@ -78,7 +78,7 @@ class LinRecAttention(keras.layers.MultiHeadAttention):
         attention_axes=None,
         normalization="paper",
         causal=False,
-        chunk_size=64,
+        chunk_size=32,
         epsilon=1e-6,
         **kwargs,
     ):

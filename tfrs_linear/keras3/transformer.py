@@ -29,7 +29,7 @@ class TransformerBlock(keras.layers.Layer):
 
     def __init__(self, num_heads, key_dim=None, ffn_dim=None, attention="softmax",
                  causal=False, dropout=0.0, attention_dropout=None, activation="gelu",
-                 layer_norm_epsilon=1e-12, normalization="paper", chunk_size=64,
+                 layer_norm_epsilon=1e-12, normalization="paper", chunk_size=32,
                  epsilon=1e-6, num_interests=16, learned_interests=True,
                  recency_bias=False, **kwargs):
         super().__init__(**kwargs)
