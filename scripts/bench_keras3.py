@@ -19,8 +19,8 @@ per backend); NAME is ``--name`` (default ``keras3``).
 
     .venv/bin/python scripts/bench_keras3.py [--out docs/bench] [--quick]
 
-``--device gpu`` runs the workers on the first GPU instead of hiding it (each worker checks
-that its backend sees one, else the backend's points fail with the reason), e.g. the JAX
+``--device gpu`` runs the workers on the first GPU instead of hiding it (a worker whose
+backend sees no GPU stops with that reason, and the report lists it), e.g. the JAX
 backend alone on a machine without TensorFlow::
 
     python scripts/bench_keras3.py --device gpu --backends jax --name keras3-gpu \
