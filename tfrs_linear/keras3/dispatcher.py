@@ -60,7 +60,8 @@ class LinearDispatcherAttention(keras.layers.Layer):
     Causal (``causal=True``): ``P`` is the layer's own tokens, no LayerNorm on the
     interest stream, ``P'_t`` the prefix mean at every position with ``W_o1 W_k2`` and
     ``W_o1 W_v2`` folded into the values (chunk-wise; on TensorFlow through
-    :func:`tfrs_linear.ops.dispatcher_attention`, elsewhere an exact per-position form).
+    :func:`tfrs_linear.ops.dispatcher_attention`, elsewhere the same fast path and exact
+    per-position fallback in ``keras.ops``).
     Returned interests are those after all real items.
 
     ``recency_bias=True`` adds ``slope[h, i] · (s - (N - 1))`` to the aggregate logits
