@@ -28,6 +28,7 @@ backend alone on a machine without TensorFlow::
 """
 
 import argparse
+import functools
 import importlib.metadata
 import json
 import os
@@ -83,8 +84,9 @@ def _load():
     return [round(v, 2) for v in os.getloadavg()]
 
 
+@functools.lru_cache(maxsize=None)
 def gpu_info():
-    """``nvidia-smi``'s name, memory and driver of the first GPU, or None."""
+    """``nvidia-smi``'s name, memory and driver of the first GPU, or None (asked once)."""
     try:
         line = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,memory.total,driver_version",

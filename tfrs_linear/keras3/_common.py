@@ -113,6 +113,13 @@ def chunked(x, axis, pad, n_chunks, chunk):
     return ops.reshape(x, shape[:axis] + [n_chunks, chunk] + shape[axis + 1:])
 
 
+def chunk_layout(length, chunk):
+    """``(chunk, pad, n_chunks, chunked)`` of :func:`chunk_sizes`, with ``chunked(x, axis)``
+    padding ``axis`` of ``x`` and splitting it into ``[n_chunks, chunk]``."""
+    chunk, pad, n_chunks = chunk_sizes(length, chunk)
+    return chunk, pad, n_chunks, lambda x, axis: chunked(x, axis, pad, n_chunks, chunk)
+
+
 def chunk_sizes(length, chunk):
     """``(chunk, pad, n_chunks)`` for a length (int or scalar tensor) and a chunk size."""
     chunk = int(chunk)

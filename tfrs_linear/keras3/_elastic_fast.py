@@ -43,10 +43,22 @@ def running_max(x, axis, neg):
     return x
 
 
-def chunk_layout(length, chunk):
-    """``(chunk, pad, n_chunks, chunked)`` with ``chunked(x, axis)`` splitting ``axis``."""
-    chunk, pad, n_chunks = C.chunk_sizes(length, chunk)
-    return chunk, pad, n_chunks, lambda x, axis: C.chunked(x, axis, pad, n_chunks, chunk)
+def prefix_references(logits_c, mask_c, neg):
+    """Stop-gradient running maxima of chunked logits ``[B, H, k, n, C]`` (both causal
+    forms start from them).
+
+    Returns ``(valid, masked, run_max, prev_max, ref)``: ``masked`` the logits with
+    padding replaced by ``neg``, ``run_max`` the running maximum at the end of each chunk,
+    ``prev_max`` the one before it, ``ref`` the running maximum over each position's
+    prefix (previous chunks included).
+    """
+    valid = ops.broadcast_to(mask_c[:, None, None] > 0, ops.shape(logits_c))
+    masked = ops.where(valid, logits_c, neg)
+    plain = ops.stop_gradient(masked)
+    run_max = running_max(ops.max(plain, axis=-1), 3, neg)  # [B, H, k, n]
+    prev_max = shift_right(run_max, 1, 3, neg)
+    ref = ops.maximum(running_max(plain, 4, neg), prev_max[..., None])
+    return valid, masked, run_max, prev_max, ref
 
 
 def fast_references(logits, m, chunk):
@@ -60,16 +72,10 @@ def fast_references(logits, m, chunk):
     the chunk layout ``chunk``, ``chunked`` and ``mask_c [B, n, C]``.
     """
     neg = C.very_negative(logits.dtype)
-    chunk, _, _, chunked = chunk_layout(logits.shape[3], chunk)
+    chunk, _, _, chunked = C.chunk_layout(logits.shape[3], chunk)
     mask_c = chunked(m, 1)
     has_prefix = chunked(ops.cumsum(m, axis=1), 1) > 0  # a real item at or before
-    logits_c = chunked(logits, 3)
-    valid = ops.broadcast_to(mask_c[:, None, None] > 0, ops.shape(logits_c))
-    masked = ops.where(valid, logits_c, neg)
-    plain = ops.stop_gradient(masked)
-    run_max = running_max(ops.max(plain, axis=-1), 3, neg)
-    prev_max = shift_right(run_max, 1, 3, neg)
-    ref = ops.maximum(running_max(plain, 4, neg), prev_max[..., None])
+    valid, masked, run_max, _, ref = prefix_references(chunked(logits, 3), mask_c, neg)
     low = ops.min(ops.where(has_prefix[:, None, None], ref, run_max[..., None]), axis=-1)
     half_range = 0.5 * (run_max - low)
     return {"valid": valid, "masked": masked, "run_max": run_max,

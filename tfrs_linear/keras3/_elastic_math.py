@@ -28,7 +28,7 @@ from tfrs_linear.keras3._elastic_fast import (
     causal_fast_values,
     fast_path_ok,
     fast_references,
-    running_max,
+    prefix_references,
     shift_right,
 )
 
@@ -180,22 +180,6 @@ def _linear_recurrence(decay, local, axis):
     return local
 
 
-def _references(logits_c, mask_c, neg):
-    """Stop-gradient running maxima of chunked logits ``[B, H, k, n, C]``.
-
-    Returns ``(valid, masked, run_max, prev_max, ref)``: ``run_max`` the running maximum
-    at the end of each chunk, ``prev_max`` the one before it, ``ref`` the running maximum
-    over each position's prefix (previous chunks included).
-    """
-    valid = ops.broadcast_to(mask_c[:, None, None] > 0, ops.shape(logits_c))
-    masked = ops.where(valid, logits_c, neg)
-    plain = ops.stop_gradient(masked)
-    run_max = running_max(ops.max(plain, axis=-1), 3, neg)  # [B, H, k, n]
-    prev_max = shift_right(run_max, 1, 3, neg)
-    ref = ops.maximum(running_max(plain, 4, neg), prev_max[..., None])
-    return valid, masked, run_max, prev_max, ref
-
-
 def _chunk_states(masked, valid, run_max, prev_max, vk_c, vv_c, sizes):
     """The running states before each chunk, relative to ``prev_max``.
 
@@ -238,15 +222,12 @@ def _causal_exact(q2, k1, q1, ik, iv, vk, vv, m, chunk, bias):
     neg = C.very_negative(dtype)
     heads, length = k1.shape[1], k1.shape[2]
     k_int, (n_g, d_k), d_v = q1.shape[2], (ik.shape[1], ik.shape[-1]), iv.shape[-1]
-    chunk, pad, n_chunks = C.chunk_sizes(length, chunk)
+    chunk, _, n_chunks, chunked = C.chunk_layout(length, chunk)
     sizes = (None, heads, k_int, n_chunks, n_g, d_k, d_v)
-
-    def chunked(x, axis):
-        return C.chunked(x, axis, pad, n_chunks, chunk)
 
     mask_c = chunked(m, 1)  # [B, n, C]
     logits_c = chunked(aggregate_logits(q1, k1, bias), 3)  # [B, H, k, n, C]
-    valid, masked, run_max, prev_max, ref = _references(logits_c, mask_c, neg)
+    valid, masked, run_max, prev_max, ref = prefix_references(logits_c, mask_c, neg)
     tril = ops.tril(ops.ones((chunk, chunk), dtype))  # [t, s]
     pair_valid = (tril * mask_c[:, :, None, :])[:, None, None]  # [B, 1, 1, n, C, C]
     diff = masked[..., None, :] - ref[..., None]  # [B, H, k, n, C(t), C(s)], <= 0 if valid

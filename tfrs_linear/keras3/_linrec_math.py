@@ -80,11 +80,6 @@ def exclusive_chunk_sum(x):
     return ops.concatenate([ops.zeros_like(inclusive[:, :, :1]), inclusive[:, :, :-1]], axis=2)
 
 
-def _chunk_layout(length, chunk_size):
-    chunk, pad, n_chunks = C.chunk_sizes(length, chunk_size)
-    return chunk, n_chunks, lambda x, axis: C.chunked(x, axis, pad, n_chunks, chunk)
-
-
 def _chunked_causal(qc, kc, vc, tril):
     """Causal linear attention on chunked ``[B, H, n, C, d]`` tensors (the shared core)."""
     scores = ops.einsum("bhncd,bhnsd->bhncs", qc, kc) * tril
@@ -101,7 +96,7 @@ def _unchunked(out, heads, n_chunks, chunk, length):
 def causal_linear_attention(q, k, v, chunk_size):
     """``out_t = Σ_{s <= t} (q_t · k_s) v_s`` chunk-wise (shapes ``[B, H, N, d]``)."""
     heads, length = C.dims(q)[1:3]
-    chunk, n_chunks, chunked = _chunk_layout(length, chunk_size)
+    chunk, _, n_chunks, chunked = C.chunk_layout(length, chunk_size)
     tril = ops.tril(ops.ones((chunk, chunk), q.dtype))
     out = _chunked_causal(chunked(q, 2), chunked(k, 2), chunked(v, 2), tril)
     return _unchunked(out, heads, n_chunks, chunk, length)
@@ -123,7 +118,7 @@ def _causal_paper(q_hat, phi_k, v, key_mask, epsilon, chunk_size):
     with the prefix column norms ``Σ_{s <= t} φ(k_s)²`` as a masked ``C x C`` product inside
     each chunk plus :func:`exclusive_chunk_sum` of the chunk totals."""
     heads, length = C.dims(q_hat)[1:3]
-    chunk, n_chunks, chunked = _chunk_layout(length, chunk_size)
+    chunk, _, n_chunks, chunked = C.chunk_layout(length, chunk_size)
     qc, kc, vc = chunked(q_hat, 2), chunked(phi_k, 2), chunked(v, 2)
     tril = ops.tril(ops.ones((chunk, chunk), q_hat.dtype))
     squares = ops.square(kc)

@@ -20,10 +20,10 @@ inputs of ``2**32`` elements or more take Keras' own dropout.
 
 import keras
 
-_PACKAGE = "tfrs_linear_keras3"
+from tfrs_linear.keras3 import _common as C
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+@C.register
 class CounterDropout(keras.layers.Dropout):
     """``keras.layers.Dropout`` whose keep mask, on the TensorFlow backend, comes from a
     counter-based hash: the same distribution (each element kept with probability
