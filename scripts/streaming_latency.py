@@ -313,7 +313,8 @@ def summarise(times, states, config, loads, args, started, wall, setup, bursts=N
     }
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The command line, checked: ``(parser, args)``."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--attentions", default="linrec,elastic")
     p.add_argument("--lengths", default="200,2000,20000")
@@ -357,6 +358,11 @@ def main(argv=None):
         p.error(f"--burst must be >= 1, got {args.burst}")
     if not -1 <= args.inter_op_threads <= 127 or not 0 <= args.intra_op_threads <= 127:
         p.error("--inter-op-threads must be in -1..127 and --intra-op-threads in 0..127")
+    return p, args
+
+
+def main(argv=None):
+    p, args = parse_args(argv)
     out = Path(args.out)
     if args.from_json:
         write_outputs(json.loads(Path(args.from_json).read_text()), out)
