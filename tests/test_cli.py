@@ -175,3 +175,17 @@ def test_the_cli_starts_tensorflow_quietly_and_verbose_shows_it(tmp_path):
     assert quiet.stderr.count("\n") == 1, quiet.stderr
     assert any(NOISE.match(line) for line in verbose.stderr.splitlines()), verbose.stderr
     assert verbose.stderr.splitlines()[-1] == quiet.stderr.strip()
+
+
+def test_train_refuses_an_output_that_is_a_file_before_loading_anything(tmp_path, capsys,
+                                                                        monkeypatch):
+    """--output naming a file: one line naming the flag and the path, before the data is
+    read (a missing --data file would otherwise be the first error) or TensorFlow loads."""
+    monkeypatch.delenv("TFRS_LINEAR_TRACEBACK", raising=False)
+    afile = tmp_path / "afile"
+    afile.write_text("not a run\n")
+    rc = main(["train", "--data", str(tmp_path / "missing.inter"), "--output", str(afile)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err == f"tfrs-linear train: error: --output {afile}: exists and is not a directory\n"
+    assert afile.read_text() == "not a run\n"

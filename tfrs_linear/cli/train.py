@@ -1,6 +1,8 @@
 """``tfrs-linear train``: its flags (one per configuration field) and how they become the
 run's configuration. TensorFlow is imported by :func:`run` only."""
 
+from pathlib import Path
+
 from tfrs_linear.cli.config_flags import (
     add_config_arguments,
     config_overrides,
@@ -49,8 +51,12 @@ def config_from_args(args):
 
 
 def check(args):
-    """Refuses a bad configuration before TensorFlow loads (the CLI calls it first)."""
+    """Refuses a bad configuration, or an ``--output`` that is a file, before TensorFlow
+    loads (the CLI calls it first)."""
     config_from_args(args)
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output}: exists and is not a directory")
 
 
 def run(args):
