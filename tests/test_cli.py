@@ -189,3 +189,20 @@ def test_train_refuses_an_output_that_is_a_file_before_loading_anything(tmp_path
     err = capsys.readouterr().err
     assert err == f"tfrs-linear train: error: --output {afile}: exists and is not a directory\n"
     assert afile.read_text() == "not a run\n"
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_export_refuses_a_base_path_that_is_or_lies_under_a_file(tmp_path, capsys,
+                                                                 monkeypatch, under):
+    """--base-path a file, or a path below one: one line naming the flag, the path and
+    the file, before the (missing) model is looked at."""
+    monkeypatch.delenv("TFRS_LINEAR_TRACEBACK", raising=False)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    base = afile / "recs" if under else afile
+    rc = main(["export", "--model", str(tmp_path / "nowhere"), "--base-path", str(base)])
+    assert rc == 2
+    want = (f"--base-path {base}: cannot be a directory, {afile} is a file" if under
+            else f"--base-path {base}: exists and is not a directory")
+    assert capsys.readouterr().err == f"tfrs-linear export: error: {want}\n"
+    assert afile.read_text() == "x"

@@ -10,6 +10,7 @@ line by being declared. A flag left out is ``None`` and keeps the ``--config`` f
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from tfrs_linear.config import ModelConfig, TrainConfig
 
@@ -110,5 +111,20 @@ def positive_int(text):
     return value
 
 
+
+def check_directory_flag(flag, path):
+    """Raises ``ValueError`` naming ``flag`` and ``path`` when ``path`` (a directory a
+    command will create or write into) cannot be one: it, or the nearest of its parents
+    that exists, is a file."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if candidate.is_dir():
+                return
+            if candidate == path:
+                raise ValueError(f"{flag} {path}: exists and is not a directory")
+            raise ValueError(f"{flag} {path}: cannot be a directory, {candidate} is a file")
+
+
 __all__ = ["CONFIG_FIELDS", "flag_name", "add_config_arguments", "config_overrides",
-           "refuse_inapplicable", "positive_int"]
+           "refuse_inapplicable", "positive_int", "check_directory_flag"]

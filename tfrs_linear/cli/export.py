@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from tfrs_linear.cli.config_flags import check_directory_flag
 from tfrs_linear.config import load_saved_config
 from tfrs_linear.constants import DEFAULT_STREAM_HISTORY, SCORINGS
 
@@ -45,10 +46,13 @@ def add_arguments(parser):
 
 
 def check(args):
-    """Refuses a bad ``--stream-history`` before TensorFlow loads and anything is written:
+    """Refuses a ``--base-path`` that is (or lies under) a file, ``--candidates`` without
+    ``--scoring bf16`` and a bad ``--stream-history``, before TensorFlow loads and anything
+    is written:
     a negative R, a positive R with ``--keep-history``, any R for a model that cannot
     stream (read from its ``config.json`` when it is there; a missing model dir is
     reported by :func:`run`)."""
+    check_directory_flag("--base-path", args.base_path)
     if args.candidates is not None and args.scoring != "bf16":
         raise ValueError("--candidates applies to --scoring bf16 only (the exact scans "
                          "rank every item); drop it or add --scoring bf16")

@@ -1,10 +1,9 @@
 """``tfrs-linear train``: its flags (one per configuration field) and how they become the
 run's configuration. TensorFlow is imported by :func:`run` only."""
 
-from pathlib import Path
-
 from tfrs_linear.cli.config_flags import (
     add_config_arguments,
+    check_directory_flag,
     config_overrides,
     positive_int,
     refuse_inapplicable,
@@ -54,9 +53,7 @@ def check(args):
     """Refuses a bad configuration, or an ``--output`` that is a file, before TensorFlow
     loads (the CLI calls it first)."""
     config_from_args(args)
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"--output {output}: exists and is not a directory")
+    check_directory_flag("--output", args.output)
 
 
 def run(args):
