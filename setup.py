@@ -42,6 +42,11 @@ setup(
         # Keras 3 layers (tfrs_linear.keras3) on the TensorFlow and JAX backends, and the
         # keras-rs example. Tested with exactly these versions.
         "keras3": ["keras>=3.15,<3.16", "keras-rs==0.4.0", "jax[cpu]==0.10.2"],
+        # The PyTorch backend of tfrs_linear.keras3, tested with exactly this version (the
+        # CPU build). From PyPI it is the CUDA build, several GB: on a machine without a
+        # GPU install the CPU wheel first (pip install torch==2.13.0 --index-url
+        # https://download.pytorch.org/whl/cpu).
+        "torch": ["torch==2.13.0"],
         "pipelines": [
             "apache-beam==2.77.*",
             "tensorflow-transform==1.21.*",

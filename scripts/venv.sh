@@ -1,6 +1,6 @@
 # Sourced by the other scripts: creates .venv in the repository root (if missing) and
-# installs the package with its test, bench, pipelines and keras3 extras (again only when setup.py
-# or the extras change).
+# installs the package with its test, bench, pipelines, keras3 and torch extras (again only
+# when setup.py or the extras change).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=".venv/.tfrs-linear-installed"
-EXTRAS="test,bench,pipelines,keras3"
+EXTRAS="test,bench,pipelines,keras3,torch"
 want="$( { cat setup.py; echo "extras: $EXTRAS"; } | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "installing tfrs-linear and its dependencies into .venv (log: .venv/install.log)..."

@@ -1,8 +1,9 @@
 """Backend-neutral helpers of the Keras 3 backend tests: forward passes and gradients.
 
 On JAX a layer runs as one ``jax.jit``-compiled ``stateless_call`` (eager JAX compiles
-every op separately, which is many times slower for these small layers); on TensorFlow it
-runs eagerly. Results come back as float64-comparable NumPy arrays.
+every op separately, which is many times slower for these small layers); on TensorFlow and
+PyTorch it runs eagerly (gradients by ``tf.GradientTape`` / ``torch.autograd``). Results
+come back as float64-comparable NumPy arrays.
 """
 
 import keras
@@ -119,6 +120,8 @@ def gradients(layer, x, cotangent, *args, **kwargs):
 
         g_w, g_x = jax.jit(jax.grad(loss, argnums=(0, 1)))(trainable, x)
         return to_numpy(g_x), to_numpy(g_w)
+    if BACKEND == "torch":
+        return _torch_gradients(layer, x, cotangent, *args, **kwargs)
     import tensorflow as tf
 
     xt = tf.constant(x)
@@ -129,3 +132,17 @@ def gradients(layer, x, cotangent, *args, **kwargs):
     g_x, g_w = tape.gradient(loss, (xt, list(layer.trainable_variables)))
     g_w = [None if g is None else tf.convert_to_tensor(g) for g in g_w]
     return to_numpy(g_x), to_numpy(g_w)
+
+
+def _torch_gradients(layer, x, cotangent, *args, **kwargs):
+    """:func:`gradients` on PyTorch: eager autograd (``None`` for an unused weight)."""
+    import torch
+
+    ensure_built(layer, x, *args, **kwargs)
+    xt = ops.convert_to_tensor(x)
+    xt.requires_grad_(True)
+    weights = [v.value for v in layer.trainable_variables]
+    out = _first(layer(xt, *args, **kwargs))
+    loss = (out * torch.as_tensor(cotangent, dtype=out.dtype, device=out.device)).sum()
+    grads = torch.autograd.grad(loss, [xt, *weights], allow_unused=True)
+    return to_numpy(grads[0]), to_numpy(list(grads[1:]))

@@ -20,7 +20,8 @@ from tfrs_linear.constants import NUM_RESERVED
 from tfrs_linear.keras3 import example
 
 # Uncompiled on TensorFlow (XLA training is tested in backend_models.py; compiling it
-# again here would only cost time), compiled on JAX (eager JAX runs op by op).
+# again here would only cost time), compiled on JAX (eager JAX runs op by op), eager on
+# PyTorch ("auto" is eager there).
 SMALL = dict(epochs=2, num_users=48, num_items=20, max_len=10, k=5, batch_size=32,
              d_model=16, num_layers=1, ffn_dim=32,
              jit_compile=False if BACKEND == "tensorflow" else "auto")

@@ -2,15 +2,18 @@
 
 Each subprocess has ``KERAS_BACKEND`` set and ``TF_USE_LEGACY_KERAS`` removed from its
 environment (the main pytest process sets it for the tf-keras suite), loads no conftest
-above tests/keras3 (``--confcutdir``) and collects ``backend_*.py``. The two backends
-run concurrently (they are started when this module's first test runs); a test fails
-with the subprocess's output when any of its tests fails, is skipped or errors.
+above tests/keras3 (``--confcutdir``) and collects ``backend_*.py``. The three backends
+(TensorFlow, JAX, PyTorch) run concurrently (they are started when this module's first
+test runs); a test fails with the subprocess's output when any of its tests fails, is
+skipped or errors.
 
 Environment of the subprocesses, besides the above: ``JAX_ENABLE_X64=1`` on JAX (the
 float64 checks need it; without it JAX silently computes float64 layers in float32) and
 ``XLA_FLAGS=--xla_backend_optimization_level=0`` (XLA's CPU code generation without
 LLVM's optimisation passes: the same results, compiled several times faster, which
-keeps the suite within its time on two cores).
+keeps the suite within its time on two cores); ``OMP_NUM_THREADS=1`` on PyTorch (its
+small eager ops gain nothing from a second thread on a machine the rest of the suite
+keeps busy).
 """
 
 import os
@@ -25,7 +28,7 @@ from tests.keras3.conftest import BACKEND_RUN_VAR
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-BACKENDS = ("tensorflow", "jax")
+BACKENDS = ("tensorflow", "jax", "torch")
 MODULES = sorted(str(p.relative_to(ROOT)) for p in HERE.glob("backend_*.py"))
 TIMEOUT_S = 900
 
@@ -42,6 +45,8 @@ def _environment(backend):
     })
     if backend == "jax":
         env["JAX_ENABLE_X64"] = "1"
+    if backend == "torch":
+        env["OMP_NUM_THREADS"] = "1"
     return env
 
 

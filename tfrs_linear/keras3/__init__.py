@@ -1,11 +1,13 @@
-"""Keras 3 layers (TensorFlow, JAX and other Keras backends): LinRec and ELASTIC.
+"""Keras 3 layers (TensorFlow, JAX and PyTorch backends): LinRec and ELASTIC.
 
 The Keras 3 twins of :mod:`tfrs_linear.layers` (which are tf-keras, Keras 2, for TFRS),
 with the same math, arguments, defaults and configuration keys, written against
 ``keras.ops``. Importing this package never sets ``TF_USE_LEGACY_KERAS`` and never
 imports tf-keras, TensorFlow Recommenders or ``tf.keras``; on the TensorFlow backend the
-causal ELASTIC path calls the pure-TensorFlow :mod:`tfrs_linear.ops`. Every layer is
-registered for serialization under the package name ``tfrs_linear_keras3``.
+causal ELASTIC path calls the pure-TensorFlow :mod:`tfrs_linear.ops`. Float64 layers
+compute in float64 on every backend (:mod:`tfrs_linear.keras3._portable` on PyTorch,
+where Keras 3 computes some float64 ops in float32). Every layer is registered for
+serialization under the package name ``tfrs_linear_keras3``.
 
 ```python
 import keras

@@ -8,6 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfrs_linear.keras3 import _portable as P
+
 try:  # Keras 3 keeps masks of JAX/torch tensors in a side table; this reads both.
     from keras.src.backend import get_keras_mask as _get_keras_mask
 except ImportError:  # pragma: no cover - older/newer Keras layouts
@@ -62,7 +64,7 @@ def dims(x):
 def safe_norm(x, axis, epsilon):
     """``max(||x||_2, epsilon)`` along ``axis`` (kept), with finite gradients at 0."""
     squared = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return ops.sqrt(ops.maximum(squared, ops.cast(epsilon, x.dtype) ** 2))
+    return ops.sqrt(P.maximum(squared, ops.cast(epsilon, x.dtype) ** 2))
 
 
 def positive_or_one(total):

@@ -23,6 +23,7 @@ import math
 
 from keras import ops
 
+from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3 import _common as C
 
 FAST_HALF_RANGE = 30.0
@@ -38,7 +39,7 @@ def running_max(x, axis, neg):
     """Inclusive running maximum along a static ``axis`` by log-depth doubling."""
     n, shift = x.shape[axis], 1
     while shift < n:
-        x = ops.maximum(x, shift_right(x, shift, axis, neg))
+        x = P.maximum(x, shift_right(x, shift, axis, neg))
         shift *= 2
     return x
 
@@ -57,7 +58,7 @@ def prefix_references(logits_c, mask_c, neg):
     plain = ops.stop_gradient(masked)
     run_max = running_max(ops.max(plain, axis=-1), 3, neg)  # [B, H, k, n]
     prev_max = shift_right(run_max, 1, 3, neg)
-    ref = ops.maximum(running_max(plain, 4, neg), prev_max[..., None])
+    ref = P.maximum(running_max(plain, 4, neg), prev_max[..., None])
     return valid, masked, run_max, prev_max, ref
 
 
@@ -74,7 +75,7 @@ def fast_references(logits, m, chunk):
     neg = C.very_negative(logits.dtype)
     chunk, _, _, chunked = C.chunk_layout(logits.shape[3], chunk)
     mask_c = chunked(m, 1)
-    has_prefix = chunked(ops.cumsum(m, axis=1), 1) > 0  # a real item at or before
+    has_prefix = chunked(P.cumsum(m, axis=1), 1) > 0  # a real item at or before
     valid, masked, run_max, _, ref = prefix_references(chunked(logits, 3), mask_c, neg)
     low = ops.min(ops.where(has_prefix[:, None, None], ref, run_max[..., None]), axis=-1)
     half_range = 0.5 * (run_max - low)
@@ -109,20 +110,20 @@ def exclusive_prefix_states(run_max, center, locals_):
 
     r, cen = grouped(run_max, []), grouped(center, [])  # [..., J, g]
     strict = ops.tril(ops.ones((group, group), dtype), -1)
-    w_in = ops.exp(ops.minimum(r[..., None, :] - cen[..., :, None], 0.0)) * strict
+    w_in = ops.exp(P.minimum(r[..., None, :] - cen[..., :, None], 0.0)) * strict
     r_end = r[..., -1]  # [..., J]
-    w_end = ops.exp(ops.minimum(r - r_end[..., None], 0.0))[..., None, :]
+    w_end = ops.exp(P.minimum(r - r_end[..., None], 0.0))[..., None, :]
     incl = ops.tril(ops.ones((n_groups, n_groups), dtype))
-    w_x = ops.exp(ops.minimum(r_end[..., None, :] - r_end[..., :, None], 0.0)) * incl
+    w_x = ops.exp(P.minimum(r_end[..., None, :] - r_end[..., :, None], 0.0)) * incl
     prev_r_end = shift_right(r_end, 1, axis, neg)
-    carry = ops.exp(ops.minimum(prev_r_end[..., None] - cen, 0.0))  # [..., J, g]
+    carry = ops.exp(P.minimum(prev_r_end[..., None] - cen, 0.0))  # [..., J, g]
     results = []
     for local in locals_:
         feat = local.shape[-1]
         loc = grouped(local, [feat])  # [..., J, g, F]
-        within = ops.matmul(w_in, loc)
-        totals = ops.matmul(w_end, loc)[..., 0, :]  # [..., J, F], relative to r_end
-        prev_ends = shift_right(ops.matmul(w_x, totals), 1, axis, 0.0)
+        within = P.matmul(w_in, loc)
+        totals = P.matmul(w_end, loc)[..., 0, :]  # [..., J, F], relative to r_end
+        prev_ends = shift_right(P.matmul(w_x, totals), 1, axis, 0.0)
         out = within + carry[..., None] * prev_ends[..., None, :]
         results.append(ops.reshape(out, lead + [n_groups * group, feat])[..., :n, :])
     return results
@@ -139,7 +140,7 @@ def causal_fast_values(q2, refs, ik, iv, values, fold_k, fold_v, m):
     run_max, center, chunk = refs["run_max"], refs["center"], refs["chunk"]
     zeros = ops.zeros_like(masked)
     # Clamped where the path is not exact (its result is then not used): stays finite.
-    e = ops.where(valid, ops.exp(ops.minimum(masked - center[..., None], FAST_HALF_RANGE)),
+    e = ops.where(valid, ops.exp(P.minimum(masked - center[..., None], FAST_HALF_RANGE)),
                   zeros)  # [B, H, k, n, C]
     end_w = ops.where(valid, ops.exp(ops.where(valid, masked - run_max[..., None], zeros)),
                       zeros)  # relative to the chunk's end, <= 1

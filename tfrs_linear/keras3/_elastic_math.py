@@ -23,6 +23,7 @@ import math
 import keras
 from keras import ops
 
+from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3._elastic_fast import (
     causal_fast_values,
@@ -76,12 +77,12 @@ def product_key_lookup(queries, sub_keys_1, sub_keys_2, top_m):
     n, half = sub_keys_1.shape
     lead = C.dims(queries)[:-1]
     flat = ops.reshape(queries, (-1, 2 * half))
-    scores_1 = ops.matmul(flat[:, :half], ops.transpose(sub_keys_1))  # [R, n]
-    scores_2 = ops.matmul(flat[:, half:], ops.transpose(sub_keys_2))
-    best_1, idx_1 = ops.top_k(scores_1, k=top_m)  # [R, m]
-    best_2, idx_2 = ops.top_k(scores_2, k=top_m)
+    scores_1 = P.matmul(flat[:, :half], ops.transpose(sub_keys_1))  # [R, n]
+    scores_2 = P.matmul(flat[:, half:], ops.transpose(sub_keys_2))
+    best_1, idx_1 = P.top_k(scores_1, k=top_m)  # [R, m]
+    best_2, idx_2 = P.top_k(scores_2, k=top_m)
     candidates = ops.reshape(best_1[:, :, None] + best_2[:, None, :], (-1, top_m * top_m))
-    scores, pair = ops.top_k(candidates, k=top_m)
+    scores, pair = P.top_k(candidates, k=top_m)
     slot_1 = ops.take_along_axis(ops.cast(idx_1, "int32"), pair // top_m, axis=-1)
     slot_2 = ops.take_along_axis(ops.cast(idx_2, "int32"), pair % top_m, axis=-1)
     indices = ops.cast(slot_1 * n + slot_2, "int32")

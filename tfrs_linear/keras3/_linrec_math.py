@@ -13,6 +13,7 @@ CPU to a tree of reduce-windows), as in :mod:`tfrs_linear.ops.linrec`.
 
 from keras import ops
 
+from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3 import _common as C
 
 NORMALIZATIONS = ("paper", "token")
@@ -54,16 +55,16 @@ def linrec_features(q, k, v, key_mask, query_mask, causal, normalization, epsilo
     counts = key_mask if key_mask is not None else ops.ones_like(phi_k[:, 0, :, 0])
     if not causal:
         n = ops.sum(counts, axis=1)  # [B]
-        scale = ops.sqrt(ops.maximum(n, 1.0))[:, None, None, None]
+        scale = ops.sqrt(P.maximum(n, 1.0))[:, None, None, None]
         k_hat = phi_k / (C.safe_norm(phi_k, 2, epsilon) * scale)
         return q_hat, k_hat, v, query_mask
     if not prefix_norm:
         return q_hat, phi_k, v, query_mask
     # Causal: the prefix normalization (c_t, n_t over s <= t) folded into the queries.
-    n_t = ops.cumsum(counts, axis=1)  # [B, N]
+    n_t = P.cumsum(counts, axis=1)  # [B, N]
     eps2 = ops.cast(epsilon, dtype) ** 2
-    col_t = ops.sqrt(ops.maximum(ops.cumsum(ops.square(phi_k), axis=2), eps2))
-    scale_t = ops.sqrt(ops.maximum(n_t, 1.0))[:, None, :, None]
+    col_t = ops.sqrt(P.maximum(P.cumsum(ops.square(phi_k), axis=2), eps2))
+    scale_t = ops.sqrt(P.maximum(n_t, 1.0))[:, None, :, None]
     return q_hat / (col_t * scale_t), phi_k, v, query_mask
 
 
@@ -76,7 +77,7 @@ def exclusive_chunk_sum(x):
         strict = ops.tril(ops.ones((n, n), x.dtype), -1)
         rest = "de"[: len(x.shape) - 3]
         return ops.einsum(f"mn,bhn{rest}->bhm{rest}", strict, x)
-    inclusive = ops.cumsum(x, axis=2)
+    inclusive = P.cumsum(x, axis=2)
     return ops.concatenate([ops.zeros_like(inclusive[:, :, :1]), inclusive[:, :, :-1]], axis=2)
 
 
@@ -109,7 +110,7 @@ def _prefix_counts(key_mask, k):
         return ops.arange(1, length + 1, dtype=k.dtype)[None]  # no constant to fold
     if key_mask is None:
         key_mask = ops.ones_like(k[:, 0, :, 0])
-    return ops.cumsum(key_mask, axis=1)
+    return P.cumsum(key_mask, axis=1)
 
 
 def _causal_paper(q_hat, phi_k, v, key_mask, epsilon, chunk_size):
@@ -126,8 +127,8 @@ def _causal_paper(q_hat, phi_k, v, key_mask, epsilon, chunk_size):
               + exclusive_chunk_sum(ops.sum(squares, axis=3))[:, :, :, None])
     counts = chunked(_prefix_counts(key_mask, phi_k), 1)  # [B or 1, n, C]
     eps2 = ops.cast(epsilon, q_hat.dtype) ** 2
-    col = ops.sqrt(ops.maximum(col_sq, eps2))
-    scale = ops.sqrt(ops.maximum(counts, 1.0))[:, None, :, :, None]
+    col = ops.sqrt(P.maximum(col_sq, eps2))
+    scale = ops.sqrt(P.maximum(counts, 1.0))[:, None, :, :, None]
     out = _chunked_causal(qc / (col * scale), kc, vc, tril)
     return _unchunked(out, heads, n_chunks, chunk, length)
 

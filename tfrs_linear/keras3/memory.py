@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3 import _elastic_math as E
 from tfrs_linear.layer_checks import check_interest_memory_args
@@ -83,8 +84,8 @@ class InterestMemory(keras.layers.Layer):
             mean = ops.mean(x, axis=1)
         else:
             m = ops.cast(mask, work)[:, :, None]
-            mean = ops.sum(x * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1.0)
-        q = ops.matmul(mean, ops.cast(self.query_kernel, work)) + ops.cast(self.query_bias, work)
+            mean = ops.sum(x * m, axis=1) / P.maximum(ops.sum(m, axis=1), 1.0)
+        q = P.matmul(mean, ops.cast(self.query_kernel, work)) + ops.cast(self.query_bias, work)
         return ops.reshape(q, (-1, self.num_interests, self.query_dim))
 
     def lookup(self, inputs, mask=None):
