@@ -51,6 +51,20 @@ def test_example_trains_retrieves_and_exports(tmp_path):
                                        np.zeros((1, 10), np.int32))
 
 
+def test_export_elsewhere_is_refused_before_training(tmp_path, capsys):
+    """On JAX and PyTorch, asking for the export stops before any training or file (the
+    TensorFlow backend exports: test_example_trains_retrieves_and_exports)."""
+    if BACKEND == "tensorflow":
+        assert example.check_export_backend() is None
+        return
+    with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow.*--no-export"):
+        example.run(tmp_path / "run", **SMALL)
+    with pytest.raises(SystemExit) as stop:
+        example.main(["--output", str(tmp_path / "cli")])
+    assert stop.value.code == 2 and "--no-export" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_serving_model_is_brute_force_top_k():
     keras.utils.set_random_seed(1)
     model = example.build_model(22, 10, k=5, d_model=16, num_layers=1, ffn_dim=32,

@@ -135,11 +135,7 @@ def serving_model(model, k=10):
 def export_for_serving(serving, export_dir, example_ids):
     """Exports ``serving`` as a TF Serving SavedModel (TensorFlow backend) with one warmup
     request (``example_ids``) in ``assets.extra``. Returns the signature's input name."""
-    if keras.config.backend() != "tensorflow":
-        raise ValueError(
-            "exporting for TF Serving needs KERAS_BACKEND=tensorflow (Keras 3's "
-            f"model.export writes a TensorFlow SavedModel); this is {keras.config.backend()!r}."
-        )
+    check_export_backend()
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
@@ -158,6 +154,16 @@ def export_for_serving(serving, export_dir, example_ids):
     return name
 
 
+def check_export_backend():
+    """Raises ``ValueError`` unless the backend can export for TF Serving (TensorFlow)."""
+    if keras.config.backend() != "tensorflow":
+        raise ValueError(
+            "exporting for TF Serving needs KERAS_BACKEND=tensorflow (Keras 3's "
+            f"model.export writes a TensorFlow SavedModel); this is {keras.config.backend()!r}: "
+            "train without the export (--no-export, export=False) or switch backends."
+        )
+
+
 def one_hot(targets, vocab_size):
     return np.eye(vocab_size, dtype=np.float32)[targets]
 
@@ -165,7 +171,10 @@ def one_hot(targets, vocab_size):
 def run(output, attention="linrec", epochs=3, num_users=256, num_items=50, max_len=20,
         k=10, batch_size=64, seed=0, jit_compile="auto", export=True, **encoder_config):
     """Trains, evaluates (the held-out newest item of every user) and exports; writes
-    ``metrics.json`` in ``output`` and returns the metrics dict."""
+    ``metrics.json`` in ``output`` and returns the metrics dict. With ``export`` on a
+    backend other than TensorFlow it raises before training."""
+    if export:
+        check_export_backend()
     keras.utils.set_random_seed(seed)
     vocab = num_items + NUM_RESERVED
     histories = synthetic_histories(num_users, num_items, max_len, seed)
@@ -200,6 +209,11 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--no-export", dest="export", action="store_false")
     args = parser.parse_args(argv)
+    if args.export:
+        try:
+            check_export_backend()
+        except ValueError as error:
+            parser.error(str(error))
     metrics = run(args.output, attention=args.attention, epochs=args.epochs,
                   export=args.export)
     print(json.dumps(metrics["test"]))
