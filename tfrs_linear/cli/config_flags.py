@@ -111,7 +111,6 @@ def positive_int(text):
     return value
 
 
-
 def check_directory_flag(flag, path):
     """Raises ``ValueError`` naming ``flag`` and ``path`` when ``path`` (a directory a
     command will create or write into) cannot be one: it, or the nearest of its parents

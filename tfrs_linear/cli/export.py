@@ -46,12 +46,11 @@ def add_arguments(parser):
 
 
 def check(args):
-    """Refuses a ``--base-path`` that is (or lies under) a file, ``--candidates`` without
-    ``--scoring bf16`` and a bad ``--stream-history``, before TensorFlow loads and anything
-    is written:
-    a negative R, a positive R with ``--keep-history``, any R for a model that cannot
-    stream (read from its ``config.json`` when it is there; a missing model dir is
-    reported by :func:`run`)."""
+    """Refuses, before TensorFlow loads and anything is written: a ``--base-path`` that is
+    (or lies under) a file, ``--candidates`` without ``--scoring bf16``, and a bad
+    ``--stream-history`` (a negative R, a positive R with ``--keep-history``, any R for a
+    model that cannot stream, read from its ``config.json`` when it is there; a missing
+    model dir is reported by :func:`run`)."""
     check_directory_flag("--base-path", args.base_path)
     if args.candidates is not None and args.scoring != "bf16":
         raise ValueError("--candidates applies to --scoring bf16 only (the exact scans "

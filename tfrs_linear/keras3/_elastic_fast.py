@@ -23,8 +23,8 @@ import math
 
 from keras import ops
 
-from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3 import _common as C
+from tfrs_linear.keras3 import _portable as P
 
 FAST_HALF_RANGE = 30.0
 

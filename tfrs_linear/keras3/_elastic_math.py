@@ -23,8 +23,8 @@ import math
 import keras
 from keras import ops
 
-from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3 import _common as C
+from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3._elastic_fast import (
     causal_fast_values,
     fast_path_ok,

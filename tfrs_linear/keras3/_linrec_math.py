@@ -13,8 +13,8 @@ CPU to a tree of reduce-windows), as in :mod:`tfrs_linear.ops.linrec`.
 
 from keras import ops
 
-from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3 import _common as C
+from tfrs_linear.keras3 import _portable as P
 
 NORMALIZATIONS = ("paper", "token")
 DEFAULT_CHUNK_SIZE = 32  # tfrs_linear.ops.linrec's

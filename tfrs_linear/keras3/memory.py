@@ -3,9 +3,9 @@
 import keras
 from keras import ops
 
-from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3 import _elastic_math as E
+from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.layer_checks import check_interest_memory_args
 
 
