@@ -33,34 +33,26 @@ def _as_float64_torch(*xs):
             else torch.as_tensor(x, dtype=torch.float64, device=ref.device) for x in xs]
 
 
-def maximum(x, y):
-    """``keras.ops.maximum``, float64 kept."""
-    both = _as_float64_torch(x, y)
-    if both is None:
-        return ops.maximum(x, y)
-    import torch
+def _float64_kept(name):
+    """``keras.ops.<name>(x, y)``, computed by ``torch.<name>`` for float64 torch inputs."""
+    keras_op = getattr(ops, name)
 
-    return torch.maximum(*both)
+    def op(x, y):
+        both = _as_float64_torch(x, y)
+        if both is None:
+            return keras_op(x, y)
+        import torch
 
+        return getattr(torch, name)(*both)
 
-def minimum(x, y):
-    """``keras.ops.minimum``, float64 kept."""
-    both = _as_float64_torch(x, y)
-    if both is None:
-        return ops.minimum(x, y)
-    import torch
-
-    return torch.minimum(*both)
+    op.__name__ = op.__qualname__ = name
+    op.__doc__ = f"``keras.ops.{name}``, float64 kept."
+    return op
 
 
-def matmul(x, y):
-    """``keras.ops.matmul``, float64 kept."""
-    both = _as_float64_torch(x, y)
-    if both is None:
-        return ops.matmul(x, y)
-    import torch
-
-    return torch.matmul(*both)
+maximum = _float64_kept("maximum")
+minimum = _float64_kept("minimum")
+matmul = _float64_kept("matmul")
 
 
 def cumsum(x, axis):
