@@ -11,7 +11,7 @@ pure-TensorFlow ops (``tfrs_linear.ops``) never touch that variable.
 
 import importlib as _importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 # Submodules loaded on first attribute access; "synthetic" is the old home of
 # tfrs_linear.data.synthetic.

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
+import tfrs_linear
 from tests.serving.common import CATALOGUE, VOCAB
 from tfrs_linear import serving
 from tfrs_linear.cli import main
@@ -23,6 +24,7 @@ def test_versions_are_max_plus_one_and_atomic(exports):
     info = json.loads((base / "2" / "assets.extra" / serving.EXPORT_INFO_FILE).read_text())
     assert info["k"] == len(CATALOGUE) and info["exclude_history"] is True
     assert info["requested_k"] == 100 and Path(info["model_dir"]).name == "model"
+    assert info["tfrs_linear"] == tfrs_linear.__version__ and info["tensorflow"] == tf.__version__
 
 
 def test_next_version_skips_non_numeric(tmp_path):
