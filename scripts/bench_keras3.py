@@ -42,8 +42,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-# The scripts folder is on sys.path when this runs as a script; the worker subprocesses too.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The scripts folder is sys.path[0] when this runs as a script (the workers too); added
+# only when the file is loaded from elsewhere, as quality_ml100k.py does.
+_SCRIPTS = str(Path(__file__).resolve().parent)
+if _SCRIPTS not in sys.path:
+    sys.path.insert(0, _SCRIPTS)
 from bench_keras3_report import (  # noqa: E402
     BACKENDS, MEMORY_FRACTION, MODES, SHAPE, SOFTMAX_NXN_TENSORS, VERSIONS, WARM_FIRST_CALL_S,
     configs_of, write_markdown, write_plot,
