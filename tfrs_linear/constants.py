@@ -16,6 +16,10 @@ REGIMES = ("all", "last")
 # Position embeddings of the sequence encoder: counted from the newest item (not
 # streamable), from the user's first event (streamable), or none (order from causality).
 POSITIONS = ("from_end", "from_start", "none")
+# The encoder's own entries of a streaming state (SequenceEncoder.initial_state): the
+# events seen and the newest event's output; each block's are "block_<i>.<name>".
+STATE_COUNT = "count"
+STATE_NEWEST = "newest_output"
 # The newest items a streaming state keeps for history exclusion, by default
 # (tfrs-linear export --stream-history).
 DEFAULT_STREAM_HISTORY = 100

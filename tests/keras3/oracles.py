@@ -283,9 +283,17 @@ def encoder(enc, ids):
     ids = np.asarray(ids)
     mask = ids != 0
     item = np.asarray(enc.item_embedding.embeddings.numpy(), np.float64)
-    pos = np.asarray(enc.position_embedding.embeddings.numpy(), np.float64)
+    x = item[ids]
+    if enc.positions != "none":
+        # from_end: the last column is row max_len - 1; from_start: a row's i-th real item
+        # is row i (clipped at max_len - 1), however wide the input.
+        pos = np.asarray(enc.position_embedding.embeddings.numpy(), np.float64)
+        rows = (np.arange(enc.max_len - ids.shape[1], enc.max_len)[None]
+                if enc.positions == "from_end" else
+                np.clip(np.cumsum(mask, axis=1) - 1, 0, enc.max_len - 1))
+        x = x + pos[rows]
     norm = enc.input_norm
-    x = layer_norm(item[ids] + pos[None], np.asarray(norm.gamma.numpy(), np.float64),
+    x = layer_norm(x, np.asarray(norm.gamma.numpy(), np.float64),
                    np.asarray(norm.beta.numpy(), np.float64), norm.epsilon)
     x = x * mask[..., None]
     interests = None

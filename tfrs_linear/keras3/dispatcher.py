@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from tfrs_linear.keras3 import _common as C
+from tfrs_linear.keras3 import _dispatcher_recurrent as D
 from tfrs_linear.keras3 import _elastic_math as E
 from tfrs_linear.keras3.dropout import CounterDropout
 
@@ -71,6 +72,9 @@ class LinearDispatcherAttention(keras.layers.Layer):
 
     Call: ``layer(inputs, mask=None, interests=None, training=None, last_only=False)``;
     returns ``(outputs [batch, length or 1, dim], interests [batch, k, dim])``.
+
+    Streaming (causal only): :meth:`initial_state`, :meth:`step` and :meth:`advance`, as
+    on the tf-keras layer; the recency slopes become a per-event decay of the state.
     """
 
     def __init__(self, num_heads, key_dim, num_interests, value_dim=None, causal=False,
@@ -269,6 +273,95 @@ class LinearDispatcherAttention(keras.layers.Layer):
         if mask is None:
             return None
         return [mask[:, -1:] if self._last_only_call else mask, None]
+
+    # -- the recurrent (streaming) form -----------------------------------------------
+    def _check_streamable(self, what):
+        if not self.causal:
+            raise ValueError(
+                f"LinearDispatcherAttention.{what}: only the causal form has a constant-size "
+                "per-user state; non-causally every position attends interests aggregated "
+                "over the WHOLE sequence, so a new event changes every earlier output.")
+        if not self.built:
+            raise ValueError(f"LinearDispatcherAttention.{what} needs a built layer.")
+
+    def _dims(self):
+        """``(H, k, G, d_k, d_v)`` of the state (the dispatch heads are the heads)."""
+        return (self.num_heads, self.num_interests, self.num_heads, self.key_dim,
+                self.value_dim)
+
+    def _stream_inputs(self, what, state, inputs, mask):
+        """Checked ``(state, inputs, mask)`` as backend tensors."""
+        self._check_streamable(what)
+        inputs = ops.convert_to_tensor(inputs)
+        if len(inputs.shape) != 3 or inputs.shape[-1] != self.model_dim:
+            raise ValueError(f"LinearDispatcherAttention.{what} needs inputs shaped [batch, "
+                             f"new_events, {self.model_dim}], got shape {tuple(inputs.shape)}.")
+        if mask is not None:
+            mask = ops.convert_to_tensor(mask)
+            if tuple(mask.shape) != tuple(inputs.shape[:2]):
+                raise ValueError(f"LinearDispatcherAttention.{what}: mask must be [batch, "
+                                 f"new_events] = {tuple(inputs.shape[:2])}, got shape "
+                                 f"{tuple(mask.shape)}.")
+        D.check_state(state, inputs.shape[0], *self._dims())
+        state = {name: ops.convert_to_tensor(value) for name, value in state.items()}
+        return state, inputs, mask
+
+    def _in_compute_dtype(self, name):
+        """The weight ``name`` in the compute dtype (what ``__call__``'s autocast gives a
+        call; the recurrent form is called directly), or None."""
+        weight = getattr(self, name)
+        return None if weight is None else ops.cast(weight, self.compute_dtype)
+
+    def _stream_heads(self, x, name):
+        return self._heads(x, self._in_compute_dtype(f"{name}_kernel"),
+                           self._in_compute_dtype(f"{name}_bias"))
+
+    def _stream_folds(self):
+        w_o1 = self._in_compute_dtype("output_1_kernel")
+        return tuple(ops.einsum("hvd,dge->hvge", w_o1, self._in_compute_dtype(name))
+                     for name in ("key_2_kernel", "value_2_kernel"))
+
+    def initial_state(self, batch):
+        """The causal state of ``batch`` users with no event yet: a dict of float32 arrays
+        of fixed shapes (the keys and shapes of
+        :func:`tfrs_linear.ops.dispatcher_initial_state`)."""
+        self._check_streamable("initial_state")
+        return D.initial_state(batch, *self._dims())
+
+    def step(self, state, inputs, mask=None):
+        """The causal form over ``m`` new events per user, given the past's state.
+
+        ``inputs [B, m, dim]`` oldest first, rows right-padded where ``mask [B, m]`` is
+        False. Returns ``(new_state, outputs [B, m, dim])``: the causal call's outputs at
+        those events of the whole history (0 at padding), in ``O(m²)`` whatever the
+        history's length. No dropout: the step is for inference.
+        """
+        state, x, mask = self._stream_inputs("step", state, inputs, mask)
+        x = ops.cast(x, self.compute_dtype)
+        p = self._initial_interests(x, None)
+        state, y = D.step(
+            state, self._stream_heads(x, "query_2"), self._stream_heads(x, "key_1"),
+            self._stream_heads(p, "query_1"), self._stream_heads(p, "key_2"),
+            self._stream_heads(p, "value_2"), self._stream_heads(x, "value_1"),
+            *self._stream_folds(), mask, self.recency_slopes())
+        y = ops.cast(y, self.compute_dtype)
+        outputs = ops.einsum("bhnv,hvd->bnd", y, self._in_compute_dtype("output_2_kernel"))
+        if self.output_2_bias is not None:
+            outputs = outputs + self._in_compute_dtype("output_2_bias")
+        if mask is not None:
+            outputs = outputs * ops.cast(mask, outputs.dtype)[:, :, None]
+        return state, outputs
+
+    def advance(self, state, inputs, mask=None):
+        """The state after ``m`` events per user without their outputs (:meth:`step`'s
+        state in ``O(m)``). ``mask [B, m]`` on either padding side, each row's real events
+        contiguous: a whole history from :meth:`initial_state` is the user's state."""
+        state, x, mask = self._stream_inputs("advance", state, inputs, mask)
+        x = ops.cast(x, self.compute_dtype)
+        p = self._initial_interests(x, None)
+        return D.advance(state, self._stream_heads(x, "key_1"), self._stream_heads(p, "query_1"),
+                         self._stream_heads(x, "value_1"), *self._stream_folds(), mask,
+                         self.recency_slopes())
 
     def get_config(self):
         config = super().get_config()

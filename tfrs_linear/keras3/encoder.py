@@ -1,10 +1,12 @@
 """Keras 3 `SequenceEncoder`: the query tower of a sequential retrieval model."""
 
 import keras
+import numpy as np
 from keras import ops
 
-from tfrs_linear.constants import PAD_INDEX
+from tfrs_linear.constants import PAD_INDEX, POSITIONS, STATE_COUNT, STATE_NEWEST
 from tfrs_linear.keras3 import _common as C
+from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3.dropout import CounterDropout
 from tfrs_linear.keras3.memory import InterestMemory
 from tfrs_linear.keras3.transformer import TransformerBlock
@@ -25,7 +27,7 @@ _ARGUMENTS = {
     "ffn_dim": int, "attention": _as_is, "causal": bool, "dropout": float,
     "attention_dropout": float, "layer_norm_epsilon": float, "normalization": _as_is,
     "chunk_size": int, "num_interests": int, "recency_bias": bool, "use_memory": bool,
-    "memory_keys": int, "memory_top_m": int,
+    "memory_keys": int, "memory_top_m": int, "positions": _as_is,
 }
 
 
@@ -46,26 +48,38 @@ class SequenceEncoder(keras.layers.Layer):
     chain has tokens of its own; with ``use_memory`` an :class:`InterestMemory` starts
     it). ``item_embedding`` shares an existing ``keras.layers.Embedding`` (e.g. with a
     tied candidate tower); it is not part of the configuration.
+
+    ``positions``: the learned position embedding, as on the tf-keras encoder:
+    ``"from_end"`` (default; the newest item takes row ``max_len - 1``), ``"from_start"``
+    (row ``i`` is the row's ``i``-th real item, rows past ``max_len - 1`` share the last)
+    or ``"none"`` (no position embedding). With ``"from_start"`` or ``"none"`` a causal
+    LinRec or ELASTIC encoder streams: :meth:`initial_state` and :meth:`step` keep a
+    constant-size state per user and give the user embedding after each new event.
     """
 
     def __init__(self, vocab_size, max_len, d_model=64, num_layers=2, num_heads=2,
                  ffn_dim=256, attention="linrec", causal=True, dropout=0.2,
                  attention_dropout=0.2, layer_norm_epsilon=1e-12, normalization="paper",
                  chunk_size=32, num_interests=16, recency_bias=False, use_memory=False,
-                 memory_keys=128, memory_top_m=8, item_embedding=None, **kwargs):
+                 memory_keys=128, memory_top_m=8, item_embedding=None, positions="from_end",
+                 **kwargs):
         super().__init__(**kwargs)
         arguments = locals()
         for name, cast in _ARGUMENTS.items():
             setattr(self, name, cast(arguments[name]))
         if self.use_memory and (self.attention != "elastic" or self.causal):
             raise ValueError("use_memory needs attention='elastic' and a non-causal encoder.")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}.")
         policy = self.dtype_policy
         self.item_embedding = item_embedding or keras.layers.Embedding(
             self.vocab_size, self.d_model, embeddings_initializer=embedding_initializer(),
             dtype=policy, name="item_embedding")
-        self.position_embedding = keras.layers.Embedding(
-            self.max_len, self.d_model, embeddings_initializer=embedding_initializer(),
-            dtype=policy, name="position_embedding")
+        self.position_embedding = None
+        if self.positions != "none":
+            self.position_embedding = keras.layers.Embedding(
+                self.max_len, self.d_model, embeddings_initializer=embedding_initializer(),
+                dtype=policy, name="position_embedding")
         self.input_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, dtype=policy, name="input_norm")
         self.input_dropout = CounterDropout(self.dropout, dtype=policy)
@@ -98,7 +112,8 @@ class SequenceEncoder(keras.layers.Layer):
         shape = (input_shape[0], self.max_len, self.d_model)
         if not self.item_embedding.built:
             self.item_embedding.build(tuple(input_shape))
-        self.position_embedding.build((self.max_len,))
+        if self.position_embedding is not None:
+            self.position_embedding.build((self.max_len,))
         self.input_norm.build(shape)
         for block in self.blocks:
             block.build(shape)
@@ -117,10 +132,15 @@ class SequenceEncoder(keras.layers.Layer):
     def _embed(self, item_ids, mask, training):
         """Item + position embeddings, LayerNorm, dropout; padded positions are 0."""
         x = self.item_embedding(item_ids)
-        width = item_ids.shape[1] if item_ids.shape[1] is not None else ops.shape(item_ids)[1]
-        # The newest item (the last column) takes row max_len - 1, whatever the width.
-        positions = self.position_embedding(ops.arange(self.max_len - width, self.max_len))
-        x = x + ops.cast(positions, x.dtype)[None]
+        if self.positions == "from_end":
+            width = item_ids.shape[1] if item_ids.shape[1] is not None else ops.shape(
+                item_ids)[1]
+            # The newest item (the last column) takes row max_len - 1, whatever the width.
+            rows = ops.arange(self.max_len - width, self.max_len)[None]
+        elif self.positions == "from_start":
+            rows = self._rows_from_start(0, ops.cast(mask, "float32"))
+        if self.positions != "none":
+            x = x + ops.cast(self.position_embedding(rows), x.dtype)
         x = self.input_dropout(self.input_norm(x), training=training)
         return x * ops.cast(mask, x.dtype)[:, :, None]
 
@@ -143,6 +163,111 @@ class SequenceEncoder(keras.layers.Layer):
 
     def compute_mask(self, inputs, mask=None):
         return None
+
+    def _rows_from_start(self, seen, real):
+        """The position rows of ``positions="from_start"``: ``seen`` events before, then
+        the ``[B, m]`` float 0/1 ``real`` ones (row ``i`` for a user's ``i``-th event)."""
+        index = ops.cast(seen + P.cumsum(real, axis=1), "int32") - 1
+        return ops.clip(index, 0, self.max_len - 1)
+
+    # -- streaming: a constant-size state per user ---------------------------------------
+    @property
+    def streamable(self):
+        """Whether the encoder has a constant-size per-user state: causal LinRec or
+        ELASTIC blocks, no interest memory, positions ``"from_start"`` or ``"none"``."""
+        return (self.causal and self.attention != "softmax" and self.memory is None
+                and self.positions != "from_end")
+
+    def _check_streamable(self):
+        if self.attention == "softmax":
+            why = ("softmax attention has no constant-size state: each new event attends "
+                   "every earlier key, a key/value cache that grows with the history")
+        elif not self.causal or self.memory is not None:
+            why = ("a non-causal encoder has no per-user state: every position sees the "
+                   "whole sequence, so a new event changes every earlier output")
+        elif self.positions == "from_end":
+            why = ("positions='from_end' counts positions from the newest item, so a new "
+                   "event moves every older event's position; use positions='from_start' "
+                   "or 'none'")
+        else:
+            why = None
+        if why:
+            raise ValueError(f"SequenceEncoder(attention={self.attention!r}, causal="
+                             f"{self.causal}, positions={self.positions!r}): {why}.")
+        if not self.built:
+            raise ValueError("SequenceEncoder.initial_state/step need a built encoder "
+                             "(call or build it first).")
+
+    def initial_state(self, batch):
+        """The state of ``batch`` users with no event yet: ``{name: float32 array}`` of
+        fixed shapes, the keys of the tf-keras encoder's: ``"count"`` ``[B]`` (events
+        seen), ``"newest_output"`` ``[B, d]`` (the user embedding) and each block's
+        attention state as ``"block_<i>.<name>"``."""
+        self._check_streamable()
+        state = {STATE_COUNT: ops.zeros((batch,), "float32"),
+                 STATE_NEWEST: ops.zeros((batch, self.d_model), "float32")}
+        for i, block in enumerate(self.blocks):
+            for name, value in block.initial_state(batch).items():
+                state[f"block_{i}.{name}"] = value
+        return state
+
+    def step(self, state, new_ids):
+        """Feeds ``m`` new events per user; returns ``(new_state, user_embedding)``.
+
+        ``new_ids`` int ``[B, m]``: the new items, oldest first, RIGHT-padded with 0 (rows
+        may add different numbers of events; a row of zeros keeps its state and
+        embedding). ``user_embedding [B, d]`` float32 is the output at each user's newest
+        event: what ``call(..., last_only=True)`` gives on the whole history (counted from
+        the state's first event), for any history length, in ``O(m)`` per call. A whole
+        history in one step from :meth:`initial_state` is the prefill. Inference only.
+        """
+        self._check_streamable()
+        new_ids = ops.convert_to_tensor(new_ids)
+        self._check_new_ids(new_ids)
+        expected = sorted(self.initial_state(1))
+        if not isinstance(state, dict) or sorted(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"SequenceEncoder.step: the state has the keys {expected}, got "
+                             f"{got} (use initial_state or a previous step's state).")
+        state = {name: ops.convert_to_tensor(value) for name, value in state.items()}
+        real = ops.not_equal(new_ids, PAD_INDEX)
+        realf = ops.cast(real, "float32")
+        added = ops.sum(realf, axis=1)
+        x = self.item_embedding(new_ids)
+        if self.positions == "from_start":
+            rows = self._rows_from_start(state[STATE_COUNT][:, None], realf)
+            x = x + ops.cast(self.position_embedding(rows), x.dtype)
+        x = self.input_norm(x) * ops.cast(realf, x.dtype)[:, :, None]
+        new_state = {}
+        for i, block in enumerate(self.blocks):
+            prefix = f"block_{i}."
+            own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            own, x = block.step(own, x, real)
+            new_state.update({prefix + k: v for k, v in own.items()})
+        newest = ops.maximum(ops.cast(added, "int32") - 1, 0)
+        last = ops.take_along_axis(x, newest[:, None, None], axis=1)[:, 0]
+        user = ops.where(added[:, None] > 0, ops.cast(last, "float32"), state[STATE_NEWEST])
+        new_state[STATE_COUNT] = state[STATE_COUNT] + added
+        new_state[STATE_NEWEST] = user
+        return new_state, user
+
+    def _check_new_ids(self, new_ids):
+        """``new_ids`` must be int ``[B, m]``, right-padded (checked where its values are
+        known: eagerly, not inside a compiled function)."""
+        if len(new_ids.shape) != 2 or "int" not in str(keras.backend.standardize_dtype(
+                new_ids.dtype)):
+            raise ValueError(f"new_ids must be int [batch, new_events], got shape "
+                             f"{tuple(new_ids.shape)} of {new_ids.dtype}.")
+        try:
+            ids = np.asarray(ops.convert_to_numpy(new_ids))
+        except Exception:  # a traced tensor (jit, tf.function): values unknown here
+            return
+        real = ids != PAD_INDEX
+        wrong = np.flatnonzero(np.any(~real[:, :-1] & real[:, 1:], axis=1))
+        if wrong.size:
+            raise ValueError(
+                "new_ids must be right-padded (each row's new items first, then 0s); rows "
+                f"{wrong[:5].tolist()} have an item after a 0.")
 
     def get_config(self):
         config = super().get_config()

@@ -5,6 +5,7 @@ from keras import ops
 
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3 import _linrec_math as M
+from tfrs_linear.keras3 import _linrec_recurrent as R
 from tfrs_linear.keras3.dropout import CounterDropout
 
 
@@ -65,6 +66,9 @@ class LinRecAttention(keras.layers.MultiHeadAttention):
     (and of the queries in self-attention). A pairwise ``[batch, T, S]`` mask raises a
     ``ValueError``. ``return_attention_scores=True`` also returns the implicit
     ``[batch, heads, T, S]`` matrix (O(N²), for inspection).
+
+    Streaming (causal self-attention one event at a time, constant memory per user):
+    :meth:`initial_state`, :meth:`step` and :meth:`advance`, as on the tf-keras layer.
     """
 
     def __init__(
@@ -226,3 +230,76 @@ class LinRecAttention(keras.layers.MultiHeadAttention):
             shape = (query.shape[0], self.num_heads, query.shape[1], value.shape[1])
             return output_spec, keras.KerasTensor(shape, dtype=self.compute_dtype)
         return output_spec
+
+    # -- the recurrent (streaming) form -----------------------------------------------
+    def _check_streaming(self, what, inputs=None, mask=None):
+        if not self.built:
+            raise ValueError(f"LinRecAttention.{what} needs a built layer (call it or "
+                             "build(query_shape, value_shape) first).")
+        if inputs is None:
+            return
+        widths = {d.kernel.shape[0] for d in (self._query_dense, self._key_dense,
+                                                self._value_dense)}
+        if len(inputs.shape) != 3 or len(widths) != 1 or inputs.shape[-1] not in widths:
+            raise ValueError(
+                f"LinRecAttention.{what} is causal self-attention: it needs inputs shaped "
+                f"[batch, new_events, dim] with dim the width of query, key and value "
+                f"({sorted(widths)}), got shape {tuple(inputs.shape)}.")
+        if mask is not None and tuple(mask.shape) != tuple(inputs.shape[:2]):
+            raise ValueError(f"LinRecAttention.{what}: mask must be [batch, new_events] = "
+                             f"{tuple(inputs.shape[:2])}, got shape {tuple(mask.shape)}.")
+
+    def _state_checked(self, state, inputs):
+        """``state`` checked, its values as backend tensors (a state may come back as
+        NumPy arrays, e.g. from a client)."""
+        R.check_state(state, self.normalization, inputs.shape[0], self.num_heads,
+                      self.key_dim, self.value_dim)
+        return {name: ops.convert_to_tensor(value) for name, value in state.items()}
+
+    def _stream_heads(self, dense, inputs):
+        """``dense(inputs)`` as ``[B, heads, m, width]``."""
+        return ops.transpose(dense(inputs), (0, 2, 1, 3))
+
+    def initial_state(self, batch):
+        """The causal state of ``batch`` users with no event yet: a dict of float32
+        zeros of fixed shapes (the keys and shapes of
+        :func:`tfrs_linear.ops.linrec_initial_state`). Needs a built layer."""
+        self._check_streaming("initial_state")
+        return R.initial_state(batch, self.num_heads, self.key_dim, self.value_dim,
+                               self.normalization)
+
+    def step(self, state, inputs, mask=None):
+        """Causal self-attention over ``m`` new events per user, given the past's state.
+
+        ``inputs [B, m, dim]``: the new events, oldest first, rows right-padded where
+        ``mask [B, m]`` is False. Returns ``(new_state, outputs [B, m, dim])``: at each
+        real event the output of a causal call on the whole history at that event, in
+        ``O(m)`` whatever the history's length (padded slots give the output
+        projection's bias, as a padded query does in a call). No dropout: the step is
+        for inference.
+        """
+        inputs = ops.convert_to_tensor(inputs)
+        mask = None if mask is None else ops.convert_to_tensor(mask)
+        self._check_streaming("step", inputs, mask)
+        state = self._state_checked(state, inputs)
+        q, k, v = (self._stream_heads(dense, inputs)
+                   for dense in (self._query_dense, self._key_dense, self._value_dense))
+        state, out = R.step(state, q, k, v, mask, self.normalization, self.epsilon,
+                            self.chunk_size)
+        out = ops.transpose(ops.cast(out, self.compute_dtype), (0, 2, 1, 3))
+        if self._use_gate:
+            out = ops.multiply(out, self._gate_dense(inputs))
+        return state, self._output_dense(out)
+
+    def advance(self, state, inputs, mask=None):
+        """The state after ``m`` events per user without their outputs (:meth:`step`'s
+        state, keys and values only). ``inputs [B, m, dim]`` and ``mask [B, m]`` on
+        either padding side: a whole history from :meth:`initial_state` is the user's
+        state in one call."""
+        inputs = ops.convert_to_tensor(inputs)
+        mask = None if mask is None else ops.convert_to_tensor(mask)
+        self._check_streaming("advance", inputs, mask)
+        state = self._state_checked(state, inputs)
+        k, v = (self._stream_heads(dense, inputs) for dense in (self._key_dense,
+                                                                 self._value_dense))
+        return R.advance(state, k, v, mask, self.normalization, self.epsilon)

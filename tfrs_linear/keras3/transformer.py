@@ -25,6 +25,9 @@ class TransformerBlock(keras.layers.Layer):
     mask (or the Keras mask of ``inputs``). Padded positions output exactly 0.
     ``last_only=True`` computes the newest position only, ``[batch, 1, d_model]``, equal
     to ``block(...)[:, -1:]``.
+
+    Streaming (causal ``"linrec"`` and ``"elastic"`` blocks): :meth:`initial_state`,
+    :meth:`step` and :meth:`advance`, as on the tf-keras block.
     """
 
     def __init__(self, num_heads, key_dim=None, ffn_dim=None, attention="softmax",
@@ -153,6 +156,47 @@ class TransformerBlock(keras.layers.Layer):
         if mask is not None and self._last_only_call:
             return mask[:, -1:]
         return mask
+
+    # -- the recurrent (streaming) form -----------------------------------------------
+    def _check_streamable(self):
+        if self.attention == "softmax" or not self.causal:
+            why = ("softmax attention has no constant-size state (its key/value cache grows "
+                   "with the history)" if self.attention == "softmax" else
+                   "a non-causal block has no per-user state: every position sees the "
+                   "whole sequence, so a new event changes every earlier output")
+            raise ValueError(f"TransformerBlock(attention={self.attention!r}, causal="
+                             f"{self.causal}) cannot stream: {why}. Streaming needs "
+                             "attention='linrec' or 'elastic' with causal=True.")
+        if not self.built:
+            raise ValueError("TransformerBlock.initial_state/step/advance need a built block.")
+
+    def initial_state(self, batch):
+        """The attention's state of ``batch`` users with no event yet (a dict of float32
+        arrays of fixed shapes; :meth:`LinRecAttention.initial_state`)."""
+        self._check_streamable()
+        return self.attention_layer.initial_state(batch)
+
+    def step(self, state, inputs, mask=None):
+        """The block over ``m`` new events per user given the past's attention ``state``.
+
+        ``inputs [B, m, d_model]`` oldest first, rows right-padded where ``mask [B, m]``
+        is False. Returns ``(new_state, outputs [B, m, d_model])``: a causal call on the
+        whole history at those events (padded events output 0). No dropout.
+        """
+        self._check_streamable()
+        inputs = ops.convert_to_tensor(inputs)
+        state, y = self.attention_layer.step(state, inputs, mask)
+        x = self.attention_norm(inputs + y)
+        x = self.ffn_norm(x + self.ffn_outer(self.ffn_inner(x)))
+        if mask is not None:
+            x = x * ops.cast(mask, x.dtype)[:, :, None]
+        return state, x
+
+    def advance(self, state, inputs, mask=None):
+        """The attention's state after ``m`` events per user (the block's ``inputs [B, m,
+        d_model]``, ``mask [B, m]`` on either padding side), without outputs."""
+        self._check_streamable()
+        return self.attention_layer.advance(state, inputs, mask)
 
     def get_config(self):
         config = super().get_config()

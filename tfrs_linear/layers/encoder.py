@@ -4,7 +4,7 @@ import numbers
 
 import tensorflow as tf
 
-from tfrs_linear.constants import PAD_INDEX, POSITIONS
+from tfrs_linear.constants import PAD_INDEX, POSITIONS, STATE_COUNT, STATE_NEWEST
 from tfrs_linear.layers.dropout import CounterDropout
 from tfrs_linear.layers.embedding import TableEmbedding
 from tfrs_linear.layers.interest_memory import InterestMemory
@@ -37,9 +37,6 @@ _ARGUMENTS = {
     "chunk_size": int, "num_interests": int, "recency_bias": bool, "use_memory": bool,
     "memory_keys": int, "memory_top_m": int, "padding": _as_is, "positions": _as_is,
 }
-# The encoder's own entries of a streaming state (the blocks' are "block_<i>.<name>").
-STATE_COUNT = "count"
-STATE_NEWEST = "newest_output"
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrs_linear")
