@@ -184,6 +184,34 @@ def test_encoder_steps_give_the_newest_output_of_the_whole_history(positions, no
     np.testing.assert_allclose(forward(enc, ids), O.encoder(enc, ids), **TOL32)
 
 
+@pytest.mark.parametrize("attention,positions", [("linrec", "from_start"),
+                                                  ("elastic", "none")])
+def test_encode_state_in_one_pass_is_the_steps_state(attention, positions):
+    """Left-padded histories of 13, 5 and 0 events (wider than max_len = 8) in one
+    parallel pass give the state and embedding of feeding them by steps, and the next
+    step from it continues the reference."""
+    rng = np.random.default_rng(6)
+    enc = _encoder(positions, attention=attention, seed=6)
+    history = [rng.integers(1, VOCAB, size=n).astype("int32") for n in (13, 5, 0)]
+    left = np.zeros((3, 13), "int32")
+    for b, h in enumerate(history):
+        left[b, 13 - len(h):] = h
+    state, user = run(enc.encode_state, left)
+    right = _right_padded([h[:, None] for h in history], 13)[0][..., 0]
+    stepped, stepped_user = run(enc.step, enc.initial_state(3), right)
+    np.testing.assert_allclose(user, stepped_user, **TOL32)
+    for key in stepped:
+        if not key.endswith("_comp"):
+            np.testing.assert_allclose(state[key] + state.get(key + "_comp", 0.0),
+                                       stepped[key] + stepped.get(key + "_comp", 0.0),
+                                       **TOL32)
+    nxt = rng.integers(1, VOCAB, size=(3, 1)).astype("int32")
+    after = run(enc.step, state, nxt)[1]
+    for b, h in enumerate(history):
+        want = O.encoder(enc, np.concatenate([h, nxt[b]])[None])[0, -1]
+        np.testing.assert_allclose(after[b], want, **TOL32)
+
+
 def test_encoder_steps_compiled_one_event_at_a_time():
     """Twelve single-event steps in a ``keras.ops.fori_loop`` inside one compiled function
     (jax.jit on JAX, an XLA tf.function on TensorFlow; eagerly on PyTorch), past
@@ -216,11 +244,13 @@ def test_encoder_steps_compiled_one_event_at_a_time():
 
 def test_streaming_errors_name_what_is_wrong():
     enc = _encoder("from_start")
-    with pytest.raises(ValueError, match="right-padded.*rows \\[1\\]"):
+    with pytest.raises(ValueError, match="right-padded.*rows \\[1\\] are not"):
         enc.step(enc.initial_state(2), np.array([[1, 2], [0, 3]], "int32"))
     with pytest.raises(ValueError, match="the state has the keys"):
         enc.step({"count": np.zeros(1, "float32")}, np.ones((1, 1), "int32"))
-    with pytest.raises(ValueError, match="int \\[batch, new_events\\]"):
+    with pytest.raises(ValueError, match="item_ids must be left-padded.*rows \\[0\\]"):
+        enc.encode_state(np.array([[1, 0], [0, 3]], "int32"))
+    with pytest.raises(ValueError, match="int \\[batch, events\\]"):
         enc.step(enc.initial_state(1), np.ones((1, 2, 3), "int32"))
     for kw, match in [(dict(positions="from_end"), "positions='from_start' or 'none'"),
                       (dict(positions="none", attention="softmax"), "key/value cache"),

@@ -251,25 +251,52 @@ class SequenceEncoder(keras.layers.Layer):
         new_state[STATE_NEWEST] = user
         return new_state, user
 
-    def _check_new_ids(self, new_ids):
-        """``new_ids`` must be int ``[B, m]``, right-padded (checked where its values are
-        known: eagerly, not inside a compiled function)."""
-        if len(new_ids.shape) != 2 or "int" not in str(keras.backend.standardize_dtype(
-                new_ids.dtype)):
-            raise ValueError(f"new_ids must be int [batch, new_events], got shape "
-                             f"{tuple(new_ids.shape)} of {new_ids.dtype}.")
+    def encode_state(self, item_ids):
+        """The state after whole histories, in one parallel pass: ``(state,
+        user_embedding)``.
+
+        ``item_ids`` int ``[B, L]`` LEFT-padded as :meth:`call` takes them, of any length
+        (not only up to ``max_len``: with ``positions="from_start"`` the events past
+        ``max_len`` share the last position row, as in :meth:`step`). The blocks run
+        causally over the whole history (their chunked forms, linear in ``L``) and each
+        block's state comes from its inputs (``advance``); the result equals
+        :meth:`step` from :meth:`initial_state` over the same events. Memory grows with
+        ``B x L`` (every event's activations); feed very long histories by :meth:`step`.
+        """
+        self._check_streamable()
+        item_ids = ops.convert_to_tensor(item_ids)
+        self._check_new_ids(item_ids, "item_ids", "left")
+        mask = ops.not_equal(item_ids, PAD_INDEX)
+        x = self._embed(item_ids, mask, training=False)
+        batch = ops.shape(item_ids)[0]
+        state = {}
+        for i, block in enumerate(self.blocks):
+            own = block.advance(block.initial_state(batch), x, mask)
+            state.update({f"block_{i}.{k}": v for k, v in own.items()})
+            # (A new tensor without the Keras mask the block's call attached: the next
+            # block's advance feeds it to Dense layers, which would warn about it.)
+            x = block(x, mask=mask, training=False) * ops.cast(mask, x.dtype)[:, :, None]
+        state[STATE_COUNT] = ops.sum(ops.cast(mask, "float32"), axis=1)
+        state[STATE_NEWEST] = ops.cast(x[:, -1], "float32")  # 0 for a row without events
+        return state, state[STATE_NEWEST]
+
+    def _check_new_ids(self, ids, what="new_ids", padding="right"):
+        """``ids`` must be int ``[B, m]`` padded on ``padding``'s side (checked where its
+        values are known: eagerly, not inside a compiled function)."""
+        if len(ids.shape) != 2 or "int" not in str(keras.backend.standardize_dtype(
+                ids.dtype)):
+            raise ValueError(f"{what} must be int [batch, events], got shape "
+                             f"{tuple(ids.shape)} of {ids.dtype}.")
         try:
-            ids = np.asarray(ops.convert_to_numpy(new_ids))
+            values = np.asarray(ops.convert_to_numpy(ids))
         except Exception:  # a traced tensor (jit, tf.function): values unknown here
             return
-        real = ids != PAD_INDEX
-        wrong = np.flatnonzero(np.any(~real[:, :-1] & real[:, 1:], axis=1))
+        real = values != PAD_INDEX
+        after = (~real[:, :-1] & real[:, 1:]) if padding == "right" else (
+            real[:, :-1] & ~real[:, 1:])
+        wrong = np.flatnonzero(np.any(after, axis=1))
         if wrong.size:
-            raise ValueError(
-                "new_ids must be right-padded (each row's new items first, then 0s); rows "
-                f"{wrong[:5].tolist()} have an item after a 0.")
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({name: getattr(self, name) for name in _ARGUMENTS})
-        return config
+            order = ("each row's items first, then 0s" if padding == "right" else
+                     "0s first, then each row's items, newest last")
+            raise ValueError(f"{what} must be {padding}-padded ({order}); rows "
+                             f"{wrong[:5].tolist()} are not.")
