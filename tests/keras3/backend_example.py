@@ -3,7 +3,8 @@
 Trains the sequential retrieval model briefly, checks the keras-rs top-k against a
 brute-force NumPy search, and on TensorFlow exports it for TF Serving and runs
 ``tfrs-linear check-serving --no-compare`` on the export (other backends must refuse to
-export with a clear error).
+export with a clear error); a streaming encoder's export also serves ``encode_state`` and
+``step``, whose top-k equals ``serving_default``'s on the same history.
 """
 
 import math
@@ -34,9 +35,14 @@ def test_prefix_examples_hold_out_the_newest_item():
     assert x.tolist() == [[0, 0, 5], [0, 5, 6], [0, 0, 3], [0, 3, 4], [3, 4, 2]]
 
 
-def test_example_trains_retrieves_and_exports(tmp_path):
+@pytest.mark.parametrize("attention", ["linrec", "elastic"])
+def test_example_trains_retrieves_and_exports(tmp_path, attention):
+    """LinRec with positions from_end (no streaming), ELASTIC with none (streams)."""
     export = BACKEND == "tensorflow"
-    metrics = example.run(tmp_path, export=export, **SMALL)
+    if not export and attention == "elastic":
+        return  # the export is what the second case adds
+    metrics = example.run(tmp_path, export=export, attention=attention,
+                          **dict(SMALL, epochs=1 if attention == "elastic" else 2))
     assert all(math.isfinite(v) for v in metrics["train_loss"])
     assert set(metrics["test"]) == {"loss", "recall", "ndcg"}
     assert 0.0 <= metrics["test"]["ndcg"] <= metrics["test"]["recall"] <= 1.0
@@ -98,4 +104,28 @@ def _check_export(metrics):
         [sys.executable, "-m", "tfrs_linear", "check-serving", export_dir, "--no-compare"],
         env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "warmup: replayed 1 of 1" in result.stdout and "OK:" in result.stdout
+    streams = metrics["streaming"]
+    assert streams == (metrics["attention"] == "elastic")
+    replayed = "3 of 3" if streams else "1 of 1"
+    assert f"warmup: replayed {replayed}" in result.stdout and "OK:" in result.stdout
+    if streams:
+        _check_streaming_signatures(tf.saved_model.load(export_dir).signatures, ids)
+
+
+def _check_streaming_signatures(signatures, ids):
+    """``encode_state`` on all but each history's newest item, then ``step`` with it, give
+    ``serving_default``'s top-k on the whole history; a second ``step`` of padding
+    changes nothing."""
+    import tensorflow as tf
+
+    state = signatures["encode_state"](item_ids=tf.constant(ids[:, :-1]))
+    state.pop("user_embedding")
+    out = signatures["step"](item_ids=tf.constant(ids[:, -1:]), **state)
+    served = signatures["serving_default"](item_ids=tf.constant(ids))
+    np.testing.assert_array_equal(out["item_ids"], served["item_ids"])
+    np.testing.assert_allclose(out["scores"], served["scores"], rtol=1e-5, atol=1e-5)
+    assert out["count"].numpy().tolist() == np.sum(ids != 0, axis=1).tolist()
+    new_state = {k: v for k, v in out.items() if k not in ("user_embedding", "item_ids",
+                                                            "scores")}
+    again = signatures["step"](item_ids=tf.zeros((len(ids), 2), tf.int32), **new_state)
+    np.testing.assert_array_equal(again["user_embedding"], out["user_embedding"])

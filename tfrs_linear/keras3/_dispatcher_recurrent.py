@@ -93,7 +93,7 @@ def _prefix_weights(state, logits, r, slope):
     maximum of the state and the real new events up to ``t``."""
     neg = C.very_negative("float32")
     masked, valid, counts = _masked_logits(logits, r, slope)
-    m = logits.shape[-1]
+    m = C.dims(logits)[-1]  # an int, or a scalar tensor in a graph of unknown m
     tril = ops.cast(ops.tril(ops.ones((m, m), "int32")), "bool")  # [t, s]: s <= t
     pair = ops.logical_and(tril, valid[..., None, :])  # [B, H, k, t, s]
     old_max = state["max"]

@@ -17,8 +17,14 @@ export)::
 * metrics: ``keras_rs.metrics.RecallAtK`` and ``NDCG`` on the full-catalogue scores;
 * serving: ``keras_rs.layers.BruteForceRetrieval`` over the real items (ids >= 2)
   returns the top-k ``item_ids`` and ``scores``; exported with Keras 3's
-  ``model.export`` as a TF Serving SavedModel with a warmup request in
-  ``assets.extra/tf_serving_warmup_requests``.
+  ``ExportArchive`` as a TF Serving SavedModel with a warmup request per signature in
+  ``assets.extra/tf_serving_warmup_requests``;
+* streaming: when the encoder streams (``positions`` ``"from_start"`` or ``"none"``, the
+  latter ELASTIC's default here) the export also has ``encode_state`` (a user's whole
+  history, left-padded ``item_ids``, -> the state tensors and ``user_embedding``) and
+  ``step`` (the state and new right-padded ``item_ids [batch, m]`` -> the new state,
+  ``user_embedding`` and the top-k ``item_ids`` and ``scores``): a service stores the
+  state per user and pays one ``step`` per event, whatever the history's length.
 """
 
 import argparse
@@ -31,7 +37,7 @@ import keras_rs
 import numpy as np
 from keras import ops
 
-from tfrs_linear.constants import NUM_RESERVED, PAD_INDEX
+from tfrs_linear.constants import NUM_RESERVED, PAD_INDEX, POSITIONS
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3.encoder import SequenceEncoder
 
@@ -132,25 +138,72 @@ def serving_model(model, k=10):
     return keras.Model(ids, {"item_ids": top, "scores": scores}, name="serving")
 
 
-def export_for_serving(serving, export_dir, example_ids):
-    """Exports ``serving`` as a TF Serving SavedModel (TensorFlow backend) with one warmup
-    request (``example_ids``) in ``assets.extra``. Returns the signature's input name."""
-    check_export_backend()
+def _streaming_endpoints(model, serving):
+    """``{name: (fn, input_signature)}`` of the ``encode_state`` and ``step`` signatures."""
+    import tensorflow as tf
+
+    encoder, retrieval = model.encoder, serving.get_layer("top_k")
+    state_specs = {name: tf.TensorSpec((None,) + tuple(value.shape[1:]), tf.float32, name=name)
+                   for name, value in encoder.initial_state(1).items()}
+    ids_spec = tf.TensorSpec((None, None), tf.int32, name="item_ids")
+
+    def encode_state(item_ids):
+        state, user = encoder.encode_state(item_ids)
+        return {**state, "user_embedding": user}
+
+    def step(state, item_ids):
+        state, user = encoder.step(state, item_ids)
+        scores, top = retrieval(user)
+        return {**state, "user_embedding": user, "item_ids": top, "scores": scores}
+
+    return {"encode_state": (encode_state, [ids_spec]),
+            "step": (step, [dict(state_specs), ids_spec])}
+
+
+def _request(signature_name, inputs):
+    """A TF Serving ``PredictionLog`` (a warmup record) for ``inputs {name: array}``."""
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    export_dir = Path(export_dir)
-    serving.export(str(export_dir), format="tf_saved_model", verbose=False)
-    signature = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
-    (name,) = signature.structured_input_signature[1].keys()
     request = predict_pb2.PredictRequest(
-        model_spec=model_pb2.ModelSpec(name="keras3", signature_name="serving_default"))
-    request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(example_ids, np.int32)))
-    log = prediction_log_pb2.PredictionLog(
+        model_spec=model_pb2.ModelSpec(name="keras3", signature_name=signature_name))
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+    return prediction_log_pb2.PredictionLog(
         predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def export_for_serving(serving, export_dir, example_ids, model=None):
+    """Writes ``serving`` as a TF Serving SavedModel in ``export_dir`` with a warmup
+    request per signature; with ``model`` (the trained :class:`SequentialRetrievalModel`)
+    whose encoder streams, ``encode_state`` and ``step`` too. Returns the name of
+    ``serving_default``'s input. TensorFlow backend only."""
+    check_export_backend()
+    import tensorflow as tf
+
+    export_dir = Path(export_dir)
+    archive = keras.export.ExportArchive()
+    archive.track(serving)
+    ids_spec = tf.TensorSpec((None, serving.input_shape[1]), tf.int32, name="item_ids")
+    archive.add_endpoint("serve", lambda item_ids: serving(item_ids), [ids_spec])
+    streams = model is not None and model.encoder.streamable
+    if streams:
+        for name, (fn, signature) in _streaming_endpoints(model, serving).items():
+            archive.add_endpoint(name, fn, signature)
+    archive.write_out(str(export_dir), verbose=False)
+    loaded = tf.saved_model.load(str(export_dir)).signatures
+    (name,) = loaded["serving_default"].structured_input_signature[1].keys()
+    example_ids = np.asarray(example_ids, np.int32)
+    logs = [_request("serving_default", {name: example_ids})]
+    if streams:  # the state of each history but its newest item, then that item
+        state = loaded["encode_state"](item_ids=tf.constant(example_ids[:, :-1]))
+        state = {key: v.numpy() for key, v in state.items() if key != "user_embedding"}
+        logs += [_request("encode_state", {"item_ids": example_ids[:, :-1]}),
+                 _request("step", {**state, "item_ids": example_ids[:, -1:]})]
     (export_dir / "assets.extra").mkdir(exist_ok=True)
     with tf.io.TFRecordWriter(str(export_dir / "assets.extra" / WARMUP_FILE)) as writer:
-        writer.write(log.SerializeToString())
+        for log in logs:
+            writer.write(log.SerializeToString())
     return name
 
 
@@ -162,6 +215,12 @@ def check_export_backend():
             f"model.export writes a TensorFlow SavedModel); this is {keras.config.backend()!r}: "
             "train without the export (--no-export, export=False) or switch backends."
         )
+
+
+def default_positions(attention):
+    """``"none"`` for ELASTIC (its recency bias orders the events, and the encoder then
+    streams), ``"from_end"`` otherwise (as ``tfrs-linear train``'s defaults)."""
+    return "none" if attention == "elastic" else "from_end"
 
 
 def one_hot(targets, vocab_size):
@@ -179,9 +238,10 @@ def run(output, attention="linrec", epochs=3, num_users=256, num_items=50, max_l
     vocab = num_items + NUM_RESERVED
     histories = synthetic_histories(num_users, num_items, max_len, seed)
     x, y = prefix_examples(histories, max_len)
-    config = dict(dict(d_model=32, num_layers=2, num_heads=2, ffn_dim=64, dropout=0.1,
-                       attention_dropout=0.1, chunk_size=8, num_interests=4),
-                  attention=attention, causal=True, **encoder_config)
+    defaults = dict(d_model=32, num_layers=2, num_heads=2, ffn_dim=64, dropout=0.1,
+                    attention_dropout=0.1, chunk_size=8, num_interests=4,
+                    positions=default_positions(attention))
+    config = dict(defaults, attention=attention, causal=True, **encoder_config)
     model = build_model(vocab, max_len, k=k, jit_compile=jit_compile, **config)
     history = model.fit(x, one_hot(y, vocab), batch_size=batch_size, epochs=epochs,
                         verbose=0)
@@ -196,8 +256,9 @@ def run(output, attention="linrec", epochs=3, num_users=256, num_items=50, max_l
     if export:
         serving = serving_model(model, k)
         export_dir = output / "saved_model" / "1"
-        metrics["serving_input"] = export_for_serving(serving, export_dir, test_x[:4])
+        metrics["serving_input"] = export_for_serving(serving, export_dir, test_x[:4], model)
         metrics["export_dir"] = str(export_dir)
+        metrics["streaming"] = model.encoder.streamable
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -207,6 +268,9 @@ def main(argv=None):
     parser.add_argument("--output", required=True)
     parser.add_argument("--attention", default="linrec", choices=("softmax", "linrec", "elastic"))
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--positions", choices=POSITIONS, default=None,
+                        help="position embedding (default: none for elastic, else "
+                        "from_end); from_start or none export the streaming signatures")
     parser.add_argument("--no-export", dest="export", action="store_false")
     args = parser.parse_args(argv)
     if args.export:
@@ -214,8 +278,9 @@ def main(argv=None):
             check_export_backend()
         except ValueError as error:
             parser.error(str(error))
+    positions = args.positions or default_positions(args.attention)
     metrics = run(args.output, attention=args.attention, epochs=args.epochs,
-                  export=args.export)
+                  export=args.export, positions=positions)
     print(json.dumps(metrics["test"]))
     return 0
 
