@@ -282,3 +282,33 @@ def test_streaming_errors_name_what_is_wrong():
         lda.step(_elastic(False).initial_state(3), np.zeros((2, 1, DIM)))
     with pytest.raises(ValueError, match="only the causal form"):
         LinearDispatcherAttention(HEADS, KEY_DIM, 3).initial_state(1)
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS))
+def test_a_step_of_any_width_and_in_a_graph_of_unknown_width(name):
+    """Five events in one step equal three then two (jit-compiled per width on JAX). On
+    TensorFlow also as a served ``step`` is traced: a graph whose number of new events
+    is unknown (a signature of ``[None, None, dim]``)."""
+    layer = LAYERS[name][0](7)
+    state = layer.initial_state(2)
+    x = np.random.default_rng(7).normal(size=(2, 5, DIM))
+    mask = np.arange(5)[None] < np.array([[5], [2]])
+    want_state, want = run(layer.step, state, x, mask)
+    mid, first = run(layer.step, state, x[:, :3], mask[:, :3])
+    got_state, second = run(layer.step, mid, x[:, 3:], mask[:, 3:])
+    np.testing.assert_allclose(np.concatenate([first, second], axis=1), want, **TOL32)
+    for key in want_state:
+        np.testing.assert_allclose(got_state[key], want_state[key], **TOL32)
+    if BACKEND != "tensorflow":
+        return
+    import tensorflow as tf
+
+    specs = [{k: tf.TensorSpec((None,) + tuple(v.shape[1:]), tf.float32)
+              for k, v in state.items()},
+             tf.TensorSpec((None, None, DIM), tf.float64), tf.TensorSpec((None, None), tf.bool)]
+    graph = tf.function(layer.step, input_signature=specs)
+    got_state, got = graph(state, x, mask)
+    np.testing.assert_allclose(to_numpy(got), want, rtol=1e-6, atol=1e-6)
+    for key in want_state:
+        np.testing.assert_allclose(to_numpy(got_state[key]), want_state[key], rtol=1e-6,
+                                   atol=1e-6)

@@ -144,6 +144,13 @@ def serialize(obj):
     return None if obj is None else keras.saving.serialize_keras_object(obj)
 
 
+def same_shape(shape, other):
+    """Whether two shapes can be the same: equal ranks, equal sizes where both are known."""
+    shape, other = tuple(shape), tuple(other)
+    return len(shape) == len(other) and all(
+        a is None or b is None or a == b for a, b in zip(shape, other))
+
+
 def check_rank3(name, shape):
     shape = tuple(shape)
     if len(shape) != 3 or shape[-1] is None:

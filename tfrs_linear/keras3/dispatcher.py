@@ -298,7 +298,7 @@ class LinearDispatcherAttention(keras.layers.Layer):
                              f"new_events, {self.model_dim}], got shape {tuple(inputs.shape)}.")
         if mask is not None:
             mask = ops.convert_to_tensor(mask)
-            if tuple(mask.shape) != tuple(inputs.shape[:2]):
+            if not C.same_shape(mask.shape, inputs.shape[:2]):
                 raise ValueError(f"LinearDispatcherAttention.{what}: mask must be [batch, "
                                  f"new_events] = {tuple(inputs.shape[:2])}, got shape "
                                  f"{tuple(mask.shape)}.")

@@ -245,7 +245,7 @@ class LinRecAttention(keras.layers.MultiHeadAttention):
                 f"LinRecAttention.{what} is causal self-attention: it needs inputs shaped "
                 f"[batch, new_events, dim] with dim the width of query, key and value "
                 f"({sorted(widths)}), got shape {tuple(inputs.shape)}.")
-        if mask is not None and tuple(mask.shape) != tuple(inputs.shape[:2]):
+        if mask is not None and not C.same_shape(mask.shape, inputs.shape[:2]):
             raise ValueError(f"LinRecAttention.{what}: mask must be [batch, new_events] = "
                              f"{tuple(inputs.shape[:2])}, got shape {tuple(mask.shape)}.")
 
