@@ -20,12 +20,11 @@ arithmetic are float32 for every input dtype.
 
 import math
 
-import keras
 from keras import ops
 
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3._linrec_recurrent import (
-    COMP_SUFFIX, compensated_add, compensated_value, events_mask,
+    COMP_SUFFIX, check_state_layout, compensated_add, compensated_value, events_mask,
 )
 
 # The running sums of the state; each has a "<name>_comp" compensation.
@@ -51,22 +50,8 @@ def initial_state(batch, heads, k, n_g, d_k, d_v):
 def check_state(state, batch, heads, k, n_g, d_k, d_v):
     """Raises a ``ValueError`` naming the key, shape or dtype that does not fit
     (``batch`` None when unknown)."""
-    expected = sorted({"max"} | {n + s for n in STATE_SUMS for s in ("", COMP_SUFFIX)})
-    if not isinstance(state, dict) or sorted(state) != expected:
-        got = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"an ELASTIC dispatcher state has the keys {expected}, got {got} "
-                         "(use the layer's initial_state or a previous step's state).")
-    want = _shapes(batch, heads, k, n_g, d_k, d_v)
-    for name, value in state.items():
-        base = want[name[:-len(COMP_SUFFIX)] if name.endswith(COMP_SUFFIX) else name]
-        shape = tuple(value.shape)
-        if len(shape) != len(base) or any(
-                a is not None and b is not None and a != b for a, b in zip(shape, base)):
-            raise ValueError(f"state[{name!r}] has shape {shape}; this layer's state needs "
-                             f"{tuple('?' if d is None else d for d in base)}.")
-        dtype = keras.backend.standardize_dtype(value.dtype)
-        if dtype != "float32":
-            raise ValueError(f"state[{name!r}] must be float32, got {dtype}.")
+    check_state_layout(state, "an ELASTIC dispatcher state",
+                       _shapes(batch, heads, k, n_g, d_k, d_v), compensated=STATE_SUMS)
 
 
 def _masked_logits(logits, r, slope):

@@ -54,20 +54,25 @@ def check_state(state, normalization, batch, heads, key_dim, value_dim):
     """Raises a ``ValueError`` naming the key, shape or dtype that does not fit.
 
     ``batch`` may be None (not known when the step is traced)."""
-    expected = sorted(n + s for n in STATE_SUMS[normalization] for s in ("", COMP_SUFFIX))
+    check_state_layout(state, f"a LinRec {normalization!r} state",
+                       {n: shape for n, shape in _shapes(batch, heads, key_dim, value_dim).items()
+                        if n in STATE_SUMS[normalization]}, compensated=STATE_SUMS[normalization])
+
+
+def check_state_layout(state, what, shapes, compensated):
+    """Raises a ``ValueError`` unless ``state`` has exactly the keys of ``shapes`` plus a
+    ``<name>_comp`` for each name in ``compensated``, each float32 of its shape (``None``
+    sizes match any). ``what`` names the state in the message."""
+    expected = sorted(list(shapes) + [n + COMP_SUFFIX for n in compensated])
     if not isinstance(state, dict) or sorted(state) != expected:
         got = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(
-            f"a LinRec {normalization!r} state has the keys {expected}, got {got} (use the "
-            "layer's initial_state or a previous step's state).")
-    want = _shapes(batch, heads, key_dim, value_dim)
+        raise ValueError(f"{what} has the keys {expected}, got {got} (use the layer's "
+                         "initial_state or a previous step's state).")
     for name, value in state.items():
-        base = want[name[:-len(COMP_SUFFIX)] if name.endswith(COMP_SUFFIX) else name]
-        shape = tuple(value.shape)
-        if len(shape) != len(base) or any(
-                a is not None and b is not None and a != b for a, b in zip(shape, base)):
-            raise ValueError(f"state[{name!r}] has shape {shape}; this layer's state needs "
-                             f"{tuple('?' if d is None else d for d in base)}.")
+        base = shapes[name[:-len(COMP_SUFFIX)] if name.endswith(COMP_SUFFIX) else name]
+        if not C.same_shape(value.shape, base):
+            raise ValueError(f"state[{name!r}] has shape {tuple(value.shape)}; this layer's "
+                             f"state needs {tuple('?' if d is None else d for d in base)}.")
         dtype = keras.backend.standardize_dtype(value.dtype)
         if dtype != "float32":
             raise ValueError(f"state[{name!r}] must be float32, got {dtype}.")

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from tfrs_linear.constants import PAD_INDEX, POSITIONS, STATE_COUNT, STATE_NEWEST
+from tfrs_linear.streamability import check_streamable, why_not_streamable
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3.dropout import CounterDropout
@@ -174,29 +175,13 @@ class SequenceEncoder(keras.layers.Layer):
     @property
     def streamable(self):
         """Whether the encoder has a constant-size per-user state: causal LinRec or
-        ELASTIC blocks, no interest memory, positions ``"from_start"`` or ``"none"``."""
-        return (self.causal and self.attention != "softmax" and self.memory is None
-                and self.positions != "from_end")
+        ELASTIC blocks, no interest memory, positions ``"from_start"`` or ``"none"``
+        (:func:`tfrs_linear.streamability.why_not_streamable`)."""
+        return why_not_streamable(self.attention, self.causal, self.memory is not None,
+                                  self.positions) is None
 
     def _check_streamable(self):
-        if self.attention == "softmax":
-            why = ("softmax attention has no constant-size state: each new event attends "
-                   "every earlier key, a key/value cache that grows with the history")
-        elif not self.causal or self.memory is not None:
-            why = ("a non-causal encoder has no per-user state: every position sees the "
-                   "whole sequence, so a new event changes every earlier output")
-        elif self.positions == "from_end":
-            why = ("positions='from_end' counts positions from the newest item, so a new "
-                   "event moves every older event's position; use positions='from_start' "
-                   "or 'none'")
-        else:
-            why = None
-        if why:
-            raise ValueError(f"SequenceEncoder(attention={self.attention!r}, causal="
-                             f"{self.causal}, positions={self.positions!r}): {why}.")
-        if not self.built:
-            raise ValueError("SequenceEncoder.initial_state/step need a built encoder "
-                             "(call or build it first).")
+        check_streamable(self)
 
     def initial_state(self, batch):
         """The state of ``batch`` users with no event yet: ``{name: float32 array}`` of
