@@ -99,7 +99,8 @@ def test_steps_equal_the_causal_reference_on_the_whole_history(name):
     assert all(v.dtype == np.float32 for v in state.values())
 
 
-@pytest.mark.parametrize("name", sorted(LAYERS))
+# The token normalization's sums are those of the steps' test: one LinRec form here.
+@pytest.mark.parametrize("name", ["elastic-recency", "linrec-paper"])
 def test_advance_is_the_steps_state_on_either_padding(name):
     make, reference = LAYERS[name]
     rng = np.random.default_rng(1)
@@ -284,7 +285,7 @@ def test_streaming_errors_name_what_is_wrong():
         LinearDispatcherAttention(HEADS, KEY_DIM, 3).initial_state(1)
 
 
-@pytest.mark.parametrize("name", sorted(LAYERS))
+@pytest.mark.parametrize("name", ["elastic-recency", "linrec-paper"])
 def test_a_step_of_any_width_and_in_a_graph_of_unknown_width(name):
     """Five events in one step equal three then two (jit-compiled per width on JAX). On
     TensorFlow also as a served ``step`` is traced: a graph whose number of new events
