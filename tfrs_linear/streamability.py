@@ -30,11 +30,21 @@ def why_not_streamable(attention, causal, has_memory, positions):
     return None
 
 
+def _why_not(encoder):
+    return why_not_streamable(encoder.attention, encoder.causal, encoder.memory is not None,
+                              encoder.positions)
+
+
+def is_streamable(encoder):
+    """Whether ``encoder`` (either package's ``SequenceEncoder``) has a constant-size
+    state per user."""
+    return _why_not(encoder) is None
+
+
 def check_streamable(encoder):
     """Raises the ``ValueError`` of :func:`why_not_streamable` for ``encoder`` (either
     package's ``SequenceEncoder``), or one saying that it must be built first."""
-    why = why_not_streamable(encoder.attention, encoder.causal, encoder.memory is not None,
-                             encoder.positions)
+    why = _why_not(encoder)
     if why:
         raise ValueError(f"SequenceEncoder(attention={encoder.attention!r}, causal="
                          f"{encoder.causal}, positions={encoder.positions!r}): {why}.")

@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 from tfrs_linear.constants import PAD_INDEX, POSITIONS, STATE_COUNT, STATE_NEWEST
-from tfrs_linear.streamability import check_streamable, why_not_streamable
+from tfrs_linear.streamability import check_streamable, is_streamable
 from tfrs_linear.keras3 import _common as C
 from tfrs_linear.keras3 import _portable as P
 from tfrs_linear.keras3.dropout import CounterDropout
@@ -176,9 +176,8 @@ class SequenceEncoder(keras.layers.Layer):
     def streamable(self):
         """Whether the encoder has a constant-size per-user state: causal LinRec or
         ELASTIC blocks, no interest memory, positions ``"from_start"`` or ``"none"``
-        (:func:`tfrs_linear.streamability.why_not_streamable`)."""
-        return why_not_streamable(self.attention, self.causal, self.memory is not None,
-                                  self.positions) is None
+        (:func:`tfrs_linear.streamability.is_streamable`)."""
+        return is_streamable(self)
 
     def _check_streamable(self):
         check_streamable(self)
@@ -209,11 +208,7 @@ class SequenceEncoder(keras.layers.Layer):
         self._check_streamable()
         new_ids = ops.convert_to_tensor(new_ids)
         self._check_new_ids(new_ids)
-        expected = sorted(self.initial_state(1))
-        if not isinstance(state, dict) or sorted(state) != expected:
-            got = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(f"SequenceEncoder.step: the state has the keys {expected}, got "
-                             f"{got} (use initial_state or a previous step's state).")
+        self._check_state_keys(state)
         state = {name: ops.convert_to_tensor(value) for name, value in state.items()}
         real = ops.not_equal(new_ids, PAD_INDEX)
         realf = ops.cast(real, "float32")
@@ -235,6 +230,19 @@ class SequenceEncoder(keras.layers.Layer):
         new_state[STATE_COUNT] = state[STATE_COUNT] + added
         new_state[STATE_NEWEST] = user
         return new_state, user
+
+    def _check_state_keys(self, state):
+        """The encoder's own keys, and no key of no block (each block's attention checks
+        its ``block_<i>.`` keys itself): plain Python, nothing computed per step."""
+        own = {STATE_COUNT, STATE_NEWEST}
+        prefixes = tuple(f"block_{i}." for i in range(len(self.blocks)))
+        if (not isinstance(state, dict) or not own <= set(state)
+                or any(k not in own and not k.startswith(prefixes) for k in state)):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(
+                f"SequenceEncoder.step: the state has the keys {sorted(own)} and each "
+                f"block's 'block_<i>.<name>' (i < {len(self.blocks)}), got {got} (use "
+                "initial_state or a previous step's state).")
 
     def encode_state(self, item_ids):
         """The state after whole histories, in one parallel pass: ``(state,

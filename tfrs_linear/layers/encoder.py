@@ -5,7 +5,7 @@ import numbers
 import tensorflow as tf
 
 from tfrs_linear.constants import PAD_INDEX, POSITIONS, STATE_COUNT, STATE_NEWEST
-from tfrs_linear.streamability import check_streamable, why_not_streamable
+from tfrs_linear.streamability import check_streamable, is_streamable
 from tfrs_linear.layers.dropout import CounterDropout
 from tfrs_linear.layers.embedding import TableEmbedding
 from tfrs_linear.layers.interest_memory import InterestMemory
@@ -329,9 +329,8 @@ class SequenceEncoder(tf.keras.layers.Layer):
     def streamable(self):
         """Whether the encoder has a constant-size per-user state: causal LinRec or
         ELASTIC blocks, no interest memory, positions ``"from_start"`` or ``"none"``
-        (:func:`tfrs_linear.streamability.why_not_streamable`)."""
-        return why_not_streamable(self.attention, self.causal, self.memory is not None,
-                                  self.positions) is None
+        (:func:`tfrs_linear.streamability.is_streamable`)."""
+        return is_streamable(self)
 
     def _check_streamable(self):
         check_streamable(self)
